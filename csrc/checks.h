@@ -1,0 +1,123 @@
+// Input checks at the op boundary, shared by the CPU and CUDA registrations.
+// Messages name the argument and the expected shape so a caller of
+// torch.ops.layerskip.* directly gets the same diagnosis as the Python entry
+// points in layerskip_kernels/ops.py.
+#pragma once
+#include <torch/extension.h>
+
+namespace layerskip {
+
+inline bool is_float_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
+}
+
+inline void check_same_device(const at::Tensor& ref, const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device() == ref.device(), name, " must be on ", ref.device(), " like q, got ",
+              t.device());
+}
+
+// Shape/dtype/device checks of draft_verify_attention (no value reads).
+inline void check_attention_args(const at::Tensor& q, const at::Tensor& k_cache,
+                                 const at::Tensor& v_cache, const at::Tensor& k_new,
+                                 const at::Tensor& v_new, const at::Tensor& cache_seqlens,
+                                 const c10::optional<at::Tensor>& cos,
+                                 const c10::optional<at::Tensor>& sin) {
+  TORCH_CHECK(q.dim() == 4, "q must be [B, S, Hq, D], got ", q.sizes());
+  TORCH_CHECK(k_cache.dim() == 4, "k_cache must be [B, Hkv, T_max, D], got ", k_cache.sizes());
+  TORCH_CHECK(v_cache.sizes() == k_cache.sizes(), "v_cache must have the shape of k_cache ",
+              k_cache.sizes(), ", got ", v_cache.sizes());
+  const int64_t B = q.size(0), S = q.size(1), Hq = q.size(2), D = q.size(3);
+  const int64_t Hkv = k_cache.size(1);
+  TORCH_CHECK(k_cache.size(0) == B && k_cache.size(3) == D, "k_cache must be [B=", B,
+              ", Hkv, T_max, D=", D, "], got ", k_cache.sizes());
+  TORCH_CHECK(k_new.dim() == 4 && k_new.size(0) == B && k_new.size(1) == S &&
+                  k_new.size(2) == Hkv && k_new.size(3) == D,
+              "k_new must be [B=", B, ", S=", S, ", Hkv=", Hkv, ", D=", D, "], got ",
+              k_new.sizes());
+  TORCH_CHECK(v_new.sizes() == k_new.sizes(), "v_new must have the shape of k_new ",
+              k_new.sizes(), ", got ", v_new.sizes());
+  TORCH_CHECK(Hkv > 0 && Hq % Hkv == 0, "q heads (Hq=", Hq,
+              ") must be a multiple of k_cache heads (Hkv=", Hkv, ")");
+  TORCH_CHECK(S >= 1, "q must have S >= 1 queries, got S=", S);
+  TORCH_CHECK(is_float_dtype(q.scalar_type()), "q must be float32, float16 or bfloat16, got ",
+              q.scalar_type());
+  for (auto [t, name] : {std::pair<const at::Tensor&, const char*>{k_cache, "k_cache"},
+                         {v_cache, "v_cache"}, {k_new, "k_new"}, {v_new, "v_new"}}) {
+    TORCH_CHECK(t.scalar_type() == q.scalar_type(), name, " must have q's dtype ",
+                q.scalar_type(), ", got ", t.scalar_type());
+    check_same_device(q, t, name);
+  }
+  TORCH_CHECK(k_cache.stride(3) == 1 && v_cache.stride(3) == 1,
+              "k_cache and v_cache must be contiguous in the head dimension");
+  TORCH_CHECK(cache_seqlens.dim() == 1 && cache_seqlens.size(0) == B,
+              "cache_seqlens must be [B=", B, "], got ", cache_seqlens.sizes());
+  TORCH_CHECK(cache_seqlens.scalar_type() == at::kInt, "cache_seqlens must be int32, got ",
+              cache_seqlens.scalar_type());
+  check_same_device(q, cache_seqlens, "cache_seqlens");
+  TORCH_CHECK(cos.has_value() == sin.has_value(), "cos and sin must be given together");
+  if (cos.has_value()) {
+    const int64_t T_max = k_cache.size(2);
+    for (auto [t, name] : {std::pair<const at::Tensor&, const char*>{*cos, "cos"}, {*sin, "sin"}}) {
+      TORCH_CHECK(t.dim() == 2 && t.size(0) >= T_max && t.size(1) == D / 2, name,
+                  " must be [T >= T_max=", T_max, ", D/2=", D / 2, "], got ", t.sizes());
+      TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32, got ", t.scalar_type());
+      check_same_device(q, t, name);
+    }
+    TORCH_CHECK(D % 2 == 0, "head dim D must be even for RoPE, got ", D);
+  }
+}
+
+// cache_seqlens values: 0 <= cache_seqlens[b] and cache_seqlens[b] + S <= T_max.
+// Reads the values, so on CUDA it synchronizes; the CUDA kernels additionally
+// never write outside the cache whatever the values are.
+inline void check_cache_seqlens_values(const at::Tensor& cache_seqlens, int64_t S, int64_t T_max) {
+  const at::Tensor lens = cache_seqlens.to(at::kCPU);
+  const int32_t* p = lens.data_ptr<int32_t>();
+  for (int64_t b = 0; b < lens.size(0); ++b) {
+    TORCH_CHECK(p[b] >= 0, "cache_seqlens[", b, "] must be >= 0, got ", p[b]);
+    TORCH_CHECK(p[b] + S <= T_max, "cache_seqlens[", b, "] + S = ", p[b], " + ", S,
+                " exceeds the cache length T_max=", T_max);
+  }
+}
+
+// Shared by verify_greedy and verify_sampling: draft_tokens [B, k] int64 with
+// ids in [0, V), `target` [B, k+1, V].
+inline void check_draft_tokens(const at::Tensor& draft_tokens, const at::Tensor& target,
+                               const char* target_name) {
+  TORCH_CHECK(draft_tokens.dim() == 2, "draft_tokens must be [B, k], got ", draft_tokens.sizes());
+  TORCH_CHECK(draft_tokens.scalar_type() == at::kLong, "draft_tokens must be int64, got ",
+              draft_tokens.scalar_type());
+  const int64_t B = draft_tokens.size(0), k = draft_tokens.size(1);
+  TORCH_CHECK(k >= 1, "draft_tokens must hold k >= 1 drafted tokens per row, got k=", k);
+  TORCH_CHECK(target.dim() == 3 && target.size(0) == B && target.size(1) == k + 1 &&
+                  target.size(2) >= 1,
+              target_name, " must be [B=", B, ", k+1=", k + 1, ", V], got ", target.sizes());
+  TORCH_CHECK(draft_tokens.device() == target.device(), "draft_tokens must be on ",
+              target.device(), " like ", target_name, ", got ", draft_tokens.device());
+  const int64_t V = target.size(2);
+  const at::Tensor d = draft_tokens.to(at::kCPU).contiguous();
+  const int64_t* p = d.data_ptr<int64_t>();
+  for (int64_t i = 0; i < d.numel(); ++i)
+    TORCH_CHECK(p[i] >= 0 && p[i] < V, "draft_tokens must be token ids in [0, V=", V,
+                "), got ", p[i], " at flat index ", i);
+}
+
+inline void check_sampling_args(const at::Tensor& draft_tokens, const at::Tensor& draft_probs,
+                                const at::Tensor& target_probs, int64_t offset) {
+  check_draft_tokens(draft_tokens, target_probs, "target_probs");
+  TORCH_CHECK(target_probs.scalar_type() == at::kFloat, "target_probs must be float32, got ",
+              target_probs.scalar_type());
+  TORCH_CHECK(draft_probs.scalar_type() == at::kFloat, "draft_probs must be float32, got ",
+              draft_probs.scalar_type());
+  TORCH_CHECK(draft_probs.dim() == 3 && draft_probs.size(0) == draft_tokens.size(0) &&
+                  draft_probs.size(1) == draft_tokens.size(1) &&
+                  draft_probs.size(2) == target_probs.size(2),
+              "draft_probs must be [B, k, V] = [", draft_tokens.size(0), ", ",
+              draft_tokens.size(1), ", ", target_probs.size(2), "], got ", draft_probs.sizes());
+  TORCH_CHECK(draft_probs.device() == target_probs.device(), "draft_probs must be on ",
+              target_probs.device(), " like target_probs, got ", draft_probs.device());
+  TORCH_CHECK(offset >= 0 && offset < (int64_t{1} << 32), "offset must be in [0, 2^32), got ",
+              offset);
+}
+
+}  // namespace layerskip

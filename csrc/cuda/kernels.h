@@ -1,0 +1,29 @@
+// CUDA kernels of the layerskip ops. Inputs are already checked (csrc/checks.h).
+#pragma once
+#include <torch/extension.h>
+
+#include <tuple>
+
+namespace layerskip::cuda {
+
+// q: [B, S, Hq, D]; k_cache, v_cache: [B, Hkv, T_max, D] (written at
+// cache_seqlens[b] + s); k_new, v_new: [B, S, Hkv, D]; cache_seqlens: int32 [B];
+// cos, sin: [>= T_max, D/2] fp32 or none. Returns [B, S, Hq, D] in q's dtype.
+at::Tensor draft_verify_attention(const at::Tensor& q, at::Tensor& k_cache, at::Tensor& v_cache,
+                                  const at::Tensor& k_new, const at::Tensor& v_new,
+                                  const at::Tensor& cache_seqlens,
+                                  const c10::optional<at::Tensor>& cos,
+                                  const c10::optional<at::Tensor>& sin, double softmax_scale);
+
+// draft_tokens: int64 [B, k]; target_logits: [B, k+1, V] fp32/fp16/bf16.
+// Returns (num_accepted int32 [B], out_tokens int64 [B, k+1]).
+std::tuple<at::Tensor, at::Tensor> verify_greedy(const at::Tensor& draft_tokens,
+                                                 const at::Tensor& target_logits);
+
+// draft_probs: fp32 [B, k, V]; target_probs: fp32 [B, k+1, V].
+std::tuple<at::Tensor, at::Tensor> verify_sampling(const at::Tensor& draft_tokens,
+                                                   const at::Tensor& draft_probs,
+                                                   const at::Tensor& target_probs, int64_t seed,
+                                                   int64_t offset);
+
+}  // namespace layerskip::cuda

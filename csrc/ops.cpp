@@ -1,0 +1,167 @@
+// Schemas of the layerskip ops, their input checks, and the CPU/CUDA
+// registrations. Also the pybind11 module `layerskip_kernels._C`, whose import
+// runs the registrations below.
+#include <torch/extension.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "checks.h"
+#include "cpu/kernels.h"
+#ifdef LAYERSKIP_WITH_CUDA
+#include "cuda/kernels.h"
+#endif
+
+namespace layerskip {
+namespace {
+
+double resolve_scale(const c10::optional<double>& softmax_scale, int64_t D) {
+  if (softmax_scale.has_value()) {
+    TORCH_CHECK(std::isfinite(*softmax_scale), "softmax_scale must be finite, got ",
+                *softmax_scale);
+    return *softmax_scale;
+  }
+  return 1.0 / std::sqrt(static_cast<double>(D));
+}
+
+template <bool kCuda>
+at::Tensor attention_impl(const at::Tensor& q, at::Tensor& k_cache, at::Tensor& v_cache,
+                          const at::Tensor& k_new, const at::Tensor& v_new,
+                          const at::Tensor& cache_seqlens, const c10::optional<at::Tensor>& cos,
+                          const c10::optional<at::Tensor>& sin,
+                          c10::optional<double> softmax_scale) {
+  check_attention_args(q, k_cache, v_cache, k_new, v_new, cache_seqlens, cos, sin);
+  const double scale = resolve_scale(softmax_scale, q.size(3));
+  if constexpr (kCuda) {
+#ifdef LAYERSKIP_WITH_CUDA
+    // No value check here: it would synchronize the stream on every call. The
+    // CUDA kernel skips writes past T_max; layerskip_kernels.ops checks values.
+    return cuda::draft_verify_attention(q, k_cache, v_cache, k_new, v_new, cache_seqlens, cos,
+                                        sin, scale);
+#else
+    TORCH_CHECK(false, "layerskip_kernels._C was built without CUDA kernels");
+#endif
+  } else {
+    check_cache_seqlens_values(cache_seqlens, q.size(1), k_cache.size(2));
+    return cpu::draft_verify_attention(q, k_cache, v_cache, k_new, v_new, cache_seqlens, cos, sin,
+                                       scale);
+  }
+}
+
+void check_greedy(const at::Tensor& draft_tokens, const at::Tensor& target_logits) {
+  check_draft_tokens(draft_tokens, target_logits, "target_logits");
+  TORCH_CHECK(is_float_dtype(target_logits.scalar_type()),
+              "target_logits must be float32, float16 or bfloat16, got ",
+              target_logits.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor> greedy_cpu(const at::Tensor& draft_tokens,
+                                              const at::Tensor& target_logits) {
+  check_greedy(draft_tokens, target_logits);
+  return cpu::verify_greedy(draft_tokens, target_logits);
+}
+
+std::tuple<at::Tensor, at::Tensor> sampling_cpu(const at::Tensor& draft_tokens,
+                                                const at::Tensor& draft_probs,
+                                                const at::Tensor& target_probs, int64_t seed,
+                                                int64_t offset) {
+  check_sampling_args(draft_tokens, draft_probs, target_probs, offset);
+  return cpu::verify_sampling(draft_tokens, draft_probs, target_probs, seed, offset);
+}
+
+#ifdef LAYERSKIP_WITH_CUDA
+std::tuple<at::Tensor, at::Tensor> greedy_cuda(const at::Tensor& draft_tokens,
+                                               const at::Tensor& target_logits) {
+  check_greedy(draft_tokens, target_logits);
+  return cuda::verify_greedy(draft_tokens, target_logits);
+}
+
+std::tuple<at::Tensor, at::Tensor> sampling_cuda(const at::Tensor& draft_tokens,
+                                                 const at::Tensor& draft_probs,
+                                                 const at::Tensor& target_probs, int64_t seed,
+                                                 int64_t offset) {
+  check_sampling_args(draft_tokens, draft_probs, target_probs, offset);
+  return cuda::verify_sampling(draft_tokens, draft_probs, target_probs, seed, offset);
+}
+#endif
+
+// What this binary was compiled with; `layerskip info` prints it.
+pybind11::dict build_info() {
+  pybind11::dict info;
+  std::vector<std::string> isa;
+#ifdef __AVX2__
+  isa.push_back("avx2");
+#endif
+#ifdef __FMA__
+  isa.push_back("fma");
+#endif
+#ifdef __AVX512F__
+  isa.push_back("avx512f");
+#endif
+#ifdef __AVX512BF16__
+  isa.push_back("avx512bf16");
+#endif
+#ifdef __AVX512FP16__
+  isa.push_back("avx512fp16");
+#endif
+#ifdef __ARM_NEON
+  isa.push_back("neon");
+#endif
+  info["cpu_isa"] = isa;
+#ifdef _OPENMP
+  info["openmp"] = true;
+  info["openmp_version"] = _OPENMP;
+  info["openmp_max_threads"] = omp_get_max_threads();
+#else
+  info["openmp"] = false;
+#endif
+#ifdef LAYERSKIP_WITH_CUDA
+  info["cuda"] = true;
+  info["cuda_version"] = LAYERSKIP_CUDA_VERSION;
+  info["cuda_archs"] = LAYERSKIP_CUDA_ARCHS;
+#else
+  info["cuda"] = false;
+#endif
+  info["torch_version"] = LAYERSKIP_TORCH_VERSION;
+  return info;
+}
+
+}  // namespace
+}  // namespace layerskip
+
+// The schemas are the contract of ../shared/DESIGN.md; layerskip_kernels/ops.py
+// defines the same strings when this extension is not built (a test compares).
+TORCH_LIBRARY(layerskip, m) {
+  m.def(
+      "draft_verify_attention(Tensor q, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k_new, "
+      "Tensor v_new, Tensor cache_seqlens, Tensor? cos=None, Tensor? sin=None, "
+      "float? softmax_scale=None) -> Tensor");
+  m.def("verify_greedy(Tensor draft_tokens, Tensor target_logits) -> (Tensor, Tensor)");
+  m.def(
+      "verify_sampling(Tensor draft_tokens, Tensor draft_probs, Tensor target_probs, int seed, "
+      "int offset) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(layerskip, CPU, m) {
+  m.impl("draft_verify_attention", &layerskip::attention_impl<false>);
+  m.impl("verify_greedy", &layerskip::greedy_cpu);
+  m.impl("verify_sampling", &layerskip::sampling_cpu);
+}
+
+#ifdef LAYERSKIP_WITH_CUDA
+TORCH_LIBRARY_IMPL(layerskip, CUDA, m) {
+  m.impl("draft_verify_attention", &layerskip::attention_impl<true>);
+  m.impl("verify_greedy", &layerskip::greedy_cuda);
+  m.impl("verify_sampling", &layerskip::sampling_cuda);
+}
+#endif
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "layerskip_kernels native ops (registered as torch.ops.layerskip.*)";
+  m.def("build_info", &layerskip::build_info, "What this extension was compiled with.");
+}

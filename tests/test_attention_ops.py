@@ -1,0 +1,226 @@
+"""draft_verify_attention: every backend that runs here against reference.py."""
+
+import itertools
+
+import pytest
+import torch
+
+import layerskip_kernels as lk
+from layerskip_kernels import ops, reference
+from layerskip_kernels.model.llama import rope_tables
+from layerskip_kernels.model.config import LlamaConfig
+
+from conftest import backend_device, backend_params
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Floor of the tolerance rule: a backend's max error may be up to 3x the error
+# of the torch reference run in the same dtype, plus this floor.
+FLOOR = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+ULP = {torch.float32: 2.0**-23, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
+
+FULL_GRID = list(
+    itertools.product(
+        (1, 3),  # B
+        (1, 2, 5, 9),  # S
+        ((4, 4), (8, 2), (6, 3)),  # (Hq, Hkv)
+        (32, 64, 128),  # D
+        DTYPES,
+        (False, True),  # RoPE
+    )
+)
+
+
+def small_grid():
+    # The Triton interpreter is slow: every S, head layout and D, with dtype,
+    # RoPE and batch cycling so that each value still appears many times.
+    out = []
+    for i, (S, heads, D) in enumerate(itertools.product((1, 2, 5, 9), ((4, 4), (8, 2), (6, 3)), (32, 64, 128))):
+        out.append(((1, 3)[i % 2], S, heads, D, DTYPES[i % 3], bool((i // 2) % 2)))
+    return out
+
+
+def make_case(B, S, Hq, Hkv, D, dtype, rope, device, T_max=37, seed=0, noncontig_q=True):
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *shape: torch.randn(*shape, generator=g)
+    if noncontig_q:
+        # A view with a non-unit stride over the head axis.
+        q = rnd(B, S, 2 * Hq, D)[:, :, ::2]
+    else:
+        q = rnd(B, S, Hq, D)
+    k_cache = rnd(B, Hkv, T_max, D)
+    v_cache = rnd(B, Hkv, T_max, D)
+    k_new, v_new = rnd(B, S, Hkv, D), rnd(B, S, Hkv, D)
+    # Ragged lengths: empty cache, full cache (T_max - S), and one in between.
+    lens = [T_max - S, 0, (7 * seed + 11) % (T_max - S + 1)][:B] if B > 1 else [T_max - S]
+    seqlens = torch.tensor(lens, dtype=torch.int32)
+    cos = sin = None
+    if rope:
+        cfg = LlamaConfig(hidden_size=D, num_attention_heads=1, head_dim=D, rope_theta=500.0)
+        cos, sin = rope_tables(cfg, T_max)
+    data = [t.to(device=device, dtype=dtype) for t in (q, k_cache, v_cache, k_new, v_new)]
+    tables = [None if t is None else t.to(device) for t in (cos, sin)]
+    return data + [seqlens.to(device)] + tables
+
+
+def run_parity(backend, B, S, Hq, Hkv, D, dtype, rope):
+    device = backend_device(backend)
+    args = make_case(B, S, Hq, Hkv, D, dtype, rope, device)
+    cpu_args = [None if a is None else a.cpu() for a in args]
+
+    # Truth in fp64 from the same low-precision inputs.
+    truth_args = [None if a is None else (a.double() if a.is_floating_point() else a.clone()) for a in cpu_args]
+    truth = reference.draft_verify_attention(*truth_args)
+    ref_args = [None if a is None else a.clone() for a in cpu_args]
+    ref_out = reference.draft_verify_attention(*ref_args)
+
+    got_args = [None if a is None else a.clone() for a in args]
+    with lk.use_backend(backend):
+        out = ops.draft_verify_attention(*got_args)
+    assert out.dtype == dtype and out.shape == (B, S, Hq, D)
+    out = out.cpu()
+
+    err_ref = (ref_out.double() - truth).abs().max().item()
+    err = (out.double() - truth).abs().max().item()
+    assert err <= 3 * err_ref + FLOOR[dtype], f"max err {err:.3g} vs reference {err_ref:.3g}"
+
+    # Cache: new positions written as the reference writes them, all else untouched.
+    k_ref, v_ref = ref_args[1], ref_args[2]
+    k_got, v_got = got_args[1].cpu(), got_args[2].cpu()
+    assert torch.equal(v_got, v_ref)
+    if rope:  # rotated keys may differ by one rounding (FMA contraction)
+        diff = (k_got.double() - k_ref.double()).abs()
+        assert (diff <= ULP[dtype] * k_ref.double().abs().clamp(min=1.0)).all()
+        written = torch.zeros_like(k_ref, dtype=torch.bool)
+        for b in range(B):
+            s0 = int(cpu_args[5][b])
+            written[b, :, s0 : s0 + S] = True
+        assert torch.equal(k_got[~written], cpu_args[1][~written])
+    else:
+        assert torch.equal(k_got, k_ref)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("B,S,heads,D,dtype,rope", [(B, S, h, D, dt, r) for B, S, h, D, dt, r in small_grid()])
+def test_parity_grid(backend, B, S, heads, D, dtype, rope):
+    run_parity(backend, B, S, heads[0], heads[1], D, dtype, rope)
+
+
+@pytest.mark.parametrize("backend", [p for p in backend_params() if p.values[0] != "triton"])
+def test_parity_full_grid(backend):
+    # Every combination of the issue's grid on the fast backends.
+    for B, S, (Hq, Hkv), D, dtype, rope in FULL_GRID:
+        run_parity(backend, B, S, Hq, Hkv, D, dtype, rope)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("D", [96, 16])
+def test_other_head_dims(backend, D):
+    # Head dims beyond the main grid either work or are refused clearly.
+    try:
+        run_parity(backend, 2, 3, 4, 2, D, torch.float32, True)
+    except (ValueError, RuntimeError, NotImplementedError) as e:
+        assert "head" in str(e).lower() or "D" in str(e)
+        assert D not in (32, 64, 96, 128), f"D={D} must be supported: {e}"
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_long_prefill(backend):
+    # Prefill goes through the same op: S far beyond 16 must still be exact.
+    run_parity(backend, 1, 33, 4, 2, 32, torch.float32, True)
+
+
+def test_reference_matches_naive_softmax():
+    # Independent check of the spec: explicit loops, mask and softmax per query.
+    B, S, Hq, Hkv, D = 2, 3, 4, 2, 8
+    q, kc, vc, kn, vn, lens, cos, sin = make_case(B, S, Hq, Hkv, D, torch.float64, False, "cpu", T_max=12)
+    lens = torch.tensor([0, 6], dtype=torch.int32)
+    kc0, vc0 = kc.clone(), vc.clone()
+    out = reference.draft_verify_attention(q, kc, vc, kn, vn, lens)
+    for b in range(B):
+        L = int(lens[b])
+        keys = torch.cat([kc0[b, :, :L], kn[b].transpose(0, 1)], dim=1)  # [Hkv, L+S, D]
+        vals = torch.cat([vc0[b, :, :L], vn[b].transpose(0, 1)], dim=1)
+        for s in range(S):
+            for h in range(Hq):
+                kvh = h // (Hq // Hkv)
+                sc = (keys[kvh, : L + s + 1] @ q[b, s, h]) / D**0.5
+                expect = torch.softmax(sc, 0) @ vals[kvh, : L + s + 1]
+                torch.testing.assert_close(out[b, s, h], expect, rtol=1e-12, atol=1e-12)
+        assert torch.equal(kc[b, :, L : L + S], kn[b].transpose(0, 1))
+
+
+def test_reference_ignores_garbage_beyond_length():
+    # NaN in never-written positions of a shorter row must not leak into its output.
+    q, kc, vc, kn, vn, lens, cos, sin = make_case(2, 2, 4, 2, 8, torch.float32, True, "cpu", T_max=10)
+    lens = torch.tensor([1, 6], dtype=torch.int32)
+    kc[0, :, 3:] = float("nan")
+    vc[0, :, 3:] = float("nan")
+    out = ops.draft_verify_attention(q, kc, vc, kn, vn, lens, cos, sin)
+    assert torch.isfinite(out).all()
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def bad_inputs():
+    def case(**changes):
+        q, kc, vc, kn, vn, lens, cos, sin = make_case(2, 3, 4, 2, 8, torch.float32, True, "cpu", T_max=10)
+        args = dict(q=q, k_cache=kc, v_cache=vc, k_new=kn, v_new=vn, cache_seqlens=lens, cos=cos, sin=sin)
+        for name, fn in changes.items():
+            args[name] = fn(args[name])
+        return args
+
+    return [
+        ("q", case(q=lambda t: t[0])),
+        ("k_cache", case(k_cache=lambda t: t[:, :, :, :4])),
+        ("v_cache", case(v_cache=lambda t: t[:, :, :5])),
+        ("k_new", case(k_new=lambda t: t[:, :2])),
+        ("v_new", case(v_new=lambda t: t[:, :, :1])),
+        ("multiple", case(q=lambda t: t[:, :, :3])),  # Hq=3 with Hkv=2
+        ("v_cache", case(v_cache=lambda t: t.double())),
+        ("q", case(q=lambda t: t.int())),
+        ("cache_seqlens", case(cache_seqlens=lambda t: t.long())),
+        ("cache_seqlens", case(cache_seqlens=lambda t: t[:1])),
+        ("cache_seqlens", case(cache_seqlens=lambda t: torch.tensor([0, 8], dtype=torch.int32))),  # 8 + 3 > 10
+        ("cache_seqlens", case(cache_seqlens=lambda t: torch.tensor([-1, 0], dtype=torch.int32))),
+        ("cos", case(cos=lambda t: t[:5])),
+        ("sin", case(sin=lambda t: t.double())),
+        ("cos and sin", case(sin=lambda t: None)),
+    ]
+
+
+@pytest.mark.parametrize("backend", [pytest.param("torch")] + backend_params())
+@pytest.mark.parametrize("name,args", bad_inputs(), ids=[f"{n}-{i}" for i, (n, _) in enumerate(bad_inputs())])
+def test_bad_input(backend, name, args):
+    device = backend_device(backend)
+    args = {k: (None if v is None else v.to(device)) for k, v in args.items()}
+    before = (args["k_cache"].clone(), args["v_cache"].clone())
+    with lk.use_backend(backend), pytest.raises(ValueError, match=name):
+        ops.draft_verify_attention(**args)
+    # Nothing was written.
+    assert torch.equal(args["k_cache"], before[0]) and torch.equal(args["v_cache"], before[1])
+
+
+@pytest.mark.parametrize("backend", [p for p in backend_params() if p.values[0] in ("cpu", "cuda")])
+def test_compiled_op_checks_directly(backend):
+    # torch.ops.layerskip.* called without the Python wrapper still refuses an
+    # out-of-bounds write, naming the argument.
+    device = backend_device(backend)
+    q, kc, vc, kn, vn, lens, cos, sin = make_case(2, 3, 4, 2, 8, torch.float32, True, device, T_max=10)
+    kc0 = kc.clone()
+    with pytest.raises(RuntimeError, match="cache_seqlens"):
+        torch.ops.layerskip.draft_verify_attention(q, kc, vc, kn, vn, torch.tensor([0, 8], dtype=torch.int32, device=device), cos, sin)
+    assert torch.equal(kc, kc0)
+    with pytest.raises(RuntimeError, match="q must be"):
+        torch.ops.layerskip.draft_verify_attention(q[0], kc, vc, kn, vn, lens, cos, sin)
+
+
+def test_schemas_match_compiled():
+    for name, schema in ops.SCHEMAS.items():
+        assert str(getattr(torch.ops.layerskip, name).default._schema) == "layerskip::" + schema
+
+
+def test_opcheck_attention():
+    q, kc, vc, kn, vn, lens, cos, sin = make_case(2, 3, 4, 2, 8, torch.float32, True, "cpu", T_max=10)
+    lens = torch.tensor([0, 4], dtype=torch.int32)
+    torch.library.opcheck(torch.ops.layerskip.draft_verify_attention.default, (q.contiguous(), kc, vc, kn, vn, lens, cos, sin, None))
