@@ -1,0 +1,53 @@
+"""Console entry point: `layerskip info | generate | train`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _info(args) -> int:
+    import torch
+
+    import layerskip_kernels as lk
+    from layerskip_kernels import backends
+
+    print(f"layerskip-kernels {lk.__version__}, torch {torch.__version__}")
+    native = backends.native()
+    print("build_info:", json.dumps(native.build_info(), sort_keys=True) if native else "(extension not built)")
+    for name, reason in lk.available_backends().items():
+        print(f"  {name:7s} {'available' if reason is None else 'unavailable: ' + reason}")
+    try:
+        print("default model:", lk.default_model_path())
+    except FileNotFoundError as e:
+        print("default model:", e)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="layerskip", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="build flags, available backends, default model")
+
+    from layerskip_kernels.generation.cli import add_arguments as add_generate
+
+    add_generate(sub.add_parser("generate", help="generate text (autoregressive or self-speculative)"))
+    from layerskip_kernels.train.cli import add_arguments as add_train
+
+    add_train(sub.add_parser("train", help="train a LayerSkip model on Python source files"))
+
+    args = parser.parse_args(argv)
+    if args.command == "info":
+        return _info(args)
+    if args.command == "generate":
+        from layerskip_kernels.generation.cli import run
+
+        return run(args)
+    from layerskip_kernels.train.cli import run
+
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Logits warping shared by autoregressive and self-speculative sampling.
+
+Draft and target distributions go through the same function, so sampling with
+self-speculation has exactly the distribution of autoregressive sampling from
+the warped full model.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["warp_probs", "check_sampling_args"]
+
+
+def check_sampling_args(temperature: float, top_k: int, top_p: float) -> None:
+    if not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise ValueError(f"temperature must be > 0 when sampling, got {temperature!r}")
+    if not (isinstance(top_k, int) and top_k >= 0):
+        raise ValueError(f"top_k must be an int >= 0 (0 disables it), got {top_k!r}")
+    if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+
+
+def warp_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """logits [..., V] -> fp32 probabilities [..., V] after temperature, top-k, top-p.
+
+    top-k keeps the k largest logits (ties at the boundary all kept); top-p keeps
+    the smallest set of most likely tokens whose mass reaches top_p (at least one).
+    """
+    x = logits.float() / temperature
+    V = x.shape[-1]
+    if 0 < top_k < V:
+        kth = torch.topk(x, top_k, dim=-1).values[..., -1:]
+        x = x.masked_fill(x < kth, float("-inf"))
+    probs = torch.softmax(x, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = torch.sort(probs, dim=-1, descending=True)
+        # Mass strictly before each token: a token is kept while that is < top_p.
+        before = torch.cumsum(sorted_p, dim=-1) - sorted_p
+        drop_sorted = before >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        probs = probs.masked_fill(drop, 0.0)
+        probs = probs / probs.sum(dim=-1, keepdim=True)
+    return probs

@@ -1,0 +1,34 @@
+"""Tiny random checkpoints written with transformers' save_pretrained."""
+
+import torch
+
+CONFIGS = {
+    "mha_untied": dict(hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=4,
+                       num_key_value_heads=4, vocab_size=97, tie_word_embeddings=False),
+    "gqa_tied": dict(hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=8,
+                     num_key_value_heads=2, vocab_size=101, tie_word_embeddings=True),
+    "gqa3_llama3_rope": dict(hidden_size=72, intermediate_size=100, num_hidden_layers=3, num_attention_heads=6,
+                             num_key_value_heads=2, vocab_size=89, tie_word_embeddings=True, rope_theta=500000.0,
+                             rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                                               high_freq_factor=4.0, original_max_position_embeddings=16)),
+    "odd_hidden_headdim": dict(hidden_size=66, intermediate_size=70, num_hidden_layers=2, num_attention_heads=3,
+                               num_key_value_heads=1, head_dim=16, vocab_size=64, tie_word_embeddings=False),
+}
+
+
+def make_hf_checkpoint(path, name="gqa_tied", seed=0, **overrides):
+    """Save a random transformers LlamaForCausalLM to `path`; returns the HF model (fp32, eval)."""
+    import transformers
+
+    kw = dict(CONFIGS[name], max_position_embeddings=256, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2)
+    kw.update(overrides)
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(**kw)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    # Larger-than-default init so that logits are far from uniform and argmax ties are rare.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.15)
+    model.save_pretrained(path)
+    return model
