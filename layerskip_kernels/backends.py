@@ -15,7 +15,6 @@ is there). A backend that was asked for explicitly and cannot run raises
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib.util
 import os
 import warnings
@@ -43,24 +42,32 @@ class BackendUnavailableError(RuntimeError):
 _selected: str | None = None
 
 
-@functools.lru_cache(maxsize=None)
+_NATIVE_UNSET = object()
+_native = _NATIVE_UNSET
+
+
 def native():
     """The compiled extension `layerskip_kernels._C`, or None when it is not built.
 
     Importing it registers the cpu/cuda implementations of torch.ops.layerskip.*.
     A failed import degrades to the `torch` backend with a one-line warning.
     """
-    try:
-        from . import _C  # noqa: F401
+    # A plain global rather than functools.lru_cache: torch.compile traces
+    # through this function while resolving the backend of an op.
+    global _native
+    if _native is _NATIVE_UNSET:
+        try:
+            from . import _C
 
-        return _C
-    except ImportError as e:
-        warnings.warn(
-            f"layerskip_kernels._C is not available ({e}); using the torch backend. "
-            "Build it with `pip install --no-build-isolation .`",
-            stacklevel=3,
-        )
-        return None
+            _native = _C
+        except ImportError as e:
+            warnings.warn(
+                f"layerskip_kernels._C is not available ({e}); using the torch backend. "
+                "Build it with `pip install --no-build-isolation .`",
+                stacklevel=3,
+            )
+            _native = None
+    return _native
 
 
 def _triton_missing() -> str | None:

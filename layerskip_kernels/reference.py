@@ -92,8 +92,9 @@ def draft_verify_attention(
     k_cache[bi, hi, pos[:, :, None]] = kf.to(k_cache.dtype)
     v_cache[bi, hi, pos[:, :, None]] = v_new.to(v_cache.dtype)
 
-    # Keys 0 .. T_used-1 cover every row; one host sync to size the slice.
-    T_used = int(pos.max()) + 1
+    # Keys 0 .. T_used-1 cover every row; one host sync to size the slice (a
+    # traced graph cannot size a tensor by data: it reads the whole cache).
+    T_used = k_cache.shape[2] if torch.compiler.is_compiling() else int(pos.max()) + 1
     keys = k_cache[:, :, :T_used].to(acc)  # [B, Hkv, T, D]
     vals = v_cache[:, :, :T_used].to(acc)
     t = torch.arange(T_used, device=dev)
