@@ -1,0 +1,314 @@
+"""End-to-end decoding benchmark: ours (autoregressive, self-speculative) against
+transformers (greedy generate, and generate(assistant_early_exit=E) at batch 1),
+on the same weights, bf16, greedy, held-out Python stdlib code as prompts.
+
+For every self-speculative run it also reports the analytic limit of the speedup,
+(1 - a^(k+1)) / ((1 - a) (k c + v)), from the measured per-token acceptance a
+(solved from the measured tokens per iteration) and the measured costs c (one
+draft step) and v (one verify step, acceptance included) relative to one
+autoregressive step, and the fraction of that limit reached.
+
+    python bench/bench_e2e.py                 # default model, batch 1 and 8, plus the E x k sweep
+    python bench/bench_e2e.py --quick         # fewer prompts/tokens, small sweep
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import RESULTS, metadata, print_table, time_fn, write_csv  # noqa: E402
+
+import layerskip_kernels as lk  # noqa: E402
+from layerskip_kernels.cache import StaticKVCache  # noqa: E402
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def load_prompts(tokenizer_path: str, n: int, prompt_tokens: int) -> list[list[int]]:
+    """The first `prompt_tokens` tokens of the first n held-out stdlib files that are long enough."""
+    from tokenizers import Tokenizer
+
+    from layerskip_kernels.train.data import default_corpus, list_corpus_files, read_texts, split_files
+
+    tok = Tokenizer.from_file(tokenizer_path)
+    root = default_corpus()
+    _, held = split_files(list_corpus_files(root))
+    prompts = []
+    for text in read_texts(root, sorted(held)):
+        ids = tok.encode(text).ids
+        if len(ids) >= prompt_tokens + 64:
+            prompts.append(ids[:prompt_tokens])
+        if len(prompts) == n:
+            break
+    return prompts
+
+
+def tiny_random_model(path: str):
+    """Fallback when no trained model exists: a random 8-layer model (acceptance is meaningless)."""
+    import transformers
+
+    cfg = transformers.LlamaConfig(vocab_size=4096, hidden_size=256, intermediate_size=688, num_hidden_layers=8,
+                                   num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=1024,
+                                   tie_word_embeddings=True)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
+    return path
+
+
+# --------------------------------------------------------------------------- step costs
+
+
+def step_costs(model, B: int, context: int, E: int, k: int, reps: int = 30) -> dict:
+    """Median seconds of one autoregressive step, one draft step and one verify step."""
+    L = model.num_layers
+    cache = StaticKVCache.for_model(model, B, context + k + 2)
+    cache.seqlens.fill_(context)
+    tok = torch.zeros(B, 1, dtype=torch.long)
+    hidden = torch.zeros(B, k + 1, model.config.hidden_size, dtype=model.lm_head.weight.dtype)
+    drafts = torch.zeros(B, k, dtype=torch.long)
+
+    def ar():
+        model.exit_head(model.forward_layers(model.embed(tok), 0, L, cache)).argmax(-1)
+
+    def draft():
+        model.exit_head(model.forward_layers(model.embed(tok), 0, E, cache)).argmax(-1)
+
+    def verify():
+        model.forward_layers(model.embed(tok), 0, E, cache)
+        logits = model.exit_head(model.forward_layers(hidden, E, L, cache))
+        lk.ops.verify_greedy(drafts, logits)
+
+    with torch.inference_mode():
+        return {name: time_fn(fn, warmup=3, reps=reps)["median_s"] for name, fn in
+                (("ar", ar), ("draft", draft), ("verify", verify))}
+
+
+def acceptance_from_tokens_per_step(tau: float, k: int) -> float:
+    """Solve (1 - a^(k+1)) / (1 - a) = tau for a in [0, 1] by bisection."""
+    lo, hi = 0.0, 1.0
+    f = lambda a: sum(a**i for i in range(k + 1))
+    tau = min(max(tau, 1.0), k + 1.0)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if f(mid) < tau else (lo, mid)
+    return (lo + hi) / 2
+
+
+def analytic_limit(a: float, k: int, c: float, v: float) -> float:
+    tokens = sum(a**i for i in range(k + 1))
+    return tokens / (k * c + v)
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def run_ours(model, prompts, B, n_new, exit_layer, k):
+    """tokens/s and stats of lk.generate over all prompts in batches of B."""
+    seqs, tokens, t, drafted, accepted, emitted_steps, row_steps = [], 0, 0.0, 0, 0, 0.0, 0
+    for i in range(0, len(prompts), B):
+        out = lk.generate(model, prompts[i:i + B], max_new_tokens=n_new, exit_layer=exit_layer, num_speculations=k,
+                          eos_token_id=[])
+        seqs += out.sequences
+        tokens += out.stats["new_tokens"]
+        t += out.stats["time_s"]
+        drafted += out.stats["drafted"]
+        accepted += out.stats["accepted"]
+        emitted_steps += (out.stats["tokens_per_step"] or 1.0) * out.stats["steps"]
+        row_steps += out.stats["steps"]
+    return dict(sequences=seqs, tokens_per_s=tokens / t, time_s=t,
+                acceptance=accepted / drafted if drafted else float("nan"),
+                tokens_per_step=emitted_steps / row_steps if row_steps else float("nan"))
+
+
+def run_hf(hf, prompts, B, n_new, early_exit=None):
+    seqs, tokens, t = [], 0, 0.0
+    for i in range(0, len(prompts), B):
+        batch = prompts[i:i + B]
+        T = max(map(len, batch))
+        ids = torch.zeros(len(batch), T, dtype=torch.long)
+        mask = torch.zeros(len(batch), T, dtype=torch.long)
+        for b, p in enumerate(batch):  # left padding, as transformers expects for generation
+            ids[b, T - len(p):] = torch.tensor(p)
+            mask[b, T - len(p):] = 1
+        kw = dict(assistant_early_exit=early_exit) if early_exit else {}
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = hf.generate(ids, attention_mask=mask, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
+                              eos_token_id=None, pad_token_id=0, **kw)
+        t += time.perf_counter() - t0
+        seqs += out[:, T:].tolist()
+        tokens += out[:, T:].numel()
+    return dict(sequences=seqs, tokens_per_s=tokens / t, time_s=t)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="checkpoint directory (default: the embedded model)")
+    ap.add_argument("--exit-layer", type=int, default=None, help="default: the model's recorded default")
+    ap.add_argument("--num-speculations", type=int, default=None)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--prompt-tokens", type=int, default=64)
+    ap.add_argument("--num-prompts", type=int, default=8)
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--sweep-exit-layers", type=int, nargs="*", default=None, help="default: 1 .. L-1")
+    ap.add_argument("--sweep-k", type=int, nargs="*", default=[1, 2, 3, 4, 6, 8])
+    ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument("--no-hf", action="store_true", help="skip the transformers runs")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default=os.path.join(RESULTS, "e2e"))
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.num_prompts, args.max_new_tokens = 2, 48
+        args.sweep_k = [2, 4]
+
+    note = ""
+    path = args.model
+    if path is None:
+        try:
+            path = lk.default_model_path()
+        except FileNotFoundError:
+            path = tiny_random_model(os.path.join(RESULTS, "_tiny_random_model"))
+            note = "tiny RANDOM model (no trained default model): acceptance and speedups are meaningless"
+            print("NOTE:", note)
+    model = lk.LlamaForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
+    L = model.num_layers
+    defaults = model.config.extra.get("layerskip", {})
+    E = args.exit_layer or defaults.get("default_exit_layer") or max(1, L // 4)
+    k = args.num_speculations or defaults.get("default_num_speculations") or 4
+    tok_path = os.path.join(path, "tokenizer.json")
+    if os.path.exists(tok_path):
+        prompts = load_prompts(tok_path, max(args.num_prompts, max(args.batch_sizes)), args.prompt_tokens)
+    else:
+        g = torch.Generator().manual_seed(0)
+        prompts = torch.randint(3, model.config.vocab_size, (max(args.num_prompts, max(args.batch_sizes)),
+                                                             args.prompt_tokens), generator=g).tolist()
+    meta = dict(metadata(), model=os.path.basename(os.path.normpath(path)), dtype="bfloat16", note=note,
+                backend=lk.backends.resolve(torch.device("cpu")), max_new_tokens=args.max_new_tokens,
+                prompt_tokens=args.prompt_tokens)
+    hf = None
+    if not args.no_hf:
+        import transformers
+
+        hf = transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+
+    # Warm-up: first calls pay for lazy initialization (kernels, allocator, rope tables).
+    for e in (None, E):
+        run_ours(model, prompts[:1], 1, 8, e, k)
+    if hf is not None:
+        run_hf(hf, prompts[:1], 1, 8)
+
+    rows = []
+    context = args.prompt_tokens + args.max_new_tokens // 2
+    for B in args.batch_sizes:
+        ps = prompts[: max(B, args.num_prompts if B == 1 else B)]
+        ar = run_ours(model, ps, B, args.max_new_tokens, None, k)
+        spec = run_ours(model, ps, B, args.max_new_tokens, E, k)
+        assert spec["sequences"] == ar["sequences"], "self-speculative output differs from autoregressive"
+        costs = step_costs(model, B, context, E, k)
+        c, v = costs["draft"] / costs["ar"], costs["verify"] / costs["ar"]
+        a = acceptance_from_tokens_per_step(spec["tokens_per_step"], k)
+        limit = analytic_limit(a, k, c, v)
+        speedup = spec["tokens_per_s"] / ar["tokens_per_s"]
+        base = dict(meta, batch=B, exit_layer=E, k=k, num_prompts=len(ps))
+        rows.append(dict(base, engine="ours autoregressive", tokens_per_s=ar["tokens_per_s"]))
+        rows.append(dict(base, engine="ours self-speculative", tokens_per_s=spec["tokens_per_s"],
+                         acceptance=spec["acceptance"], tokens_per_step=spec["tokens_per_step"], a=a, c=c, v=v,
+                         speedup_vs_ours_ar=speedup, analytic_limit=limit, fraction_of_limit=speedup / limit))
+        if hf is not None:
+            hg = run_hf(hf, ps, B, args.max_new_tokens)
+            same = hg["sequences"] == ar["sequences"]
+            rows.append(dict(base, engine="transformers greedy", tokens_per_s=hg["tokens_per_s"], same_tokens=same))
+            if B == 1:
+                he = run_hf(hf, ps, 1, args.max_new_tokens, early_exit=E)
+                rows.append(dict(base, engine=f"transformers assistant_early_exit={E}", tokens_per_s=he["tokens_per_s"],
+                                 same_tokens=he["sequences"] == hg["sequences"],
+                                 ours_selfspec_over_this=spec["tokens_per_s"] / he["tokens_per_s"]))
+    cols = ["batch", "engine", "tokens_per_s", "acceptance", "tokens_per_step", "c", "v", "speedup_vs_ours_ar",
+            "analytic_limit", "fraction_of_limit", "ours_selfspec_over_this", "same_tokens"]
+    print(f"model {meta['model']}  E={E} k={k}  bf16  {args.max_new_tokens} new tokens  {meta['cpu']}")
+    print_table(rows, cols)
+    write_csv(args.out + ".csv", rows)
+    _plot_engines(rows, args.out + ".png")
+
+    if not args.no_sweep:
+        sweep = []
+        exits = args.sweep_exit_layers or list(range(1, L))
+        ps = prompts[: max(1, args.num_prompts // 2)]
+        ar = run_ours(model, ps, 1, args.max_new_tokens, None, 1)
+        for e in exits:
+            for kk in args.sweep_k:
+                spec = run_ours(model, ps, 1, args.max_new_tokens, e, kk)
+                costs = step_costs(model, 1, context, e, kk, reps=15)
+                c, v = costs["draft"] / costs["ar"], costs["verify"] / costs["ar"]
+                a = acceptance_from_tokens_per_step(spec["tokens_per_step"], kk)
+                limit = analytic_limit(a, kk, c, v)
+                speedup = spec["tokens_per_s"] / ar["tokens_per_s"]
+                sweep.append(dict(meta, batch=1, exit_layer=e, k=kk, acceptance=spec["acceptance"],
+                                  tokens_per_step=spec["tokens_per_step"], a=a, c=c, v=v, speedup=speedup,
+                                  analytic_limit=limit, fraction_of_limit=speedup / limit))
+        print_table(sweep, ["exit_layer", "k", "acceptance", "tokens_per_step", "c", "v", "speedup", "analytic_limit",
+                            "fraction_of_limit"])
+        write_csv(args.out + "_sweep.csv", sweep)
+        _plot_heatmap(sweep, exits, args.sweep_k, args.out + "_sweep.png", meta)
+    return 0
+
+
+def _plot_engines(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    labels = [f"B={r['batch']}\n{r['engine']}" for r in rows]
+    ax.barh(range(len(rows)), [r["tokens_per_s"] for r in rows], color="tab:blue")
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("tokens/s (all rows)")
+    r0 = rows[0]
+    ax.set_title(f"{r0['model']} bf16, E={r0['exit_layer']} k={r0['k']}, CPU: {r0['cpu'][:40]}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_heatmap(sweep, exits, ks, path, meta):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = [[next(r["speedup"] for r in sweep if r["exit_layer"] == e and r["k"] == k) for k in ks] for e in exits]
+    fig, ax = plt.subplots(figsize=(1.2 * len(ks) + 2, 0.6 * len(exits) + 1.8))
+    im = ax.imshow(grid, cmap="viridis", aspect="auto")
+    for i in range(len(exits)):
+        for j in range(len(ks)):
+            ax.text(j, i, f"{grid[i][j]:.2f}", ha="center", va="center", color="w", fontsize=8)
+    ax.set_xticks(range(len(ks)))
+    ax.set_xticklabels(ks)
+    ax.set_yticks(range(len(exits)))
+    ax.set_yticklabels(exits)
+    ax.set_xlabel("num_speculations k")
+    ax.set_ylabel("exit layer E")
+    ax.set_title(f"self-spec / autoregressive speedup, batch 1, bf16\n{meta['model']}, {meta['cpu'][:40]}", fontsize=9)
+    fig.colorbar(im)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
