@@ -223,7 +223,9 @@ class LlamaForCausalLM(nn.Module):
                 h = layer.forward_train(h, cos, sin)
             else:
                 keep = layer_keep[idx]
-                if bool(keep.any()):
+                if bool(keep.all()):
+                    h = layer.forward_train(h, cos, sin)
+                elif bool(keep.any()):
                     rows = keep.nonzero()[:, 0]
                     # Only kept rows pay for the layer: dropping saves compute.
                     h = h.index_put((rows,), layer.forward_train(h[rows], cos, sin))

@@ -1,0 +1,108 @@
+"""`layerskip train`: train a Llama with the LayerSkip recipe on Python sources.
+
+    layerskip train --out runs/my-model --minutes 10 --threads 1
+    layerskip train --out runs/baseline --minutes 10 --no-layerskip
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .data import default_corpus
+from .recipe import CURRICULA, DROPOUT_SCHEDULES
+from .trainer import TrainConfig
+
+__all__ = ["add_arguments", "run", "config_from_args", "main"]
+
+_D = TrainConfig.__dataclass_fields__
+
+
+def _default(name):
+    f = _D[name]
+    return f.default
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    g = p.add_argument_group("data and output")
+    g.add_argument("--corpus", default=None, help=f"directory of .py files (default: this Python's stdlib, {default_corpus()})")
+    g.add_argument("--out", required=True, help="output model directory (Hugging Face style)")
+    g.add_argument("--checkpoint-dir", default=None, help="resumable checkpoint + tokenizer (default: OUT/checkpoint)")
+    g.add_argument("--log-csv", default=None, help="training curve CSV (default: CHECKPOINT_DIR/train_log.csv)")
+    g.add_argument("--tokenizer", default=None, help="reuse this tokenizer.json instead of training one")
+    g = p.add_argument_group("model")
+    for name, help_ in (("layers", "decoder layers"), ("hidden", "hidden size"), ("intermediate", "MLP size"),
+                        ("heads", "attention heads"), ("kv-heads", "key/value heads (GQA)"),
+                        ("vocab-size", "BPE vocabulary size"), ("seq-len", "training sequence length")):
+        g.add_argument(f"--{name}", type=int, default=_default(name.replace("-", "_")),
+                       help=f"{help_} (default: %(default)s)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch-size", type=int, default=_default("batch_size"), help="sequences per step (default: %(default)s)")
+    g.add_argument("--lr", type=float, default=_default("lr"), help="peak AdamW learning rate (default: %(default)s)")
+    g.add_argument("--warmup-steps", type=int, default=_default("warmup_steps"), help="linear warmup (default: %(default)s)")
+    g = p.add_argument_group("LayerSkip recipe")
+    g.add_argument("--p-max", type=float, default=_default("p_max"), help="max layer dropout rate, [0, 1) (default: %(default)s)")
+    g.add_argument("--dropout-schedule", choices=DROPOUT_SCHEDULES, default=_default("dropout_schedule"),
+                   help="S(t): constant or exponential curriculum (default: %(default)s)")
+    g.add_argument("--e-scale", type=float, default=_default("e_scale"), help="early-exit loss scale e_scale >= 0 (default: %(default)s)")
+    g.add_argument("--curriculum", choices=CURRICULA, default=_default("curriculum"),
+                   help="early-exit loss curriculum (default: %(default)s)")
+    g.add_argument("--rotation", type=int, default=_default("rotation"), help="R of the rotational curriculum (default: %(default)s)")
+    g.add_argument("--no-layerskip", action="store_true",
+                   help="baseline: no layer dropout, loss on the last layer only")
+    g = p.add_argument_group("budget")
+    g.add_argument("--minutes", type=float, default=_default("minutes"),
+                   help="wall-clock budget; sets the number of steps from the measured step time (default: %(default)s)")
+    g.add_argument("--steps", type=int, default=None, help="exact number of steps (overrides the estimate from --minutes)")
+    g.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    g.add_argument("--seed", type=int, default=_default("seed"), help="(default: %(default)s)")
+    g.add_argument("--resume", action="store_true", help="continue from CHECKPOINT_DIR/checkpoint.pt")
+    g.add_argument("--eval-every", type=int, default=_default("eval_every"), help="held-out eval period in steps (default: %(default)s)")
+    g.add_argument("--save-every-min", type=float, default=_default("save_every_min"),
+                   help="checkpoint period in minutes (default: %(default)s)")
+    g.add_argument("--no-autocast", action="store_true", help="train in fp32 instead of bf16 autocast")
+    g.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    return p
+
+
+def config_from_args(args) -> TrainConfig:
+    kw = dict(
+        out=args.out, checkpoint_dir=args.checkpoint_dir, log_csv=args.log_csv, tokenizer=args.tokenizer,
+        layers=args.layers, hidden=args.hidden, intermediate=args.intermediate, heads=args.heads,
+        kv_heads=args.kv_heads, vocab_size=args.vocab_size, seq_len=args.seq_len, batch_size=args.batch_size,
+        lr=args.lr, warmup_steps=args.warmup_steps, layerskip=not args.no_layerskip,
+        p_max=0.0 if args.no_layerskip else args.p_max, dropout_schedule=args.dropout_schedule,
+        e_scale=args.e_scale, curriculum=args.curriculum, rotation=args.rotation, minutes=args.minutes,
+        steps=args.steps, threads=args.threads, seed=args.seed, resume=args.resume, eval_every=args.eval_every,
+        save_every_min=args.save_every_min, autocast=not args.no_autocast, progress=not args.no_progress,
+    )
+    if args.corpus is not None:
+        kw["corpus"] = args.corpus
+    return TrainConfig(**kw)
+
+
+def run(args) -> int:
+    from .trainer import train
+
+    cfg = config_from_args(args)
+    try:
+        cfg.validate()
+    except ValueError as e:
+        print(f"layerskip train: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        train(cfg, log=lambda msg: print(msg, flush=True))
+    except (ValueError, FileNotFoundError, PermissionError) as e:
+        print(f"layerskip train: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv=None) -> int:
+    p = add_arguments(argparse.ArgumentParser(prog="layerskip train", description=__doc__,
+                                              formatter_class=argparse.RawDescriptionHelpFormatter))
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

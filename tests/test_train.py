@@ -1,0 +1,384 @@
+"""LayerSkip training recipe: schedules, layer dropout, early-exit loss,
+curricula, a tiny end-to-end run, bad input, and the committed default model."""
+
+import csv
+import math
+import os
+import shutil
+import sysconfig
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from layerskip_kernels.model import LlamaConfig, LlamaForCausalLM
+from layerskip_kernels.train import data, recipe
+from layerskip_kernels.train.trainer import TrainConfig, WarmupCosine, init_weights, save_pretrained, train
+
+
+def tiny_model(layers=4, seed=0):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      tie_word_embeddings=True)
+    model = LlamaForCausalLM(cfg)
+    init_weights(model, std=0.2)  # large init: layers change the hidden state visibly
+    return model
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+@pytest.mark.parametrize("L", [2, 3, 8, 32])
+def test_depth_scale_endpoints_and_monotone(L):
+    d = recipe.depth_scale(L)
+    assert d[0].item() == 0.0
+    assert d[-1].item() == pytest.approx(1.0, abs=1e-12)
+    assert torch.all(d[1:] > d[:-1])
+    assert d[L // 2].item() == pytest.approx(math.exp((L // 2) * math.log(2) / (L - 1)) - 1)
+
+
+def test_time_scale():
+    T = 101
+    assert recipe.time_scale(0, T, "exp") == 0.0
+    assert recipe.time_scale(T - 1, T, "exp") == pytest.approx(1.0)
+    assert recipe.time_scale(50, T, "exp") == pytest.approx(math.sqrt(2) - 1)
+    assert all(recipe.time_scale(t, T, "constant") == 1.0 for t in (0, 17, T - 1))
+    with pytest.raises(ValueError, match="schedule"):
+        recipe.time_scale(0, T, "linear")
+
+
+def test_dropout_rates_and_bounds():
+    r = recipe.dropout_rates(8, 99, 100, 0.2, "exp")
+    assert r[0] == 0 and r[-1] == pytest.approx(0.2)
+    assert torch.all(recipe.dropout_rates(8, 0, 100, 0.2, "exp") == 0)  # the exp curriculum starts at 0
+    for bad in (1.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="p_max"):
+            recipe.dropout_rates(8, 0, 10, bad, "constant")
+    with pytest.raises(ValueError, match="num_layers"):
+        recipe.depth_scale(1)
+
+
+def test_sample_layer_keep_rates_and_never_all_dropped():
+    g = torch.Generator().manual_seed(0)
+    rates = torch.tensor([0.0, 0.25, 0.5, 0.75])
+    keep = recipe.sample_layer_keep(rates, 20000, g)
+    assert keep.shape == (4, 20000) and keep.dtype == torch.bool
+    freq = 1 - keep.float().mean(1)
+    assert torch.allclose(freq, rates, atol=0.015), freq
+    assert keep[0].all()
+    # Caller-supplied rates that drop almost everything: every sample keeps a layer.
+    keep = recipe.sample_layer_keep(torch.full((6,), 0.99), 5000, g)
+    assert keep.any(0).all()
+    assert (keep.sum(0) == 1).sum() > 4000  # the rule really fired (not vacuous)
+
+
+def test_warmup_cosine():
+    f = WarmupCosine(warmup=10, total=110, floor=0.1)
+    assert f(0) == pytest.approx(1 / 11) and f(9) == pytest.approx(10 / 11)
+    assert f(10) == pytest.approx(1.0) and f(60) == pytest.approx(0.55) and f(110) == pytest.approx(0.1)
+    g = WarmupCosine(warmup=2, total=None, floor=0.0)  # time mode: follows g.progress
+    g.progress = 0.1
+    assert g(2) == pytest.approx(1.0)
+    g.progress = 0.55
+    assert g(7) == pytest.approx(0.5)
+    g.progress = 1.0
+    assert g(9) == pytest.approx(0.0)
+
+
+# --------------------------------------------------------------------------- layer dropout in the model
+
+
+def test_dropped_layers_are_skipped_per_sample():
+    model = tiny_model(layers=4).eval()
+    B, T = 5, 7
+    ids = torch.randint(0, 64, (B, T), generator=torch.Generator().manual_seed(1))
+    keep = torch.tensor([[1, 1, 1, 1, 1],
+                         [0, 1, 0, 1, 1],
+                         [1, 0, 0, 1, 0],
+                         [1, 1, 1, 0, 1]], dtype=torch.bool)
+    rows_seen = []
+    hooks = [layer.mlp.register_forward_hook(lambda m, i, o, idx=idx: rows_seen.append((idx, i[0].shape[0])))
+             for idx, layer in enumerate(model.model.layers)]
+    with torch.no_grad():
+        hidden = model.forward_train(ids, return_hidden=True, layer_keep=keep)
+    for h in hooks:
+        h.remove()
+    assert rows_seen == [(l, int(keep[l].sum())) for l in range(4)]
+    emb = model.embed(ids)
+    for l in range(4):
+        prev = emb if l == 0 else hidden[l - 1]
+        for b in range(B):
+            same = torch.equal(hidden[l][b], prev[b])
+            assert same == (not keep[l, b]), (l, b)
+    # Each sample's result equals running that sample alone through its kept layers.
+    cos, sin = model.rope(T, "cpu")
+    with torch.no_grad():
+        for b in range(B):
+            h = emb[b : b + 1]
+            for l in range(4):
+                if keep[l, b]:
+                    h = model.model.layers[l].forward_train(h, cos[:T], sin[:T])
+            torch.testing.assert_close(hidden[-1][b : b + 1], h, atol=1e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- early-exit loss
+
+
+def test_exit_scales_match_paper_formula():
+    e = recipe.exit_scales(4, 1.0)
+    assert e.tolist() == [0.0, 1.0, 3.0, 3.0 + 3.0]  # e(3) = (L-1) + sum_{i<=L-2} i
+    e = recipe.exit_scales(6, 0.5)
+    assert e.tolist() == [0.0, 0.5, 1.5, 3.0, 5.0, 5 + 0.5 * 10]
+    with pytest.raises(ValueError, match="e_scale"):
+        recipe.exit_scales(4, -1.0)
+
+
+def test_early_exit_loss_equals_hand_computed_sum():
+    model = tiny_model(layers=4)
+    ids = torch.randint(0, 64, (3, 9), generator=torch.Generator().manual_seed(2))
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    hidden = model.forward_train(inputs, return_hidden=True)
+    mask = torch.tensor([True, True, False, True])
+    w = recipe.loss_weights(recipe.exit_scales(4, 2.0), mask)
+    # e = [0, 2, 6, 3 + 6]; enabled {0, 1, 3}: weights 0, 2/11, 0, 9/11
+    torch.testing.assert_close(w, torch.tensor([0.0, 2 / 11, 0.0, 9 / 11]))
+    calls = []
+    hook = model.model.norm.register_forward_hook(lambda *a: calls.append(1))
+    loss, per_layer = recipe.early_exit_loss(model, hidden, targets, w)
+    hook.remove()
+    assert sorted(per_layer) == [1, 3] and len(calls) == 2  # the LM head only where weight != 0
+    expect = 0.0
+    for l in (1, 3):
+        logits = model.lm_head(model.model.norm(hidden[l]))
+        expect = expect + w[l] * F.cross_entropy(logits.reshape(-1, 64), targets.reshape(-1))
+    torch.testing.assert_close(loss, expect)
+    loss.backward()  # differentiable end to end
+    assert model.model.layers[0].mlp.down_proj.weight.grad.abs().sum() > 0
+
+
+def test_curriculum_masks():
+    L = 6
+    for t in range(7):
+        m = recipe.curriculum_mask(L, t, 100, "rotational", rotation=2)
+        expect = [(l - t) % 2 == 0 or l == L - 1 for l in range(L)]
+        assert m.tolist() == expect
+    # Over R consecutive steps every layer is supervised at least once.
+    R = 3
+    seen = torch.stack([recipe.curriculum_mask(L, t, 100, "rotational", rotation=R) for t in range(R)])
+    assert seen.any(0).all() and (seen[:, :-1].sum(0) == 1).all()
+    # Gradual: only the last layer at t = 0, grows monotonically, all layers from T/2 on.
+    T = 100
+    masks = [recipe.curriculum_mask(L, t, T, "gradual") for t in range(T)]
+    assert masks[0].tolist() == [False] * (L - 1) + [True]
+    counts = [int(m.sum()) for m in masks]
+    assert counts == sorted(counts) and counts[T // 2] == L and counts[T // 4] < L
+    for m in masks:  # always a suffix of the layers
+        n = int(m.sum())
+        assert m[L - n :].all()
+    assert recipe.curriculum_mask(L, 5, T, "none").all()
+    with pytest.raises(ValueError, match="curriculum"):
+        recipe.curriculum_mask(L, 0, T, "random")
+
+
+def test_loss_weights_normalized():
+    e = recipe.exit_scales(8, 1.0)
+    for t in range(4):
+        m = recipe.curriculum_mask(8, t, 10, "rotational", rotation=2)
+        w = recipe.loss_weights(e, m)
+        assert w.sum().item() == pytest.approx(1.0)
+        assert torch.all(w[~m] == 0)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def test_split_is_deterministic_and_excludes_site_packages(tmp_path):
+    (tmp_path / "site-packages").mkdir()
+    (tmp_path / "site-packages" / "x.py").write_text("x = 1\n")
+    (tmp_path / "pkg").mkdir()
+    for i in range(200):
+        (tmp_path / "pkg" / f"m{i}.py").write_text(f"v = {i}\n")
+    (tmp_path / "notes.txt").write_text("not python")
+    rels = data.list_corpus_files(str(tmp_path))
+    assert len(rels) == 200 and all(r.startswith("pkg/") for r in rels)
+    train_rels, held = data.split_files(rels)
+    assert 0 < len(held) < 30 and len(train_rels) + len(held) == 200
+    assert held == [r for r in rels if data.is_heldout(r)]
+    # the hash of the path, not the position in the list
+    assert data.split_files(list(reversed(rels)))[1] == held
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+SMALL_FILES = ["json/decoder.py", "json/encoder.py", "json/scanner.py", "textwrap.py", "string.py",
+               "bisect.py", "heapq.py", "abc.py", "colorsys.py", "keyword.py"]
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    src = sysconfig.get_paths()["stdlib"]
+    for rel in SMALL_FILES:
+        os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)
+        shutil.copy(os.path.join(src, rel), os.path.join(root, rel))
+    return str(root)
+
+
+def tiny_train_config(corpus, out, **kw):
+    base = dict(corpus=corpus, out=str(out), layers=3, hidden=32, intermediate=64, heads=4, kv_heads=2,
+                vocab_size=320, seq_len=32, batch_size=4, lr=1e-2, warmup_steps=5, steps=40, minutes=None,
+                eval_every=20, eval_batches=1, autocast=False, progress=False, threads=1, p_max=0.3,
+                dropout_schedule="constant")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _losses(path):
+    with open(path) as f:
+        return [float(r["loss"]) for r in csv.DictReader(f) if r["loss"]]
+
+
+def test_tiny_train_lowers_loss_and_saves_loadable_model(tiny_corpus, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    out = tmp_path / "model"
+    summary = train(tiny_train_config(tiny_corpus, out), log=lambda m: None)
+    assert summary["steps"] == 40
+    losses = _losses(out / "checkpoint" / "train_log.csv")
+    assert len(losses) == 40
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5, losses
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json"):
+        assert (out / name).is_file()
+    ours = LlamaForCausalLM.from_pretrained(str(out))
+    assert ours.config.extra["layerskip"]["p_max"] == 0.3
+    assert ours.config.tie_word_embeddings and ours.config.num_key_value_heads == 2
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert "lm_head.weight" not in f.keys()  # tied: saved once
+        assert f.get_tensor("model.norm.weight").dtype == torch.bfloat16
+    hf = transformers.LlamaForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(out / "tokenizer.json"))
+    text = "def f(x):\n    return [x, x * 2]\n"
+    ids = tok(text)["input_ids"]
+    assert tok.decode(ids) == text
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), hf(x).logits, atol=1e-4, rtol=1e-4)
+    auto = transformers.AutoTokenizer.from_pretrained(str(out))
+    assert auto(text)["input_ids"] == ids and auto.eos_token_id == ours.config.eos_token_id
+
+
+def test_resume_continues_exactly(tiny_corpus, tmp_path):
+    # Constant LR after warmup, so a run stopped at 10 steps has the same schedule as one of 20.
+    kw = dict(min_lr_ratio=1.0, steps=20, p_max=0.3)
+    train(tiny_train_config(tiny_corpus, tmp_path / "a", **kw), log=lambda m: None)
+    train(tiny_train_config(tiny_corpus, tmp_path / "b", **{**kw, "steps": 10}), log=lambda m: None)
+    train(tiny_train_config(tiny_corpus, tmp_path / "b", **kw, resume=True), log=lambda m: None)
+    a = torch.load(tmp_path / "a" / "checkpoint" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "checkpoint" / "checkpoint.pt", weights_only=False)
+    assert a["step"] == b["step"] == 20
+    for k, v in a["model"].items():
+        torch.testing.assert_close(b["model"][k], v, atol=0, rtol=0, msg=k)
+    assert _losses(tmp_path / "b" / "checkpoint" / "train_log.csv") == _losses(
+        tmp_path / "a" / "checkpoint" / "train_log.csv")
+
+
+def test_no_layerskip_trains_last_layer_only(tiny_corpus, tmp_path):
+    out = tmp_path / "base"
+    train(tiny_train_config(tiny_corpus, out, layerskip=False, p_max=0.0, steps=4), log=lambda m: None)
+    with open(out / "checkpoint" / "train_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert all(r["loss_l0"] == "" and r["loss_l1"] == "" and r["loss_l2"] for r in rows if r["loss"])
+    assert LlamaForCausalLM.from_pretrained(str(out)).config.extra["layerskip"]["layerskip"] is False
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(p_max=1.0), "p-max"), (dict(p_max=-0.1), "p-max"), (dict(layers=1), "layers"),
+    (dict(e_scale=-1.0), "e-scale"), (dict(curriculum="zigzag"), "curriculum"),
+    (dict(dropout_schedule="linear"), "dropout-schedule"), (dict(heads=3), "hidden"),
+    (dict(kv_heads=3), "kv-heads"), (dict(lr=0.0), "lr"), (dict(steps=0), "steps"),
+    (dict(steps=None, minutes=None), "minutes"), (dict(minutes=-1.0, steps=None), "minutes"),
+    (dict(vocab_size=100), "vocab-size"), (dict(rotation=0), "rotation"),
+])
+def test_bad_hyperparameters_fail_before_training(tiny_corpus, tmp_path, kw, match):
+    with pytest.raises(ValueError, match=match):
+        train(tiny_train_config(tiny_corpus, tmp_path / "x", **kw), log=lambda m: None)
+    assert not (tmp_path / "x").exists()  # nothing written
+
+
+def test_bad_corpus_and_output(tmp_path, tiny_corpus):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no .py files"):
+        train(tiny_train_config(str(empty), tmp_path / "o1"), log=lambda m: None)
+    txt = tmp_path / "txt"
+    txt.mkdir()
+    (txt / "a.txt").write_text("hello")
+    with pytest.raises(ValueError, match="no .py files"):
+        train(tiny_train_config(str(txt), tmp_path / "o2"), log=lambda m: None)
+    with pytest.raises(FileNotFoundError, match="corpus directory not found"):
+        train(tiny_train_config(str(tmp_path / "missing"), tmp_path / "o3"), log=lambda m: None)
+    assert not any((tmp_path / o).exists() for o in ("o1", "o2", "o3"))  # failed before creating anything
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(PermissionError, match="output directory"):
+        train(tiny_train_config(tiny_corpus, blocker / "sub"), log=lambda m: None)
+    with pytest.raises(FileNotFoundError, match="--resume"):
+        train(tiny_train_config(tiny_corpus, tmp_path / "o4", resume=True), log=lambda m: None)
+
+
+def test_cli_reports_errors(tmp_path, capsys):
+    from layerskip_kernels.train.cli import main
+
+    assert main(["--out", str(tmp_path / "o"), "--p-max", "1.5"]) == 2
+    assert "--p-max must be in [0, 1)" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["--out", str(tmp_path / "o"), "--corpus", str(empty), "--steps", "1"]) == 2
+    assert "no .py files" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the committed default model
+
+
+def _default_model_dir():
+    import layerskip_kernels as lk
+
+    try:
+        return lk.default_model_path()
+    except FileNotFoundError as e:
+        pytest.skip(f"no embedded default model yet: {e}")
+
+
+def test_default_model_loads_with_both_loaders():
+    transformers = pytest.importorskip("transformers")
+    path = _default_model_dir()
+    ours = LlamaForCausalLM.from_pretrained(path)
+    cfg = ours.config
+    assert cfg.num_hidden_layers >= 8 and cfg.num_key_value_heads < cfg.num_attention_heads
+    assert os.path.getsize(os.path.join(path, "model.safetensors")) <= 25 * 2**20
+    assert "layerskip" in cfg.extra
+    hf = transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    text = "import os\n\n\ndef main(argv=None):\n    return os.path.join('a', 'b')\n"
+    ids = tok(text)["input_ids"]
+    assert tok.decode(ids) == text
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        a, b = ours(x), hf(x).logits
+    torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+    assert (a.argmax(-1) == b.argmax(-1)).all()
+
+
+def test_default_model_tokenizer_round_trips():
+    path = _default_model_dir()
+    tok = data.load_tokenizer(path)
+    text = 'class Point:\n    """A point."""\n\tdef __init__(self, x: int = 0) -> None:  # ü ✓\n        self.x = x\n'
+    ids = tok.encode(text, add_special_tokens=False).ids
+    assert tok.decode(ids) == text
+    assert tok.token_to_id(data.EOS_TOKEN) == LlamaForCausalLM.from_pretrained(path).config.eos_token_id
