@@ -42,7 +42,7 @@ def _ext_modules():
     rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
     sources = rel("csrc/ops.cpp") + rel("csrc/cpu/*.cpp")
     march = os.environ.get("LAYERSKIP_CPU_ARCH", "native")
-    cxx = ["-O3", "-std=c++17", "-fopenmp", f"-DLAYERSKIP_TORCH_VERSION=\"{torch.__version__}\""]
+    cxx = ["-O3", "-std=c++20", "-fopenmp", f"-DLAYERSKIP_TORCH_VERSION=\"{torch.__version__}\""]
     if march != "none":
         cxx.append(f"-march={march}")
     include_dirs = [os.path.join(ROOT, "csrc")]
@@ -70,7 +70,7 @@ def _ext_modules():
         kwargs["sources"] = sources + rel("csrc/cuda/*.cu")
         kwargs["extra_compile_args"] = {
             "cxx": cxx + defines,
-            "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"] + defines,
+            "nvcc": ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"] + defines,
         }
         ext = CUDAExtension(**kwargs)
     else:

@@ -1,0 +1,190 @@
+"""Shared helpers of the kernel microbenchmarks: timing, copy bandwidth,
+machine metadata, CSV rows and PNG plots.
+
+Every script measures the machine's copy bandwidth in the same run as its
+kernels, so that GB/s numbers can be read against what this machine can do at
+that moment (the CPU may be shared with other jobs).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, Iterable
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "bench", "results")
+if ROOT not in sys.path:  # run as `python bench/x.py` from a checkout
+    sys.path.insert(0, ROOT)
+
+
+def sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_fn(fn: Callable[[], object], *, warmup: int = 2, reps: int = 10, min_time_s: float = 0.0,
+            device: str = "cpu") -> dict[str, float]:
+    """Median / p20 / p80 wall time of fn() in seconds (time.perf_counter).
+
+    Runs at least `reps` timed calls, and more until `min_time_s` has passed,
+    so that fast kernels are not timed on a handful of noisy samples.
+    """
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < reps or (time.perf_counter() - start < min_time_s and len(times) < 1000):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    q = lambda f: times[min(len(times) - 1, int(f * len(times)))]
+    return {"median_s": statistics.median(times), "p20_s": q(0.2), "p80_s": q(0.8), "reps": len(times)}
+
+
+def copy_bandwidth_gbs(nbytes: int = 256 << 20, reps: int = 10, device: str = "cpu") -> float:
+    """Median GB/s of a large tensor copy, counting bytes read plus bytes written.
+
+    256 MiB per buffer is far beyond any last-level cache, so this is DRAM
+    bandwidth with torch's own threads: the ceiling a streaming kernel can reach.
+    """
+    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    t = time_fn(lambda: dst.copy_(src), warmup=2, reps=reps, device=device)
+    return 2 * nbytes / t["median_s"] / 1e9
+
+
+def rotating_calls(fn: Callable, make_inputs: Callable[[], tuple], nbytes: int,
+                   min_total: int = 256 << 20, max_copies: int = 1024) -> Callable[[], object]:
+    """A call of fn that cycles through enough copies of its inputs that their
+    total exceeds `min_total` (several times any last-level cache), so small
+    shapes are timed from DRAM as in a real model rather than from cache."""
+    copies = max(1, min(max_copies, -(-min_total // max(nbytes, 1))))
+    sets = [make_inputs() for _ in range(copies)]
+    state = {"i": 0}
+
+    def call():
+        args = sets[state["i"]]
+        state["i"] = (state["i"] + 1) % copies
+        return fn(*args)
+
+    return call
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def metadata() -> dict[str, object]:
+    """Machine and version columns repeated on every CSV row."""
+    import layerskip_kernels as lk
+    from layerskip_kernels import backends
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = ""
+    native = backends.native()
+    info = native.build_info() if native is not None else {}
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "",
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "layerskip": lk.__version__,
+        "build_isa": "+".join(info.get("cpu_isa", [])),
+        "build_openmp": info.get("openmp", ""),
+        "build_cuda": info.get("cuda", ""),
+    }
+
+
+def bench_backends(include_gpu: bool = True) -> list[tuple[str, str]]:
+    """(backend, device) pairs that run here: torch and cpu on CPU tensors, and
+    torch, triton and cuda on CUDA tensors when a GPU is present. Each device's
+    `torch` comes first: it is the baseline of that device's ratios."""
+    from layerskip_kernels import backends
+
+    pairs = [("torch", "cpu")]
+    if backends._why_unavailable("cpu", "cpu") is None:
+        pairs.append(("cpu", "cpu"))
+    if include_gpu and torch.cuda.is_available():
+        pairs.append(("torch", "cuda"))
+        for name in ("triton", "cuda"):
+            if backends._why_unavailable(name, "cuda") is None:
+                pairs.append((name, "cuda"))
+    return pairs
+
+
+def write_csv(path: str, rows: list[dict[str, object]]) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fields: list[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def print_table(rows: list[dict[str, object]], columns: Iterable[str]) -> None:
+    columns = list(columns)
+    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
+    for row in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
+
+
+def plot_bars(path: str, rows: list[dict[str, object]], *, label: Callable[[dict], str], series: str,
+              value: str, ylabel: str, title: str, hline: float | None = None, hline_label: str = "") -> None:
+    """Grouped bar chart: one group per configuration label, one bar per `series` value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels: list[str] = []
+    names: list[str] = []
+    for r in rows:
+        if label(r) not in labels:
+            labels.append(label(r))
+        if r[series] not in names:
+            names.append(r[series])
+    width = 0.8 / max(len(names), 1)
+    fig, ax = plt.subplots(figsize=(max(8, 0.35 * len(labels) * len(names)), 5))
+    for i, name in enumerate(names):
+        vals = {label(r): r[value] for r in rows if r[series] == name}
+        xs = [j + i * width for j, lab in enumerate(labels) if lab in vals]
+        ax.bar(xs, [vals[lab] for lab in labels if lab in vals], width, label=str(name))
+    if hline is not None:
+        ax.axhline(hline, color="k", linestyle="--", linewidth=1, label=hline_label)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(labels))])
+    ax.set_xticklabels(labels, rotation=90, fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,289 @@
+// verify_greedy and verify_sampling on the CPU: bit-exact with reference.py.
+//
+// Both stream the vocabulary once, split into (row, position, vocabulary chunk)
+// tasks whose partial winners merge in vocabulary order, so the result does not
+// depend on the chunking or the thread count. Nothing of size [B, k+1, V] is
+// materialized.
+//
+// Sampling reads less than greedy: the accept coins need only p and q at the
+// drafted ids, which fixes the first rejected position a of each row first;
+// only the race at a decides the emitted token, so only that position's
+// probabilities are streamed (the races at other positions are never used).
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "common/philox.h"
+#include "cpu/kernels.h"
+
+namespace layerskip::cpu {
+namespace {
+
+int num_threads_for(int64_t tasks) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tasks)));
+}
+
+// Splits [0, n) into pieces of at least `min_piece` so that `rows * pieces`
+// gives every thread a few tasks.
+int64_t pieces_for(int64_t n, int64_t rows, int64_t min_piece) {
+  const int64_t want = (4 * static_cast<int64_t>(at::get_num_threads()) + rows - 1) / std::max<int64_t>(rows, 1);
+  const int64_t most = std::max<int64_t>(1, n / min_piece);
+  return std::max<int64_t>(1, std::min(want, most));
+}
+
+// Emits drafts[:a], then `last` at a, then -1.
+void emit_row(const int64_t* drafts, int64_t k, int64_t a, int64_t last, int64_t* out) {
+  for (int64_t i = 0; i < a; ++i) out[i] = drafts[i];
+  out[a] = last;
+  for (int64_t i = a + 1; i <= k; ++i) out[i] = -1;
+}
+
+// ---------------------------------------------------------------- greedy
+
+// torch.argmax order: the first NaN wins outright, else the first maximum.
+struct ArgmaxPart {
+  float val;
+  int64_t idx;
+  bool nan;
+};
+
+template <typename T>
+ArgmaxPart argmax_range(const T* x, int64_t v0, int64_t v1) {
+  constexpr int64_t kBlock = 2048;
+  ArgmaxPart best{-INFINITY, v0, false};
+  for (int64_t b0 = v0; b0 < v1; b0 += kBlock) {
+    const int64_t b1 = std::min(v1, b0 + kBlock);
+    // Vector max plus a NaN flag; the max's value under NaN does not matter,
+    // since a block with a NaN is resolved by the scalar scan below.
+    float m = -INFINITY;
+    int has_nan = 0;
+#pragma omp simd reduction(max : m) reduction(| : has_nan)
+    for (int64_t i = b0; i < b1; ++i) {
+      const float f = static_cast<float>(x[i]);
+      m = f > m ? f : m;
+      has_nan |= static_cast<int>(f != f);
+    }
+    if (has_nan) {
+      for (int64_t i = b0; i < b1; ++i)
+        if (std::isnan(static_cast<float>(x[i]))) return {NAN, i, true};
+    }
+    if (m > best.val) {
+      int64_t i = b0;
+      while (static_cast<float>(x[i]) != m) ++i;
+      best = {m, i, false};
+    }
+  }
+  return best;
+}
+
+template <typename T>
+void greedy_kernel(const int64_t* drafts, const T* logits, int64_t B, int64_t k, int64_t V,
+                   int32_t* num_accepted, int64_t* out) {
+  const int64_t rows = B * (k + 1);
+  const int64_t pieces = pieces_for(V, rows, 16384);
+  const int64_t piece = (V + pieces - 1) / pieces;
+  const int64_t tasks = rows * pieces;
+  std::vector<ArgmaxPart> parts(tasks);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads_for(tasks))
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t row = t / pieces, c = t % pieces;
+    const int64_t v0 = std::min(V, c * piece), v1 = std::min(V, v0 + piece);
+    parts[t] = argmax_range(logits + row * V, v0, v1);
+  }
+  std::vector<int64_t> target(rows);
+  for (int64_t row = 0; row < rows; ++row) {
+    ArgmaxPart best = parts[row * pieces];
+    for (int64_t c = 1; c < pieces && !best.nan; ++c) {
+      const ArgmaxPart& p = parts[row * pieces + c];
+      if (p.nan || p.val > best.val) best = p;
+    }
+    target[row] = best.idx;
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t* d = drafts + b * k;
+    const int64_t* tgt = target.data() + b * (k + 1);
+    int64_t a = 0;
+    while (a < k && d[a] == tgt[a]) ++a;
+    num_accepted[b] = static_cast<int32_t>(a);
+    emit_row(d, k, a, tgt[a], out + b * (k + 1));
+  }
+}
+
+// ---------------------------------------------------------------- sampling
+
+// Leader of an exponential race: argmax of race_key, ties to the lowest id. An
+// empty race (no weight > 0) keeps key -1 and id 0, as torch.argmax of all -1.
+struct RaceBest {
+  double key = -1.0;
+  int64_t idx = 0;
+  void offer(float r, float u, int64_t v) {
+    if (!(r > 0.f)) return;
+    const double key_v = race_key(r, u);
+    if (key_v > key) {
+      key = key_v;
+      idx = v;
+    }
+  }
+};
+
+// Candidates can be skipped without a log: -log(u) >= 1 - u, so
+// race_key(r, u) <= r / (1 - u), and r <= thr * (1 - u) with thr a little below
+// the leader's key means the candidate cannot overtake it (the 1e-5 margin
+// covers fp32 rounding of thr and of the product; 1 - u is exact). Keys outside
+// [1e-29, 1e30] disable the filter, so fp32 range limits cannot skip a winner.
+float filter_threshold(double key) {
+  if (!(key >= 1e-29 && key <= 1e30)) return 0.f;
+  return static_cast<float>(key * (1.0 - 1e-5));
+}
+
+constexpr int64_t kGroups = 16;  // Philox calls per block: 64 vocabulary ids
+
+// The race(s) of one row at position `pos` over vocabulary ids [v0, v1) (v0 a
+// multiple of 4). With kResidual the weights are max(p - q, 0), and the race
+// over p runs alongside for the case where the residual is zero everywhere.
+template <bool kResidual>
+void race_range(const float* p, const float* q, int64_t V, int64_t v0, int64_t v1,
+                const SamplingKey& key, uint32_t row, uint32_t pos, RaceBest& best_r,
+                RaceBest& best_p) {
+  uint32_t w[4][kGroups];
+  for (int64_t b0 = v0; b0 < v1; b0 += 4 * kGroups) {
+    const uint32_t g0 = static_cast<uint32_t>(b0 / 4);
+#pragma omp simd
+    for (int64_t gi = 0; gi < kGroups; ++gi) {
+      const Philox4 x = sampling_race_words(key, row, pos, g0 + static_cast<uint32_t>(gi));
+      w[0][gi] = x.x[0];
+      w[1][gi] = x.x[1];
+      w[2][gi] = x.x[2];
+      w[3][gi] = x.x[3];
+    }
+    const int64_t b1 = std::min(v1, b0 + 4 * kGroups);
+    bool hit = true;
+    if (b1 - b0 == 4 * kGroups) {
+      const float thr_r = filter_threshold(best_r.key);
+      const float thr_p = filter_threshold(best_p.key);
+      int any = 0;
+#pragma omp simd reduction(| : any)
+      for (int64_t gi = 0; gi < kGroups; ++gi) {
+        for (int j = 0; j < 4; ++j) {
+          const int64_t v = b0 + 4 * gi + j;
+          const float om = 1.f - philox_uniform(w[j][gi]);
+          if constexpr (kResidual) {
+            const float r = p[v] - q[v];
+            any |= static_cast<int>(r > thr_r * om) | static_cast<int>(p[v] > thr_p * om);
+          } else {
+            any |= static_cast<int>(p[v] > thr_r * om);
+          }
+        }
+      }
+      hit = any != 0;
+    }
+    if (!hit) continue;
+    for (int64_t v = b0; v < b1; ++v) {
+      const int64_t gi = (v - b0) / 4;
+      const float u = philox_uniform(w[v % 4][gi]);
+      if constexpr (kResidual) {
+        const float diff = p[v] - q[v];
+        best_r.offer(diff > 0.f ? diff : 0.f, u, v);  // clamp(p - q, min=0) as the reference
+        best_p.offer(p[v], u, v);
+      } else {
+        best_r.offer(p[v], u, v);
+      }
+    }
+  }
+}
+
+void sampling_kernel(const int64_t* drafts, const float* dprobs, const float* tprobs, int64_t B,
+                     int64_t k, int64_t V, const SamplingKey& key, int32_t* num_accepted,
+                     int64_t* out) {
+  // Accept coins: O(k) reads per row.
+  std::vector<int64_t> first_reject(B);
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t a = 0;
+    while (a < k) {
+      const int64_t d = drafts[b * k + a];
+      const float p_d = tprobs[(b * (k + 1) + a) * V + d];
+      const float q_d = dprobs[(b * k + a) * V + d];
+      if (!sampling_accept(sampling_coin(key, static_cast<uint32_t>(b), static_cast<uint32_t>(a)), p_d, q_d))
+        break;
+      ++a;
+    }
+    first_reject[b] = a;
+  }
+
+  // The race at position a of each row, split over vocabulary pieces aligned to
+  // Philox groups of 4.
+  const int64_t pieces = pieces_for(V, B, 16384);
+  const int64_t piece = ((V + pieces - 1) / pieces + 3) / 4 * 4;
+  const int64_t tasks = B * pieces;
+  std::vector<RaceBest> part_r(tasks), part_p(tasks);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads_for(tasks))
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t b = t / pieces, c = t % pieces;
+    const int64_t v0 = std::min(V, c * piece), v1 = std::min(V, v0 + piece);
+    const int64_t a = first_reject[b];
+    const float* p = tprobs + (b * (k + 1) + a) * V;
+    if (a < k) {
+      race_range<true>(p, dprobs + (b * k + a) * V, V, v0, v1, key, static_cast<uint32_t>(b),
+                       static_cast<uint32_t>(a), part_r[t], part_p[t]);
+    } else {
+      race_range<false>(p, nullptr, V, v0, v1, key, static_cast<uint32_t>(b),
+                        static_cast<uint32_t>(a), part_r[t], part_p[t]);
+    }
+  }
+
+  for (int64_t b = 0; b < B; ++b) {
+    RaceBest r, p;
+    for (int64_t c = 0; c < pieces; ++c) {  // in vocabulary order: ties stay with the lowest id
+      const RaceBest& pr = part_r[b * pieces + c];
+      const RaceBest& pp = part_p[b * pieces + c];
+      if (pr.key > r.key) r = pr;
+      if (pp.key > p.key) p = pp;
+    }
+    const int64_t a = first_reject[b];
+    // At a < k a residual with no positive entry falls back to the race over p.
+    const int64_t token = (a < k && r.key < 0.0) ? p.idx : r.idx;
+    num_accepted[b] = static_cast<int32_t>(a);
+    emit_row(drafts + b * k, k, a, token, out + b * (k + 1));
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> verify_greedy(const at::Tensor& draft_tokens,
+                                                 const at::Tensor& target_logits) {
+  const at::Tensor drafts = draft_tokens.contiguous();
+  const at::Tensor logits = target_logits.contiguous();
+  const int64_t B = drafts.size(0), k = drafts.size(1), V = logits.size(2);
+  at::Tensor num_accepted = at::empty({B}, drafts.options().dtype(at::kInt));
+  at::Tensor out_tokens = at::empty({B, k + 1}, drafts.options());
+  if (B == 0) return {num_accepted, out_tokens};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "verify_greedy", [&] {
+    greedy_kernel<scalar_t>(drafts.data_ptr<int64_t>(), logits.data_ptr<scalar_t>(), B, k, V,
+                            num_accepted.data_ptr<int32_t>(), out_tokens.data_ptr<int64_t>());
+  });
+  return {num_accepted, out_tokens};
+}
+
+std::tuple<at::Tensor, at::Tensor> verify_sampling(const at::Tensor& draft_tokens,
+                                                   const at::Tensor& draft_probs,
+                                                   const at::Tensor& target_probs, int64_t seed,
+                                                   int64_t offset) {
+  const at::Tensor drafts = draft_tokens.contiguous();
+  const at::Tensor q = draft_probs.contiguous();
+  const at::Tensor p = target_probs.contiguous();
+  const int64_t B = drafts.size(0), k = drafts.size(1), V = p.size(2);
+  at::Tensor num_accepted = at::empty({B}, drafts.options().dtype(at::kInt));
+  at::Tensor out_tokens = at::empty({B, k + 1}, drafts.options());
+  if (B == 0) return {num_accepted, out_tokens};
+  const uint64_t s = static_cast<uint64_t>(seed);
+  const SamplingKey key{static_cast<uint32_t>(s & 0xffffffffu), static_cast<uint32_t>(s >> 32),
+                        static_cast<uint32_t>(offset)};
+  sampling_kernel(drafts.data_ptr<int64_t>(), q.data_ptr<float>(), p.data_ptr<float>(), B, k, V, key,
+                  num_accepted.data_ptr<int32_t>(), out_tokens.data_ptr<int64_t>());
+  return {num_accepted, out_tokens};
+}
+
+}  // namespace layerskip::cpu

@@ -1,0 +1,408 @@
+// draft_verify_attention on the CPU: RoPE + KV-cache write + causal GQA
+// attention over a static cache, one OpenMP task per (batch row, kv head).
+//
+// A task owns the cache slice [b, h] and every query that reads it: the G = Hq/Hkv
+// query heads times the S queries of row b form a block of G*S query rows that
+// shares ONE pass over the keys (tiles of kTile keys converted to fp32 once and
+// reused by every row), with an online softmax per row. Decode (S = 1) and
+// verify (S = k+1) are bandwidth-bound: K and V are read once per call. Large S
+// (prefill) is split into chunks of queries so the per-thread buffers stay
+// bounded; a chunk reads only the keys its last query can see.
+//
+// Two ways to compute the score block Q·K^T of a tile, because the cache keeps
+// keys in rows ([t][d]) and vectorizing over d needs a horizontal sum per score:
+//   - few rows (decode): one dot product per (row, key), vectorized over d;
+//   - many rows: the tile is stored transposed ([d][t]) once, and each row's
+//     scores are a vector over keys built by broadcast-FMAs, no horizontal sums.
+//     The transpose is scalar work per key, which only pays off with many rows.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "common/macros.h"
+#include "common/online_softmax.h"
+#include "common/rope.h"
+#include "cpu/kernels.h"
+
+namespace layerskip::cpu {
+namespace {
+
+constexpr int kTile = 32;     // keys per tile: two AVX-512 vectors of scores
+constexpr int kMaxRows = 64;  // query rows (heads x queries) per pass over the keys
+// From this many rows on, transposing a key tile costs less than the
+// horizontal sums of the dot-product path (a rough crossover: G = 4 heads at S = 1
+// stay on the dot path, verify steps with S >= 2 take the transposed one).
+constexpr int kTransposeRows = 8;
+
+// exp(x) for x <= 0 in fp32 (within ~2 ulp), exactly 0 below -87 and at -inf.
+// glibc's vector expf is only declared under -ffast-math, which the exact
+// acceptance kernels of this extension must not be built with; this is a plain
+// sequence of fma/select/bit operations the compiler vectorizes.
+LS_FORCE_INLINE float exp_nonpos(float x) {
+  const float xc = x < -87.f ? -87.f : x;
+  // Round x/ln2 to an integer with the 1.5*2^23 trick (no fast-math: kept as written).
+  const float n = (xc * 1.44269504088896341f + 12582912.f) - 12582912.f;
+  float r = std::fma(n, -0.693145751953125f, xc);  // ln2 split: hi has 16 bits, n*hi exact
+  r = std::fma(n, -1.428606765330187e-06f, r);
+  // Taylor series of exp on |r| <= ln2/2, degree 7: truncation error < 1e-8.
+  float p = 1.f / 5040.f;
+  p = std::fma(p, r, 1.f / 720.f);
+  p = std::fma(p, r, 1.f / 120.f);
+  p = std::fma(p, r, 1.f / 24.f);
+  p = std::fma(p, r, 1.f / 6.f);
+  p = std::fma(p, r, 0.5f);
+  p = std::fma(p, r, 1.f);
+  p = std::fma(p, r, 1.f);
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n, n in [-126, 0]
+  float two_n;
+  std::memcpy(&two_n, &bits, sizeof(two_n));
+  return x < -87.f ? 0.f : p * two_n;
+}
+
+struct Strides4 {
+  int64_t s0, s1, s2, s3;
+};
+
+Strides4 strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
+
+struct AttnParams {
+  int64_t B, S, Hq, Hkv, D, T_max;
+  int64_t G;  // query heads per kv head
+  float scale;
+  Strides4 q, kc, vc, kn, vn;
+  int64_t cos_s0, cos_s1, sin_s0, sin_s1;
+};
+
+// Per-thread scratch, allocated once per call and thread.
+struct Scratch {
+  std::vector<float> q;      // [rows, D] rotated, scaled queries
+  std::vector<float> acc;    // [rows, D] unnormalized outputs
+  std::vector<float> k;      // [kTile, D] or transposed [D, kTile]
+  std::vector<float> v;      // [kTile, D]
+  std::vector<float> p;      // [rows, kTile] scores, then probabilities
+  std::vector<float> tmp;    // [D] one head, for RoPE
+  std::vector<SoftmaxState> st;
+  std::vector<float> rescale;  // [rows] accumulator factor of the current tile
+  std::vector<int> visible;    // [rows] keys of the current tile the row sees
+  Scratch(int64_t rows, int64_t D)
+      : q(rows * D), acc(rows * D), k(kTile * D), v(kTile * D), p(rows * kTile), tmp(D), st(rows),
+        rescale(rows), visible(rows) {}
+};
+
+// Loads one head (stride `sd` over d) into fp32, rotated at table row `pos` when kRope.
+template <typename scalar_t, bool kRope>
+void load_head(const scalar_t* src, int64_t sd, int64_t D, const AttnParams& P, const float* cos,
+               const float* sin, int64_t pos, float* dst) {
+  for (int64_t d = 0; d < D; ++d) dst[d] = static_cast<float>(src[d * sd]);
+  if constexpr (kRope) {
+    const float* c = cos + pos * P.cos_s0;
+    const float* s = sin + pos * P.sin_s0;
+    const int64_t half = D / 2;
+    for (int64_t i = 0; i < half; ++i) {
+      const RotatedPair r = rope_rotate_pair(dst[i], dst[i + half], c[i * P.cos_s1], s[i * P.sin_s1]);
+      dst[i] = r.lo;
+      dst[i + half] = r.hi;
+    }
+  }
+}
+
+// Scores of `nrows` rows against one tile of keys stored [t][d]: a dot product each.
+template <int kD>
+void scores_dot(const float* __restrict q, int nrows, const float* __restrict k, int nt, int64_t Drt,
+                float* __restrict out) {
+  const int64_t D = kD > 0 ? kD : Drt;
+  for (int t = 0; t < nt; ++t) {
+    const float* kt = k + t * D;
+    for (int r = 0; r < nrows; ++r) {
+      const float* qr = q + r * D;
+      float s = 0.f;
+#pragma omp simd reduction(+ : s)
+      for (int64_t d = 0; d < D; ++d) s = std::fma(qr[d], kt[d], s);
+      out[r * kTile + t] = s;
+    }
+  }
+}
+
+// Scores of up to 4 rows against a transposed tile kT [d][kTile]: a vector over
+// keys per row; 4 rows share each load of kT and give 8 independent FMA chains.
+template <int kD, int NR>
+LS_FORCE_INLINE void scores_t_block(const float* __restrict q, const float* __restrict kT, int64_t Drt,
+                                    float* __restrict out) {
+  const int64_t D = kD > 0 ? kD : Drt;
+  float s[NR][kTile];
+  for (int r = 0; r < NR; ++r)
+#pragma omp simd
+    for (int t = 0; t < kTile; ++t) s[r][t] = 0.f;
+  for (int64_t d = 0; d < D; ++d) {
+    const float* kd = kT + d * kTile;
+    for (int r = 0; r < NR; ++r) {
+      const float qd = q[r * D + d];
+#pragma omp simd
+      for (int t = 0; t < kTile; ++t) s[r][t] = std::fma(qd, kd[t], s[r][t]);
+    }
+  }
+  for (int r = 0; r < NR; ++r)
+#pragma omp simd
+    for (int t = 0; t < kTile; ++t) out[r * kTile + t] = s[r][t];
+}
+
+template <int kD>
+void scores_transposed(const float* q, int nrows, const float* kT, int64_t Drt, float* out) {
+  const int64_t D = kD > 0 ? kD : Drt;
+  int r = 0;
+  for (; r + 4 <= nrows; r += 4) scores_t_block<kD, 4>(q + r * D, kT, Drt, out + r * kTile);
+  for (; r + 2 <= nrows; r += 2) scores_t_block<kD, 2>(q + r * D, kT, Drt, out + r * kTile);
+  for (; r < nrows; ++r) scores_t_block<kD, 1>(q + r * D, kT, Drt, out + r * kTile);
+}
+
+// acc_i[0..D) = acc_i * rescale_i + sum_t p_i[t] * v[t][:] for NR rows at once
+// (NR independent FMA chains per vector of d, sharing each load of v), with the
+// accumulators held in registers across the tile when D is a compile-time constant.
+template <int kD, int NR>
+LS_FORCE_INLINE void accumulate_pv(float* __restrict acc, const float* rescale, const float* __restrict p,
+                                   const float* __restrict v, int nt, int64_t Drt) {
+  if constexpr (kD > 0) {
+    float a[NR][kD];
+    for (int i = 0; i < NR; ++i)
+#pragma omp simd
+      for (int d = 0; d < kD; ++d) a[i][d] = acc[i * kD + d] * rescale[i];
+    for (int t = 0; t < nt; ++t) {
+      const float* vt = v + t * kD;
+      for (int i = 0; i < NR; ++i) {
+        const float pt = p[i * kTile + t];
+#pragma omp simd
+        for (int d = 0; d < kD; ++d) a[i][d] = std::fma(pt, vt[d], a[i][d]);
+      }
+    }
+    for (int i = 0; i < NR; ++i)
+#pragma omp simd
+      for (int d = 0; d < kD; ++d) acc[i * kD + d] = a[i][d];
+  } else {
+    for (int i = 0; i < NR; ++i) {
+      float* ai = acc + i * Drt;
+      for (int64_t d = 0; d < Drt; ++d) ai[d] *= rescale[i];
+      for (int t = 0; t < nt; ++t) {
+        const float pt = p[i * kTile + t];
+        const float* vt = v + t * Drt;
+#pragma omp simd
+        for (int64_t d = 0; d < Drt; ++d) ai[d] = std::fma(pt, vt[d], ai[d]);
+      }
+    }
+  }
+}
+
+// One (batch row b, kv head h) task: cache write, then attention of its G*S rows.
+template <typename scalar_t, bool kRope, int kD>
+void attention_task(const AttnParams& P, int64_t b, int64_t h, int64_t L, const scalar_t* q,
+                    scalar_t* k_cache, scalar_t* v_cache, const scalar_t* k_new,
+                    const scalar_t* v_new, const float* cos, const float* sin, scalar_t* out,
+                    int64_t s_per_chunk, Scratch& W) {
+  const int64_t D = kD > 0 ? kD : P.D;
+  const int64_t S = P.S, G = P.G;
+  scalar_t* kc = k_cache + b * P.kc.s0 + h * P.kc.s1;
+  scalar_t* vc = v_cache + b * P.vc.s0 + h * P.vc.s1;
+
+  // (1) Write this head's new keys (rotated, rounded once to the cache dtype) and values.
+  for (int64_t s = 0; s < S; ++s) {
+    const int64_t pos = L + s;
+    load_head<scalar_t, kRope>(k_new + b * P.kn.s0 + s * P.kn.s1 + h * P.kn.s2, P.kn.s3, D, P, cos,
+                               sin, pos, W.tmp.data());
+    scalar_t* kdst = kc + pos * P.kc.s2;
+    for (int64_t d = 0; d < D; ++d) kdst[d] = static_cast<scalar_t>(W.tmp[d]);
+    const scalar_t* vsrc = v_new + b * P.vn.s0 + s * P.vn.s1 + h * P.vn.s2;
+    scalar_t* vdst = vc + pos * P.vc.s2;
+    for (int64_t d = 0; d < D; ++d) vdst[d] = vsrc[d * P.vn.s3];
+  }
+  if (G == 0) return;
+
+  // (2) Attention, one chunk of queries at a time; row index = (s - s0) * G + g.
+  for (int64_t s0 = 0; s0 < S; s0 += s_per_chunk) {
+    const int64_t s1 = std::min(S, s0 + s_per_chunk);
+    const int nrows = static_cast<int>((s1 - s0) * G);
+    for (int64_t s = s0; s < s1; ++s) {
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t r = (s - s0) * G + g;
+        float* qr = W.q.data() + r * D;
+        load_head<scalar_t, kRope>(q + b * P.q.s0 + s * P.q.s1 + (h * G + g) * P.q.s2, P.q.s3, D, P,
+                                   cos, sin, L + s, qr);
+        for (int64_t d = 0; d < D; ++d) qr[d] *= P.scale;
+      }
+    }
+    std::fill(W.acc.begin(), W.acc.begin() + nrows * D, 0.f);
+    std::fill(W.st.begin(), W.st.begin() + nrows, softmax_state_empty());
+    const bool transposed = nrows >= kTransposeRows;
+
+    const int64_t n_keys = L + s1;  // the last query of the chunk sees keys 0 .. L + s1 - 1
+    for (int64_t t0 = 0; t0 < n_keys; t0 += kTile) {
+      const int nt = static_cast<int>(std::min<int64_t>(kTile, n_keys - t0));
+      // Convert the tile to fp32 once for all rows. Keys past n_keys are never
+      // read: their scores are masked and their values multiply p = 0 (zeros, not
+      // whatever stale data the cache holds, so 0 * NaN cannot happen).
+      float* kbuf = W.k.data();
+      float* vbuf = W.v.data();
+      for (int t = 0; t < nt; ++t) {
+        const scalar_t* ksrc = kc + (t0 + t) * P.kc.s2;
+        const scalar_t* vsrc = vc + (t0 + t) * P.vc.s2;
+        if (transposed) {
+          for (int64_t d = 0; d < D; ++d) kbuf[d * kTile + t] = static_cast<float>(ksrc[d]);
+        } else {
+#pragma omp simd
+          for (int64_t d = 0; d < D; ++d) kbuf[t * D + d] = static_cast<float>(ksrc[d]);
+        }
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) vbuf[t * D + d] = static_cast<float>(vsrc[d]);
+      }
+      if (nt < kTile) {
+        std::fill(vbuf + nt * D, vbuf + kTile * D, 0.f);
+        if (transposed)
+          for (int64_t d = 0; d < D; ++d) std::fill(kbuf + d * kTile + nt, kbuf + (d + 1) * kTile, 0.f);
+      }
+
+      // Rows whose queries see no key of this tile are skipped (prefill chunks).
+      const int64_t first_s = std::max<int64_t>(s0, t0 - L);  // queries with L + s >= t0
+      const int r_begin = static_cast<int>((first_s - s0) * G);
+      if (r_begin >= nrows) continue;
+      float* sc = W.p.data();
+      if (transposed)
+        scores_transposed<kD>(W.q.data() + r_begin * D, nrows - r_begin, kbuf, D, sc + r_begin * kTile);
+      else
+        scores_dot<kD>(W.q.data() + r_begin * D, nrows - r_begin, kbuf, nt, D, sc + r_begin * kTile);
+
+      // Online softmax per row: p = exp(score - running max), and the factor
+      // that rescales the row's accumulator to the new max.
+      float* rescale = W.rescale.data();
+      int* visible = W.visible.data();
+      for (int r = r_begin; r < nrows; ++r) {
+        const int64_t s = s0 + r / G;
+        // Keys t0 + t with t0 + t <= L + s are visible to this row.
+        const int vis = static_cast<int>(std::min<int64_t>(nt, L + s + 1 - t0));
+        float* pr = sc + r * kTile;
+        float m_tile = -INFINITY;
+#pragma omp simd reduction(max : m_tile)
+        for (int t = 0; t < kTile; ++t) m_tile = std::max(m_tile, t < vis ? pr[t] : -INFINITY);
+        SoftmaxState& st = W.st[r];
+        const float m_new = std::max(st.m, m_tile);
+        if (m_new == -INFINITY) {  // every score so far is -inf: nothing to add yet
+          rescale[r] = 1.f;
+          visible[r] = 0;
+          std::fill(pr, pr + kTile, 0.f);  // its P·V partner may run over this tile
+          continue;
+        }
+        rescale[r] = softmax_rescale(st.m, m_new);
+        visible[r] = vis;
+        float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+        for (int t = 0; t < kTile; ++t) {
+          const float e = exp_nonpos(pr[t] - m_new);
+          pr[t] = t < vis ? e : 0.f;
+          sum += pr[t];
+        }
+        st.l = st.l * rescale[r] + sum;
+        st.m = m_new;
+      }
+      // P·V two rows at a time: p is zero past a row's visible keys and v is
+      // zero past the tile, so a pair can run to the longer of its two ranges.
+      int r = r_begin;
+      for (; r + 2 <= nrows; r += 2)
+        accumulate_pv<kD, 2>(W.acc.data() + r * D, rescale + r, sc + r * kTile, vbuf,
+                             std::max(visible[r], visible[r + 1]), D);
+      if (r < nrows) accumulate_pv<kD, 1>(W.acc.data() + r * D, rescale + r, sc + r * kTile, vbuf, visible[r], D);
+    }
+
+    for (int64_t s = s0; s < s1; ++s) {
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t r = (s - s0) * G + g;
+        const float inv = 1.f / W.st[r].l;
+        const float* ar = W.acc.data() + r * D;
+        scalar_t* o = out + ((b * S + s) * P.Hq + h * G + g) * D;
+        for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(ar[d] * inv);
+      }
+    }
+  }
+}
+
+template <typename scalar_t, bool kRope, int kD>
+void attention_launch(const AttnParams& P, const int32_t* lens, const scalar_t* q, scalar_t* k_cache,
+                      scalar_t* v_cache, const scalar_t* k_new, const scalar_t* v_new,
+                      const float* cos, const float* sin, scalar_t* out) {
+  const int64_t G = P.G;
+  const int64_t s_per_chunk = std::max<int64_t>(1, std::min<int64_t>(P.S, G > 0 ? kMaxRows / G : P.S));
+  const int64_t rows = std::max<int64_t>(1, s_per_chunk * G);
+  const int64_t tasks = P.B * P.Hkv;
+  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tasks)));
+#pragma omp parallel num_threads(threads)
+  {
+    Scratch W(rows, P.D);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < tasks; ++task) {
+      const int64_t b = task / P.Hkv, h = task % P.Hkv;
+      attention_task<scalar_t, kRope, kD>(P, b, h, lens[b], q, k_cache, v_cache, k_new, v_new, cos,
+                                          sin, out, s_per_chunk, W);
+    }
+  }
+}
+
+}  // namespace
+
+at::Tensor draft_verify_attention(const at::Tensor& q, at::Tensor& k_cache, at::Tensor& v_cache,
+                                  const at::Tensor& k_new, const at::Tensor& v_new,
+                                  const at::Tensor& cache_seqlens,
+                                  const c10::optional<at::Tensor>& cos,
+                                  const c10::optional<at::Tensor>& sin, double softmax_scale) {
+  AttnParams P;
+  P.B = q.size(0);
+  P.S = q.size(1);
+  P.Hq = q.size(2);
+  P.D = q.size(3);
+  P.Hkv = k_cache.size(1);
+  P.T_max = k_cache.size(2);
+  P.G = P.Hq / P.Hkv;
+  P.scale = static_cast<float>(softmax_scale);
+  P.q = strides_of(q);
+  P.kc = strides_of(k_cache);
+  P.vc = strides_of(v_cache);
+  P.kn = strides_of(k_new);
+  P.vn = strides_of(v_new);
+  at::Tensor out = at::empty({P.B, P.S, P.Hq, P.D}, q.options().memory_format(at::MemoryFormat::Contiguous));
+  if (P.B == 0 || P.D == 0) return out;
+  const at::Tensor lens = cache_seqlens.contiguous();
+  const bool has_rope = cos.has_value();
+  const float* cos_p = nullptr;
+  const float* sin_p = nullptr;
+  P.cos_s0 = P.cos_s1 = P.sin_s0 = P.sin_s1 = 0;
+  if (has_rope) {
+    cos_p = cos->data_ptr<float>();
+    sin_p = sin->data_ptr<float>();
+    P.cos_s0 = cos->stride(0);
+    P.cos_s1 = cos->stride(1);
+    P.sin_s0 = sin->stride(0);
+    P.sin_s1 = sin->stride(1);
+  }
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "draft_verify_attention", [&] {
+    LS_BOOL_SWITCH(has_rope, kRope, [&] {
+      auto go = [&](auto d_const) {
+        constexpr int kD = decltype(d_const)::value;
+        attention_launch<scalar_t, kRope, kD>(
+            P, lens.data_ptr<int32_t>(), q.data_ptr<scalar_t>(), k_cache.data_ptr<scalar_t>(),
+            v_cache.data_ptr<scalar_t>(), k_new.data_ptr<scalar_t>(), v_new.data_ptr<scalar_t>(),
+            cos_p, sin_p, out.data_ptr<scalar_t>());
+      };
+      switch (P.D) {
+        case 32: go(std::integral_constant<int, 32>{}); break;
+        case 64: go(std::integral_constant<int, 64>{}); break;
+        case 96: go(std::integral_constant<int, 96>{}); break;
+        case 128: go(std::integral_constant<int, 128>{}); break;
+        default: go(std::integral_constant<int, 0>{}); break;  // any other D: runtime loops
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace layerskip::cpu
