@@ -224,3 +224,36 @@ def test_opcheck_attention():
     q, kc, vc, kn, vn, lens, cos, sin = make_case(2, 3, 4, 2, 8, torch.float32, True, "cpu", T_max=10)
     lens = torch.tensor([0, 4], dtype=torch.int32)
     torch.library.opcheck(torch.ops.layerskip.draft_verify_attention.default, (q.contiguous(), kc, vc, kn, vn, lens, cos, sin, None))
+
+
+@pytest.mark.parametrize("backend", [p for p in backend_params() if p.values[0] == "triton"])
+@pytest.mark.parametrize(
+    "B,S,Hq,Hkv,D,dtype,rope,num_splits",
+    [
+        (3, 5, 8, 2, 64, torch.float32, True, 3),  # every row's keys span several splits
+        (3, 1, 6, 3, 96, torch.float16, True, 7),  # more splits than key blocks: empty splits
+        (2, 3, 4, 4, 32, torch.bfloat16, False, 2),
+    ],
+)
+def test_triton_split_kv(backend, B, S, Hq, Hkv, D, dtype, rope, num_splits):
+    # The split-KV path (partial softmax per split + log-sum-exp merge) is only
+    # chosen for long caches on a GPU: force it here, on a cache long enough
+    # that the splits hold different keys.
+    from layerskip_kernels import triton as triton_kernels
+
+    device = backend_device(backend)
+    args = make_case(B, S, Hq, Hkv, D, dtype, rope, device, T_max=200, seed=3)
+    cpu_args = [None if a is None else a.cpu() for a in args]
+    truth_args = [None if a is None else (a.double() if a.is_floating_point() else a.clone()) for a in cpu_args]
+    truth = reference.draft_verify_attention(*truth_args)
+    ref_args = [None if a is None else a.clone() for a in cpu_args]
+    ref_out = reference.draft_verify_attention(*ref_args)
+    got_args = [None if a is None else a.clone() for a in args]
+    out = triton_kernels.draft_verify_attention(*got_args, num_splits=num_splits)
+    assert out.dtype == dtype and out.shape == (B, S, Hq, D)
+    err_ref = (ref_out.double() - truth).abs().max().item()
+    err = (out.cpu().double() - truth).abs().max().item()
+    assert err <= 3 * err_ref + FLOOR[dtype], f"max err {err:.3g} vs reference {err_ref:.3g}"
+    assert torch.equal(got_args[2].cpu(), ref_args[2])
+    diff = (got_args[1].cpu().double() - ref_args[1].double()).abs()
+    assert (diff <= ULP[dtype] * ref_args[1].double().abs().clamp(min=1.0)).all()
