@@ -15,6 +15,7 @@ different torch into a temporary environment.
 
 import glob
 import os
+import shutil
 import sys
 
 from setuptools import setup
@@ -22,7 +23,29 @@ from setuptools import setup
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
+def _find_cuda_home():
+    """A CUDA toolkit directory with headers, or None.
+
+    torch derives CUDA_HOME from `which nvcc`; on machines where nvcc is a
+    wrapper in /usr/local/bin that gives /usr/local, which has no cuda_runtime.h.
+    """
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    candidates.append("/usr/local/cuda")
+    for c in candidates:
+        if c and os.path.isfile(os.path.join(c, "include", "cuda_runtime.h")) and os.path.isfile(
+            os.path.join(c, "bin", "nvcc")
+        ):
+            return c
+    return None
+
+
 def _ext_modules():
+    cuda_home = _find_cuda_home()
+    if cuda_home and os.environ.get("LAYERSKIP_CUDA", "auto") != "0":
+        os.environ["CUDA_HOME"] = cuda_home  # read by torch.utils.cpp_extension at import
     try:
         import torch
         from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
@@ -34,7 +57,7 @@ def _ext_modules():
     mode = os.environ.get("LAYERSKIP_CUDA", "auto").lower()
     if mode not in ("auto", "0", "1"):
         raise ValueError(f"LAYERSKIP_CUDA must be auto, 0 or 1, got {mode!r}")
-    nvcc = CUDA_HOME is not None and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc"))
+    nvcc = cuda_home is not None and CUDA_HOME == cuda_home
     with_cuda = mode == "1" or (mode == "auto" and torch.version.cuda is not None and nvcc)
     if with_cuda and not (torch.version.cuda and nvcc):
         raise RuntimeError("LAYERSKIP_CUDA=1 needs a CUDA build of torch and nvcc (CUDA_HOME)")

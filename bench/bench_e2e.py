@@ -89,6 +89,22 @@ def step_costs(model, B: int, context: int, E: int, k: int, reps: int = 30) -> d
                 (("ar", ar), ("draft", draft), ("verify", verify))}
 
 
+def token_agreement(a: list[list[int]], b: list[list[int]]) -> float:
+    """Fraction of generated tokens before the first difference of each row pair.
+
+    1.0 means identical output. In bf16, one verify pass over k+1 positions and k+1
+    single-position steps round differently (other GEMM blockings, other
+    summation orders), so a near-tie of the argmax can flip; in fp32 the tests
+    require exact equality.
+    """
+    same = total = 0
+    for x, y in zip(a, b):
+        n = next((i for i, (u, v) in enumerate(zip(x, y)) if u != v), min(len(x), len(y)))
+        same += n
+        total += max(len(x), len(y))
+    return same / total if total else 1.0
+
+
 def acceptance_from_tokens_per_step(tau: float, k: int) -> float:
     """Solve (1 - a^(k+1)) / (1 - a) = tau for a in [0, 1] by bisection."""
     lo, hi = 0.0, 1.0
@@ -124,6 +140,17 @@ def run_ours(model, prompts, B, n_new, exit_layer, k):
     return dict(sequences=seqs, tokens_per_s=tokens / t, time_s=t,
                 acceptance=accepted / drafted if drafted else float("nan"),
                 tokens_per_step=emitted_steps / row_steps if row_steps else float("nan"))
+
+
+def run_paired(model, prompts, B, n_new, exit_layer, k, reps):
+    """Autoregressive and self-speculative runs interleaved `reps` times; the
+    tokens/s of each is the median, so slow phases of a shared machine hit both."""
+    ars, specs = [], []
+    for _ in range(reps):
+        ars.append(run_ours(model, prompts, B, n_new, None, k))
+        specs.append(run_ours(model, prompts, B, n_new, exit_layer, k))
+    med = lambda runs: sorted(runs, key=lambda r: r["tokens_per_s"])[len(runs) // 2]
+    return med(ars), med(specs)
 
 
 def run_hf(hf, prompts, B, n_new, early_exit=None):
@@ -163,6 +190,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep-k", type=int, nargs="*", default=[1, 2, 3, 4, 6, 8])
     ap.add_argument("--no-sweep", action="store_true")
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers runs")
+    ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions of each ours-vs-ours pair")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=os.path.join(RESULTS, "e2e"))
@@ -213,9 +241,8 @@ def main(argv=None) -> int:
     context = args.prompt_tokens + args.max_new_tokens // 2
     for B in args.batch_sizes:
         ps = prompts[: max(B, args.num_prompts if B == 1 else B)]
-        ar = run_ours(model, ps, B, args.max_new_tokens, None, k)
-        spec = run_ours(model, ps, B, args.max_new_tokens, E, k)
-        assert spec["sequences"] == ar["sequences"], "self-speculative output differs from autoregressive"
+        ar, spec = run_paired(model, ps, B, args.max_new_tokens, E, k, args.reps)
+        agree = token_agreement(spec["sequences"], ar["sequences"])
         costs = step_costs(model, B, context, E, k)
         c, v = costs["draft"] / costs["ar"], costs["verify"] / costs["ar"]
         a = acceptance_from_tokens_per_step(spec["tokens_per_step"], k)
@@ -225,15 +252,16 @@ def main(argv=None) -> int:
         rows.append(dict(base, engine="ours autoregressive", tokens_per_s=ar["tokens_per_s"]))
         rows.append(dict(base, engine="ours self-speculative", tokens_per_s=spec["tokens_per_s"],
                          acceptance=spec["acceptance"], tokens_per_step=spec["tokens_per_step"], a=a, c=c, v=v,
-                         speedup_vs_ours_ar=speedup, analytic_limit=limit, fraction_of_limit=speedup / limit))
+                         speedup_vs_ours_ar=speedup, analytic_limit=limit, fraction_of_limit=speedup / limit,
+                         same_tokens=agree))
         if hf is not None:
             hg = run_hf(hf, ps, B, args.max_new_tokens)
-            same = hg["sequences"] == ar["sequences"]
-            rows.append(dict(base, engine="transformers greedy", tokens_per_s=hg["tokens_per_s"], same_tokens=same))
+            rows.append(dict(base, engine="transformers greedy", tokens_per_s=hg["tokens_per_s"],
+                             same_tokens=token_agreement(hg["sequences"], ar["sequences"])))
             if B == 1:
                 he = run_hf(hf, ps, 1, args.max_new_tokens, early_exit=E)
                 rows.append(dict(base, engine=f"transformers assistant_early_exit={E}", tokens_per_s=he["tokens_per_s"],
-                                 same_tokens=he["sequences"] == hg["sequences"],
+                                 same_tokens=token_agreement(he["sequences"], hg["sequences"]),
                                  ours_selfspec_over_this=spec["tokens_per_s"] / he["tokens_per_s"]))
     cols = ["batch", "engine", "tokens_per_s", "acceptance", "tokens_per_step", "c", "v", "speedup_vs_ours_ar",
             "analytic_limit", "fraction_of_limit", "ours_selfspec_over_this", "same_tokens"]
@@ -246,20 +274,20 @@ def main(argv=None) -> int:
         sweep = []
         exits = args.sweep_exit_layers or list(range(1, L))
         ps = prompts[: max(1, args.num_prompts // 2)]
-        ar = run_ours(model, ps, 1, args.max_new_tokens, None, 1)
         for e in exits:
             for kk in args.sweep_k:
-                spec = run_ours(model, ps, 1, args.max_new_tokens, e, kk)
+                ar, spec = run_paired(model, ps, 1, args.max_new_tokens, e, kk, args.reps)
                 costs = step_costs(model, 1, context, e, kk, reps=15)
                 c, v = costs["draft"] / costs["ar"], costs["verify"] / costs["ar"]
                 a = acceptance_from_tokens_per_step(spec["tokens_per_step"], kk)
                 limit = analytic_limit(a, kk, c, v)
                 speedup = spec["tokens_per_s"] / ar["tokens_per_s"]
                 sweep.append(dict(meta, batch=1, exit_layer=e, k=kk, acceptance=spec["acceptance"],
+                                  same_tokens=token_agreement(spec["sequences"], ar["sequences"]),
                                   tokens_per_step=spec["tokens_per_step"], a=a, c=c, v=v, speedup=speedup,
                                   analytic_limit=limit, fraction_of_limit=speedup / limit))
         print_table(sweep, ["exit_layer", "k", "acceptance", "tokens_per_step", "c", "v", "speedup", "analytic_limit",
-                            "fraction_of_limit"])
+                            "fraction_of_limit", "same_tokens"])
         write_csv(args.out + "_sweep.csv", sweep)
         _plot_heatmap(sweep, exits, args.sweep_k, args.out + "_sweep.png", meta)
     return 0

@@ -1,6 +1,6 @@
 // CUDA kernels of the layerskip ops. Inputs are already checked (csrc/checks.h).
 #pragma once
-#include <torch/extension.h>
+#include <ATen/ATen.h>  // not torch/extension.h: nvcc need not parse the Python bindings
 
 #include <tuple>
 

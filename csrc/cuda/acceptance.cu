@@ -1,0 +1,95 @@
+// verify_greedy / verify_sampling on CUDA, bit-identical to reference.py.
+//
+// Two launches each:
+//   1. A reduction over the vocabulary of every (row b, position i), split into
+//      `nsplit` vocabulary ranges when B * (k+1) CTAs alone would leave the GPU
+//      idle. Greedy: argmax (NaN counts as the maximum, like torch.argmax; ties
+//      to the lowest id). Sampling: the exponential race over the residual
+//      max(p - q, 0) and over p (the fallback when the residual is all zero,
+//      and the bonus token at i = k), with the same uniforms for both, plus
+//      whether the residual has any positive entry. Partials go to a small
+//      workspace.
+//   2. One thread per row: merges the partials, walks the accept prefix (first
+//      mismatch / first rejected coin) and writes num_accepted int32 [B] and
+//      out_tokens int64 [B, k+1] padded with -1.
+// The random numbers come from csrc/common/philox.h, the implementation shared
+// with the CPU kernel; no fast-math, so the double race keys match the host.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "acceptance_kernels.cuh"
+#include "kernels.h"
+
+namespace layerskip::cuda {
+
+using namespace acceptance;
+
+std::tuple<at::Tensor, at::Tensor> verify_greedy(const at::Tensor& draft_tokens,
+                                                 const at::Tensor& target_logits) {
+  const c10::cuda::CUDAGuard guard(target_logits.device());
+  const int64_t B = draft_tokens.size(0), k = draft_tokens.size(1), V = target_logits.size(2);
+  const auto opts = target_logits.options();
+  at::Tensor num_accepted = at::empty({B}, opts.dtype(at::kInt));
+  at::Tensor out_tokens = at::empty({B, k + 1}, opts.dtype(at::kLong));
+  if (B == 0) return {num_accepted, out_tokens};
+  const at::Tensor draft = draft_tokens.contiguous();
+  const at::Tensor logits = target_logits.contiguous();
+  const Launch l = plan(B, k, V, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  at::Tensor ws = workspace(logits, static_cast<int64_t>(l.grid) * sizeof(ArgmaxPartial));
+  auto* parts = reinterpret_cast<ArgmaxPartial*>(ws.data_ptr());
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+
+  LS_FLOAT_TYPE_SWITCH(logits.scalar_type(), "verify_greedy", T, [&] {
+    greedy_argmax_kernel<T><<<l.grid, kThreads, 0, stream>>>(
+        logits.data_ptr<T>(), V, l.groups, l.groups_per_split, l.nsplit, parts);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  constexpr int kRowThreads = 128;
+  greedy_finalize_kernel<<<static_cast<unsigned>(ceil_div<int64_t>(B, kRowThreads)), kRowThreads, 0,
+                           stream>>>(draft.data_ptr<int64_t>(), parts, B, static_cast<int>(k),
+                                     l.nsplit, num_accepted.data_ptr<int32_t>(),
+                                     out_tokens.data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {num_accepted, out_tokens};
+}
+
+std::tuple<at::Tensor, at::Tensor> verify_sampling(const at::Tensor& draft_tokens,
+                                                   const at::Tensor& draft_probs,
+                                                   const at::Tensor& target_probs, int64_t seed,
+                                                   int64_t offset) {
+  const c10::cuda::CUDAGuard guard(target_probs.device());
+  const int64_t B = draft_tokens.size(0), k = draft_tokens.size(1), V = target_probs.size(2);
+  const auto opts = target_probs.options();
+  at::Tensor num_accepted = at::empty({B}, opts.dtype(at::kInt));
+  at::Tensor out_tokens = at::empty({B, k + 1}, opts.dtype(at::kLong));
+  if (B == 0) return {num_accepted, out_tokens};
+  const at::Tensor draft = draft_tokens.contiguous();
+  const at::Tensor q = draft_probs.contiguous();
+  const at::Tensor p = target_probs.contiguous();
+  // Key = seed mod 2^64 split in 32-bit halves (a negative int64 seed is its
+  // two's complement, as in reference._seed_key).
+  const uint64_t s = static_cast<uint64_t>(seed);
+  const SamplingKey key{static_cast<uint32_t>(s), static_cast<uint32_t>(s >> 32),
+                        static_cast<uint32_t>(offset)};
+  const Launch l = plan(B, k, V, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  at::Tensor ws = workspace(p, static_cast<int64_t>(l.grid) * sizeof(RacePartial));
+  auto* parts = reinterpret_cast<RacePartial*>(ws.data_ptr());
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+
+  sampling_race_kernel<<<l.grid, kThreads, 0, stream>>>(q.data_ptr<float>(), p.data_ptr<float>(),
+                                                        V, static_cast<int>(k), l.groups,
+                                                        l.groups_per_split, l.nsplit, key, parts);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  constexpr int kRowThreads = 128;
+  sampling_finalize_kernel<<<static_cast<unsigned>(ceil_div<int64_t>(B, kRowThreads)), kRowThreads,
+                             0, stream>>>(draft.data_ptr<int64_t>(), q.data_ptr<float>(),
+                                          p.data_ptr<float>(), parts, B, static_cast<int>(k), V,
+                                          l.nsplit, key, num_accepted.data_ptr<int32_t>(),
+                                          out_tokens.data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {num_accepted, out_tokens};
+}
+
+}  // namespace layerskip::cuda

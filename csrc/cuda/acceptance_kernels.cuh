@@ -1,0 +1,315 @@
+// Kernels of verify_greedy / verify_sampling and their launch plan (see
+// acceptance.cu for the launches). A header so that a host-side emulation can
+// run the same code; only acceptance.cu includes it in the build.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <climits>
+
+#include "../common/philox.h"
+#include "utils.cuh"
+
+namespace layerskip::cuda::acceptance {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kNone = INT_MAX;  // "no candidate yet"; loses to every real index
+// Each thread reads at least this many groups of 4 ids per vocabulary split.
+constexpr int kMinGroupsPerThread = 4;
+
+struct ArgmaxPartial {
+  float val;
+  int idx;
+};
+
+struct RacePartial {
+  double key_res;  // best race key over the residual (candidates: residual > 0)
+  double key_p;    // best race key over p (candidates: p > 0)
+  int idx_res;
+  int idx_p;
+  int any_res;  // some residual entry > 0
+  int pad_;
+};
+
+// Whether (av, ai) beats (bv, bi) in torch.argmax order: NaN above every
+// number, then larger values, ties (and NaN against NaN) to the lower index.
+// A total order on distinct indices, so a butterfly reduction agrees on every lane.
+__device__ __forceinline__ bool argmax_better(float av, int ai, float bv, int bi) {
+  if (bi == kNone) return ai != kNone;
+  if (ai == kNone) return false;
+  const bool an = isnan(av), bn = isnan(bv);
+  if (an != bn) return an;
+  if (!an && av != bv) return av > bv;
+  return ai < bi;
+}
+
+// Race keys of candidates are > 0; ties go to the lower index.
+__device__ __forceinline__ bool race_better(double ak, int ai, double bk, int bi) {
+  if (bi == kNone) return ai != kNone;
+  if (ai == kNone) return false;
+  return ak > bk || (ak == bk && ai < bi);
+}
+
+// The 4 values of ids 4g .. 4g+3 of a row as float; ids >= V are not read.
+template <typename T>
+__device__ __forceinline__ void load_group(const T* row, int64_t g, int64_t V, bool vec,
+                                           float (&x)[4]) {
+  const int64_t v0 = 4 * g;
+  if (vec && v0 + 3 < V) {
+    if constexpr (sizeof(T) == 4) {
+      const float4 f = __ldg(reinterpret_cast<const float4*>(row + v0));
+      x[0] = f.x, x[1] = f.y, x[2] = f.z, x[3] = f.w;
+    } else {
+      const uint2 raw = __ldg(reinterpret_cast<const uint2*>(row + v0));
+      const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+      for (int w = 0; w < 4; ++w) x[w] = static_cast<float>(e[w]);
+    }
+  } else {
+#pragma unroll
+    for (int w = 0; w < 4; ++w) x[w] = v0 + w < V ? static_cast<float>(row[v0 + w]) : 0.f;
+  }
+}
+
+// Groups [begin, end) of vocabulary split `split`.
+struct SplitRange {
+  int64_t begin, end;
+};
+
+__device__ __forceinline__ SplitRange split_range(int split, int64_t groups_per_split,
+                                                  int64_t groups) {
+  const int64_t begin = split * groups_per_split;
+  return {begin, min(begin + groups_per_split, groups)};
+}
+
+// ---------------------------------------------------------------------------- greedy
+
+// One CTA per (row-position rp = b * (k+1) + i, vocabulary split).
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    greedy_argmax_kernel(const T* __restrict__ logits, int64_t V, int64_t groups,
+                         int64_t groups_per_split, int nsplit, ArgmaxPartial* __restrict__ ws) {
+  const int64_t rp = blockIdx.x / nsplit;
+  const int split = static_cast<int>(blockIdx.x % nsplit);
+  const T* row = logits + rp * V;
+  const bool vec = is_aligned(row, 4 * sizeof(T));
+  const SplitRange range = split_range(split, groups_per_split, groups);
+
+  float best = -INFINITY;
+  int best_i = kNone;
+  for (int64_t g = range.begin + threadIdx.x; g < range.end; g += kThreads) {
+    float x[4];
+    load_group(row, g, V, vec, x);
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      const int v = static_cast<int>(4 * g + w);
+      if (v < V && argmax_better(x[w], v, best, best_i)) {
+        best = x[w];
+        best_i = v;
+      }
+    }
+  }
+
+  __shared__ float s_val[kWarps];
+  __shared__ int s_idx[kWarps];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    const float ov = __shfl_xor_sync(kFullMask, best, off);
+    const int oi = __shfl_xor_sync(kFullMask, best_i, off);
+    if (argmax_better(ov, oi, best, best_i)) best = ov, best_i = oi;
+  }
+  if (lane == 0) s_val[warp] = best, s_idx[warp] = best_i;
+  __syncthreads();
+  if (warp == 0) {
+    best = lane < kWarps ? s_val[lane] : -INFINITY;
+    best_i = lane < kWarps ? s_idx[lane] : kNone;
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      const float ov = __shfl_xor_sync(kFullMask, best, off);
+      const int oi = __shfl_xor_sync(kFullMask, best_i, off);
+      if (argmax_better(ov, oi, best, best_i)) best = ov, best_i = oi;
+    }
+    if (lane == 0) ws[blockIdx.x] = {best, best_i};
+  }
+}
+
+__device__ __forceinline__ int64_t greedy_target(const ArgmaxPartial* ws, int64_t rp, int nsplit) {
+  float best = -INFINITY;
+  int best_i = kNone;
+  for (int j = 0; j < nsplit; ++j) {
+    const ArgmaxPartial part = ws[rp * nsplit + j];
+    if (argmax_better(part.val, part.idx, best, best_i)) best = part.val, best_i = part.idx;
+  }
+  return best_i == kNone ? 0 : best_i;  // never kNone: V >= 1 and no split is empty
+}
+
+// Writes out_tokens[b]: drafts before `a`, `last` at a, -1 after.
+__device__ __forceinline__ void emit_row(const int64_t* draft, int64_t b, int k, int a,
+                                         int64_t last, int32_t* num_accepted,
+                                         int64_t* out_tokens) {
+  int64_t* out = out_tokens + b * (k + 1);
+  for (int j = 0; j <= k; ++j) out[j] = j < a ? draft[b * k + j] : (j == a ? last : -1);
+  num_accepted[b] = a;
+}
+
+__global__ void greedy_finalize_kernel(const int64_t* __restrict__ draft,
+                                       const ArgmaxPartial* __restrict__ ws, int64_t B, int k,
+                                       int nsplit, int32_t* __restrict__ num_accepted,
+                                       int64_t* __restrict__ out_tokens) {
+  const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (b >= B) return;
+  const int64_t rp0 = b * (k + 1);
+  int a = 0;
+  while (a < k && draft[b * k + a] == greedy_target(ws, rp0 + a, nsplit)) ++a;
+  emit_row(draft, b, k, a, greedy_target(ws, rp0 + a, nsplit), num_accepted, out_tokens);
+}
+
+// ---------------------------------------------------------------------------- sampling
+
+// One CTA per (row-position rp = b * (k+1) + i, vocabulary split).
+__global__ void __launch_bounds__(kThreads)
+    sampling_race_kernel(const float* __restrict__ draft_probs,
+                         const float* __restrict__ target_probs, int64_t V, int k, int64_t groups,
+                         int64_t groups_per_split, int nsplit, SamplingKey key,
+                         RacePartial* __restrict__ ws) {
+  const int64_t rp = blockIdx.x / nsplit;
+  const int split = static_cast<int>(blockIdx.x % nsplit);
+  const int64_t b = rp / (k + 1);
+  const int i = static_cast<int>(rp % (k + 1));
+  const bool has_q = i < k;  // position k: bonus token, race over p only
+  const float* p_row = target_probs + rp * V;
+  const float* q_row = draft_probs + (b * k + (has_q ? i : 0)) * V;
+  const bool vec = is_aligned(p_row, 16) && is_aligned(q_row, 16);
+  const SplitRange range = split_range(split, groups_per_split, groups);
+
+  double key_res = -1.0, key_p = -1.0;
+  int idx_res = kNone, idx_p = kNone;
+  bool any_res = false;
+  for (int64_t g = range.begin + threadIdx.x; g < range.end; g += kThreads) {
+    const Philox4 words = sampling_race_words(key, static_cast<uint32_t>(b),
+                                              static_cast<uint32_t>(i), static_cast<uint32_t>(g));
+    float p[4], q[4] = {0.f, 0.f, 0.f, 0.f};
+    load_group(p_row, g, V, vec, p);
+    if (has_q) load_group(q_row, g, V, vec, q);
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      const int v = static_cast<int>(4 * g + w);
+      if (v >= V) break;
+      const float u = philox_uniform(words.x[w]);
+      if (has_q) {
+        const float r = p[w] - q[w];  // the reference's fp32 residual before the clamp
+        if (r > 0.f) {
+          any_res = true;
+          const double kr = race_key(r, u);
+          if (race_better(kr, v, key_res, idx_res)) key_res = kr, idx_res = v;
+        }
+      }
+      if (p[w] > 0.f) {
+        const double kp = race_key(p[w], u);
+        if (race_better(kp, v, key_p, idx_p)) key_p = kp, idx_p = v;
+      }
+    }
+  }
+
+  __shared__ RacePartial s_part[kWarps];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  auto warp_reduce = [&]() {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      const double ok_r = __shfl_xor_sync(kFullMask, key_res, off);
+      const int oi_r = __shfl_xor_sync(kFullMask, idx_res, off);
+      if (race_better(ok_r, oi_r, key_res, idx_res)) key_res = ok_r, idx_res = oi_r;
+      const double ok_p = __shfl_xor_sync(kFullMask, key_p, off);
+      const int oi_p = __shfl_xor_sync(kFullMask, idx_p, off);
+      if (race_better(ok_p, oi_p, key_p, idx_p)) key_p = ok_p, idx_p = oi_p;
+    }
+    any_res = __any_sync(kFullMask, any_res);
+  };
+  warp_reduce();
+  if (lane == 0) s_part[warp] = {key_res, key_p, idx_res, idx_p, any_res, 0};
+  __syncthreads();
+  if (warp == 0) {
+    const bool mine = lane < kWarps;
+    key_res = mine ? s_part[lane].key_res : -1.0;
+    idx_res = mine ? s_part[lane].idx_res : kNone;
+    key_p = mine ? s_part[lane].key_p : -1.0;
+    idx_p = mine ? s_part[lane].idx_p : kNone;
+    any_res = mine && s_part[lane].any_res;
+    warp_reduce();
+    if (lane == 0) ws[blockIdx.x] = {key_res, key_p, idx_res, idx_p, any_res, 0};
+  }
+}
+
+__global__ void sampling_finalize_kernel(const int64_t* __restrict__ draft,
+                                         const float* __restrict__ draft_probs,
+                                         const float* __restrict__ target_probs,
+                                         const RacePartial* __restrict__ ws, int64_t B, int k,
+                                         int64_t V, int nsplit, SamplingKey key,
+                                         int32_t* __restrict__ num_accepted,
+                                         int64_t* __restrict__ out_tokens) {
+  const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (b >= B) return;
+  int a = 0;
+  for (; a < k; ++a) {
+    const int64_t d = draft[b * k + a];  // in [0, V): checked on the host
+    const float p_d = target_probs[(b * (k + 1) + a) * V + d];
+    const float q_d = draft_probs[(b * k + a) * V + d];
+    const float coin = sampling_coin(key, static_cast<uint32_t>(b), static_cast<uint32_t>(a));
+    if (!sampling_accept(coin, p_d, q_d)) break;
+  }
+  // Merge the splits of position a (rejected there, or the bonus at a = k).
+  double key_res = -1.0, key_p = -1.0;
+  int idx_res = kNone, idx_p = kNone;
+  bool any_res = false;
+  const int64_t rp = b * (k + 1) + a;
+  for (int j = 0; j < nsplit; ++j) {
+    const RacePartial part = ws[rp * nsplit + j];
+    if (race_better(part.key_res, part.idx_res, key_res, idx_res))
+      key_res = part.key_res, idx_res = part.idx_res;
+    if (race_better(part.key_p, part.idx_p, key_p, idx_p)) key_p = part.key_p, idx_p = part.idx_p;
+    any_res = any_res || part.any_res;
+  }
+  // A race without candidates (all weights zero) gives id 0, like argmax over
+  // the reference's all -1 keys.
+  const int winner = a < k && any_res ? idx_res : idx_p;
+  emit_row(draft, b, k, a, winner == kNone ? 0 : winner, num_accepted, out_tokens);
+}
+
+// Vocabulary splits: enough CTAs for a few per SM when B * (k+1) alone is
+// small, each still reading kMinGroupsPerThread groups per thread.
+inline int choose_vocab_splits(int64_t row_positions, int64_t groups, int64_t sms) {
+  const int64_t target = 4 * sms;
+  const int64_t max_useful =
+      std::max<int64_t>(1, groups / (static_cast<int64_t>(kThreads) * kMinGroupsPerThread));
+  const int64_t want = ceil_div<int64_t>(target, row_positions);
+  return static_cast<int>(std::clamp<int64_t>(want, 1, max_useful));
+}
+
+struct Launch {
+  int64_t B, k, V, groups, groups_per_split;
+  int nsplit;
+  unsigned grid;
+};
+
+// sms: multiprocessors of the device.
+inline Launch plan(int64_t B, int64_t k, int64_t V, int64_t sms) {
+  TORCH_CHECK(V <= INT_MAX - 4, "vocabulary size V=", V, " must fit in int32");
+  Launch l{};
+  l.B = B, l.k = k, l.V = V;
+  l.groups = ceil_div<int64_t>(V, 4);
+  const int64_t row_positions = B * (k + 1);
+  const int want = choose_vocab_splits(row_positions, l.groups, sms);
+  l.groups_per_split = ceil_div<int64_t>(l.groups, want);
+  l.nsplit = static_cast<int>(ceil_div<int64_t>(l.groups, l.groups_per_split));  // none empty
+  TORCH_CHECK(row_positions * l.nsplit <= INT_MAX, "batch * (k+1) too large for one launch");
+  l.grid = static_cast<unsigned>(row_positions * l.nsplit);
+  return l;
+}
+
+inline at::Tensor workspace(const at::Tensor& like, int64_t bytes) {
+  return at::empty({bytes}, like.options().dtype(at::kByte));
+}
+
+}  // namespace layerskip::cuda::acceptance
