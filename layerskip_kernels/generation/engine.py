@@ -123,6 +123,13 @@ class _Decoder:
         T_max = max(self.lens) + max_new_tokens + self.k + 1
         self.cache = StaticKVCache.for_model(model, B, T_max)
         self.exitq = ExitQueryCache.allocate(B, self.k, model.config.hidden_size, self.dtype, self.device) if self.k else None
+        # Per-iteration buffers of the speculative step, allocated once (and
+        # re-sliced only when finished rows are dropped).
+        V = model.config.vocab_size
+        self.draft_lens = torch.zeros(B, dtype=torch.int32, device=self.device)
+        self.drafts = torch.zeros(B, max(self.k, 1), dtype=torch.int64, device=self.device)
+        self.draft_probs = (torch.zeros(B, self.k, V, dtype=torch.float32, device=self.device)
+                            if self.k and do_sample else None)
         self.rows = list(range(B))  # original row index of each active row
         self.out: list[list[int]] = [[] for _ in range(B)]
         # row_steps: decode iterations summed over active rows; emitted: tokens
@@ -166,6 +173,9 @@ class _Decoder:
             self.pending = self.pending[idx]
             if self.exitq is not None:
                 self.exitq = ExitQueryCache(self.exitq.hidden[idx])
+            self.draft_lens, self.drafts = self.draft_lens[idx], self.drafts[idx]
+            if self.draft_probs is not None:
+                self.draft_probs = self.draft_probs[idx]
             self.rows = [self.rows[i] for i in keep]
         return bool(self.rows)
 
@@ -203,9 +213,9 @@ class _Decoder:
         m, E, L, k = self.model, self.E, self.L, self.k
         B = len(self.rows)
         base = self.cache.seqlens
-        lens = base.clone()  # positions of the token being drafted, advanced in place
-        drafts = torch.empty(B, k, dtype=torch.int64, device=self.device)
-        draft_probs = torch.empty(B, k, m.config.vocab_size, dtype=torch.float32, device=self.device) if self.do_sample else None
+        lens = self.draft_lens  # position of the token being drafted, advanced in place
+        lens.copy_(base)
+        drafts, draft_probs = self.drafts, self.draft_probs
         tok = self.pending
         for i in range(k):
             h = m.forward_layers(m.embed(tok[:, None]), 0, E, self.cache, lens)
