@@ -64,6 +64,7 @@ def run(args) -> int:
                           top_k=args.top_k, top_p=args.top_p, seed=args.seed, streamer=stream)
     tail = tokenizer.decode(generated)[len(shown[0]):]
     sys.stdout.write(tail + "\n")
+    sys.stdout.flush()  # the text before the stats line on a shared terminal
     s = out.stats
     mode = f"self-speculative E={exit_layer} k={k}" if exit_layer else "autoregressive"
     acc = f"{s['acceptance_rate']:.1%}" if s["acceptance_rate"] is not None else "n/a"
