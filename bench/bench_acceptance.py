@@ -22,9 +22,7 @@ Writes bench/results/acceptance.csv and acceptance.png.
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import os
 
 import torch
 
@@ -69,18 +67,8 @@ def grid(quick: bool):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="a subset of the grid")
-    ap.add_argument("--out", default=os.path.join(common.RESULTS, "acceptance"),
-                    help="output path prefix (.csv and .png are appended)")
-    ap.add_argument("--reps", type=int, default=20, help="timed calls per configuration (fewer for slow ones)")
-    args = ap.parse_args(argv)
-
-    meta = common.metadata()
-    pairs = common.bench_backends()
-    bw = {dev: common.copy_bandwidth_gbs(device=dev) for dev in sorted({d for _, d in pairs})}
-    print(f"{meta['cpu']} ({meta['cores']} cores, {meta['torch_threads']} torch threads); "
-          + ", ".join(f"copy bandwidth {dev}: {v:.1f} GB/s" for dev, v in bw.items()))
+    args = common.kernel_bench_args(__doc__, "acceptance", 20, argv)
+    meta, pairs, bw = common.start_run()
 
     rows = []
     for (op, dname), B, k, V in grid(args.quick):

@@ -12,9 +12,7 @@ Writes bench/results/attention.csv and attention.png (or --out PREFIX).
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import os
 
 import torch
 
@@ -48,19 +46,8 @@ def make_inputs(model, B, S, context, dtype, device):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="a subset of the grid")
-    ap.add_argument("--out", default=os.path.join(common.RESULTS, "attention"),
-                    help="output path prefix (.csv and .png are appended)")
-    ap.add_argument("--reps", type=int, default=10, help="timed calls per configuration (fewer for slow ones)")
-    args = ap.parse_args(argv)
-
-    meta = common.metadata()
-    pairs = common.bench_backends()
-    bw = {dev: common.copy_bandwidth_gbs(device=dev) for dev in sorted({d for _, d in pairs})}
-    print(f"{meta['cpu']} ({meta['cores']} cores, {meta['torch_threads']} torch threads); "
-          + ", ".join(f"copy bandwidth {dev}: {v:.1f} GB/s" for dev, v in bw.items()))
-    print("backends:", ", ".join(f"{b}@{d}" for b, d in pairs))
+    args = common.kernel_bench_args(__doc__, "attention", 10, argv)
+    meta, pairs, bw = common.start_run()
 
     rows = []
     for model, B, S, context, dname in grid(args.quick):

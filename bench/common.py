@@ -188,3 +188,28 @@ def plot_bars(path: str, rows: list[dict[str, object]], *, label: Callable[[dict
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def kernel_bench_args(doc: str, name: str, default_reps: int, argv=None):
+    """The command line shared by the kernel microbenchmarks."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a subset of the grid")
+    ap.add_argument("--out", default=os.path.join(RESULTS, name),
+                    help="output path prefix (.csv and .png are appended)")
+    ap.add_argument("--reps", type=int, default=default_reps,
+                    help="timed calls per configuration (fewer for slow ones)")
+    return ap.parse_args(argv)
+
+
+def start_run() -> tuple[dict[str, object], list[tuple[str, str]], dict[str, float]]:
+    """Metadata, the (backend, device) pairs to time and each device's copy
+    bandwidth measured now; prints them as the header of the run."""
+    meta = metadata()
+    pairs = bench_backends()
+    bw = {dev: copy_bandwidth_gbs(device=dev) for dev in sorted({d for _, d in pairs})}
+    print(f"{meta['cpu']} ({meta['cores']} cores, {meta['torch_threads']} torch threads); "
+          + ", ".join(f"copy bandwidth {dev}: {v:.1f} GB/s" for dev, v in bw.items()))
+    print("backends:", ", ".join(f"{b}@{d}" for b, d in pairs))
+    return meta, pairs, bw
