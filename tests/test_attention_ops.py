@@ -62,26 +62,35 @@ def make_case(B, S, Hq, Hkv, D, dtype, rope, device, T_max=37, seed=0, noncontig
     return data + [seqlens.to(device)] + tables
 
 
-def run_parity(backend, B, S, Hq, Hkv, D, dtype, rope):
-    device = backend_device(backend)
-    args = make_case(B, S, Hq, Hkv, D, dtype, rope, device)
+def reference_runs(args):
+    """(cpu_args, truth, ref_args, ref_out): the fp64 truth from the same
+    low-precision inputs, and the reference run in their dtype (ref_args hold
+    the caches it wrote)."""
     cpu_args = [None if a is None else a.cpu() for a in args]
-
-    # Truth in fp64 from the same low-precision inputs.
     truth_args = [None if a is None else (a.double() if a.is_floating_point() else a.clone()) for a in cpu_args]
     truth = reference.draft_verify_attention(*truth_args)
     ref_args = [None if a is None else a.clone() for a in cpu_args]
     ref_out = reference.draft_verify_attention(*ref_args)
+    return cpu_args, truth, ref_args, ref_out
+
+
+def check_error(out, truth, ref_out, dtype):
+    # STYLE.md's rule: at most 3x the reference's own error in this dtype, plus a floor.
+    err_ref = (ref_out.double() - truth).abs().max().item()
+    err = (out.cpu().double() - truth).abs().max().item()
+    assert err <= 3 * err_ref + FLOOR[dtype], f"max err {err:.3g} vs reference {err_ref:.3g}"
+
+
+def run_parity(backend, B, S, Hq, Hkv, D, dtype, rope):
+    device = backend_device(backend)
+    args = make_case(B, S, Hq, Hkv, D, dtype, rope, device)
+    cpu_args, truth, ref_args, ref_out = reference_runs(args)
 
     got_args = [None if a is None else a.clone() for a in args]
     with lk.use_backend(backend):
         out = ops.draft_verify_attention(*got_args)
     assert out.dtype == dtype and out.shape == (B, S, Hq, D)
-    out = out.cpu()
-
-    err_ref = (ref_out.double() - truth).abs().max().item()
-    err = (out.double() - truth).abs().max().item()
-    assert err <= 3 * err_ref + FLOOR[dtype], f"max err {err:.3g} vs reference {err_ref:.3g}"
+    check_error(out, truth, ref_out, dtype)
 
     # Cache: new positions written as the reference writes them, all else untouched.
     k_ref, v_ref = ref_args[1], ref_args[2]
@@ -255,17 +264,11 @@ def test_triton_split_kv(backend, B, S, Hq, Hkv, D, dtype, rope, num_splits):
 
     device = backend_device(backend)
     args = make_case(B, S, Hq, Hkv, D, dtype, rope, device, T_max=200, seed=3)
-    cpu_args = [None if a is None else a.cpu() for a in args]
-    truth_args = [None if a is None else (a.double() if a.is_floating_point() else a.clone()) for a in cpu_args]
-    truth = reference.draft_verify_attention(*truth_args)
-    ref_args = [None if a is None else a.clone() for a in cpu_args]
-    ref_out = reference.draft_verify_attention(*ref_args)
+    _, truth, ref_args, ref_out = reference_runs(args)
     got_args = [None if a is None else a.clone() for a in args]
     out = triton_kernels.draft_verify_attention(*got_args, num_splits=num_splits)
     assert out.dtype == dtype and out.shape == (B, S, Hq, D)
-    err_ref = (ref_out.double() - truth).abs().max().item()
-    err = (out.cpu().double() - truth).abs().max().item()
-    assert err <= 3 * err_ref + FLOOR[dtype], f"max err {err:.3g} vs reference {err_ref:.3g}"
+    check_error(out, truth, ref_out, dtype)
     assert torch.equal(got_args[2].cpu(), ref_args[2])
     diff = (got_args[1].cpu().double() - ref_args[1].double()).abs()
     assert (diff <= ULP[dtype] * ref_args[1].double().abs().clamp(min=1.0)).all()
