@@ -101,7 +101,6 @@ def main(argv=None):
             del inputs, call
             if backend == "torch":
                 base[device] = t["median_s"]
-            gbs = nbytes / t["median_s"] / 1e9
             rows.append({
                 **meta,
                 "op": f"verify_{op}",
@@ -109,20 +108,12 @@ def main(argv=None):
                 "device": device,
                 "impl": f"{backend}@{device}",
                 "B": B, "k": k, "V": V, "dtype": dname,
-                "median_ms": t["median_s"] * 1e3,
-                "p20_ms": t["p20_s"] * 1e3,
-                "p80_ms": t["p80_s"] * 1e3,
-                "reps": t["reps"],
-                "bytes": nbytes,
                 "streamed_bytes": streamed,
-                "gbs": gbs,
-                "copy_gbs": bw[device],
-                "frac_of_copy": gbs / bw[device],
-                "speedup_vs_torch": base[device] / t["median_s"],
+                **common.timing_columns(t, nbytes, bw[device], base[device]),
             })
             r = rows[-1]
             print(f"{op:8s} {dname} B={B:2d} k={k} V={V:6d} {backend:6s}@{device}: {r['median_ms']:9.3f} ms  "
-                  f"{gbs:6.1f} GB/s ({100 * r['frac_of_copy']:5.1f}% of copy)  x{r['speedup_vs_torch']:.2f} vs torch",
+                  f"{r['gbs']:6.1f} GB/s ({100 * r['frac_of_copy']:5.1f}% of copy)  x{r['speedup_vs_torch']:.2f} vs torch",
                   flush=True)
 
     common.write_csv(args.out + ".csv", rows)

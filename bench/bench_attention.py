@@ -67,7 +67,6 @@ def main(argv=None):
             del call
             if backend == "torch":
                 base[device] = t["median_s"]
-            gbs = nbytes / t["median_s"] / 1e9
             rows.append({
                 **meta,
                 "op": "draft_verify_attention",
@@ -76,19 +75,11 @@ def main(argv=None):
                 "impl": f"{backend}@{device}",
                 "model": model,
                 "B": B, "S": S, "Hq": Hq, "Hkv": Hkv, "D": D, "context": context, "dtype": dname,
-                "median_ms": t["median_s"] * 1e3,
-                "p20_ms": t["p20_s"] * 1e3,
-                "p80_ms": t["p80_s"] * 1e3,
-                "reps": t["reps"],
-                "bytes": nbytes,
-                "gbs": gbs,
-                "copy_gbs": bw[device],
-                "frac_of_copy": gbs / bw[device],
-                "speedup_vs_torch": base[device] / t["median_s"],
+                **common.timing_columns(t, nbytes, bw[device], base[device]),
             })
             r = rows[-1]
             print(f"{model:13s} B={B:2d} S={S} ctx={context:5d} {dname:4s} {backend:6s}@{device}: "
-                  f"{r['median_ms']:9.3f} ms  {gbs:6.1f} GB/s ({100 * r['frac_of_copy']:5.1f}% of copy)  "
+                  f"{r['median_ms']:9.3f} ms  {r['gbs']:6.1f} GB/s ({100 * r['frac_of_copy']:5.1f}% of copy)  "
                   f"x{r['speedup_vs_torch']:.2f} vs torch", flush=True)
 
     common.write_csv(args.out + ".csv", rows)

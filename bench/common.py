@@ -213,3 +213,20 @@ def start_run() -> tuple[dict[str, object], list[tuple[str, str]], dict[str, flo
           + ", ".join(f"copy bandwidth {dev}: {v:.1f} GB/s" for dev, v in bw.items()))
     print("backends:", ", ".join(f"{b}@{d}" for b, d in pairs))
     return meta, pairs, bw
+
+
+def timing_columns(t: dict[str, float], nbytes: int, copy_gbs: float, torch_s: float) -> dict[str, object]:
+    """The CSV columns every kernel row shares: times in ms, GB/s, the fraction
+    of the copy bandwidth and the ratio to the torch backend's median `torch_s`."""
+    gbs = nbytes / t["median_s"] / 1e9
+    return {
+        "median_ms": t["median_s"] * 1e3,
+        "p20_ms": t["p20_s"] * 1e3,
+        "p80_ms": t["p80_s"] * 1e3,
+        "reps": t["reps"],
+        "bytes": nbytes,
+        "gbs": gbs,
+        "copy_gbs": copy_gbs,
+        "frac_of_copy": gbs / copy_gbs,
+        "speedup_vs_torch": torch_s / t["median_s"],
+    }
