@@ -68,7 +68,7 @@ def grid(quick: bool):
 
 def main(argv=None):
     args = common.kernel_bench_args(__doc__, "acceptance", 20, argv)
-    meta, pairs, bw = common.start_run()
+    meta, pairs, bw = common.start_run(args.device)
 
     rows = []
     for (op, dname), B, k, V in grid(args.quick):
@@ -124,8 +124,8 @@ def main(argv=None):
         args.out + ".png", rows,
         label=lambda r: f"{r['op'][7:]} {r['dtype']} B{r['B']} k{r['k']} V{r['V']}",
         series="impl", value="gbs", ylabel="GB/s (input bytes / time)",
-        title=f"verify_greedy / verify_sampling on {meta['cpu']}",
-        hline=bw.get("cpu"), hline_label="CPU copy bandwidth",
+        title=f"verify_greedy / verify_sampling on {meta['gpu'] if args.device == 'cuda' else meta['cpu']}",
+        hline=bw.get("cpu", bw.get("cuda")), hline_label=("CPU" if "cpu" in bw else "GPU") + " copy bandwidth",
     )
     print(f"wrote {args.out}.csv and {args.out}.png")
 

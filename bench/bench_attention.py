@@ -47,7 +47,7 @@ def make_inputs(model, B, S, context, dtype, device):
 
 def main(argv=None):
     args = common.kernel_bench_args(__doc__, "attention", 10, argv)
-    meta, pairs, bw = common.start_run()
+    meta, pairs, bw = common.start_run(args.device)
 
     rows = []
     for model, B, S, context, dname in grid(args.quick):
@@ -90,8 +90,8 @@ def main(argv=None):
         args.out + ".png", rows,
         label=lambda r: f"{r['model'][6:]} B{r['B']} S{r['S']} T{r['context']} {r['dtype']}",
         series="impl", value="gbs", ylabel="GB/s (K/V + q/out bytes)",
-        title=f"draft_verify_attention on {meta['cpu']}",
-        hline=bw.get("cpu"), hline_label="CPU copy bandwidth",
+        title=f"draft_verify_attention on {meta['gpu'] if args.device == 'cuda' else meta['cpu']}",
+        hline=bw.get("cpu", bw.get("cuda")), hline_label=("CPU" if "cpu" in bw else "GPU") + " copy bandwidth",
     )
     print(f"wrote {args.out}.csv and {args.out}.png")
 

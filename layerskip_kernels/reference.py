@@ -163,7 +163,10 @@ def philox4x32_10(counter, key) -> tuple[torch.Tensor, ...]:
     counter: 4 tensors (or ints) broadcastable together; key: 2 ints.
     Returns the 4 output words as int64 tensors in [0, 2^32).
     """
-    c0, c1, c2, c3 = (torch.as_tensor(c, dtype=torch.int64) for c in counter)
+    # Python ints become tensors on the device of the tensor words (a CPU
+    # tensor broadcast against a CUDA one would be a device mismatch).
+    device = next((c.device for c in counter if isinstance(c, torch.Tensor)), None)
+    c0, c1, c2, c3 = (torch.as_tensor(c, dtype=torch.int64, device=device) for c in counter)
     c0, c1, c2, c3 = torch.broadcast_tensors(c0, c1, c2, c3)
     k0, k1 = int(key[0]) & _MASK32, int(key[1]) & _MASK32
     for r in range(10):
