@@ -28,6 +28,8 @@ import torch
 
 from .. import ops
 from ..cache import ExitQueryCache, StaticKVCache
+from .processors import DecodingAids, TokenHistory, check_decoding_aids
+from .token_healing import check_first_token_ids
 from .warping import check_sampling_args, warp_probs
 
 __all__ = ["generate", "GenerationOutput", "MAX_SPECULATIONS"]
@@ -100,7 +102,7 @@ class _Decoder:
     """State of one generate() call: the compacted batch of active rows."""
 
     def __init__(self, model, prompts, max_new_tokens, exit_layer, k, do_sample, temperature, top_k, top_p,
-                 eos_ids, seed, streamer):
+                 eos_ids, seed, streamer, aids=DecodingAids(), first_token_ids=None):
         self.model = model
         self.L = model.config.num_hidden_layers
         self.E = exit_layer
@@ -122,6 +124,10 @@ class _Decoder:
         # Slack of k+1 positions: drafts may run past the last position kept.
         T_max = max(self.lens) + max_new_tokens + self.k + 1
         self.cache = StaticKVCache.for_model(model, B, T_max)
+        # Context-dependent logits processing needs every row's tokens by position.
+        self.aids = aids
+        self.history = TokenHistory.from_prompts(prompts, T_max, self.device) if aids.active else None
+        self.first_token_ids = first_token_ids
         self.exitq = ExitQueryCache.allocate(B, self.k, model.config.hidden_size, self.dtype, self.device) if self.k else None
         # Per-iteration buffers of the speculative step, allocated once (and
         # re-sliced only when finished rows are dropped).
@@ -138,11 +144,32 @@ class _Decoder:
 
     # --- token choice -------------------------------------------------------------
 
-    def _choose(self, logits):  # [B, V] -> [B]
+    def _process(self, logits, ctx_len):  # [B, S, V], int [B, S] -> [B, S, V]
+        """Decoding aids for logits that predict the token at position ctx_len."""
+        if self.history is None:
+            return logits
+        return self.aids(logits, self.history, ctx_len)
+
+    def _choose(self, logits, ctx_len):  # [B, V], [B] -> [B]
+        logits = self._process(logits[:, None], ctx_len[:, None])[:, 0]
         if not self.do_sample:
             return logits.argmax(dim=-1)
         probs = warp_probs(logits, **self.warp)
         return torch.multinomial(probs, 1, generator=self.gen)[:, 0]
+
+    def _first_token_mask(self, V: int) -> torch.Tensor:
+        """bool [B, V]: the ids each row's first generated token may take (token healing)."""
+        mask = torch.ones(len(self.rows), V, dtype=torch.bool)
+        for b, allowed in enumerate(self.first_token_ids):
+            if allowed is not None:
+                mask[b] = False
+                mask[b, torch.as_tensor(list(allowed), dtype=torch.int64)] = True
+        return mask.to(self.device)
+
+    def _record_pending(self) -> None:
+        """The pending token sits at position seqlens (not cached yet)."""
+        if self.history is not None:
+            self.history.write(self.cache.seqlens, self.pending)
 
     # --- bookkeeping --------------------------------------------------------------
 
@@ -171,6 +198,8 @@ class _Decoder:
             idx = torch.tensor(keep, dtype=torch.int64, device=self.device)
             self.cache = self.cache.keep_rows(idx)
             self.pending = self.pending[idx]
+            if self.history is not None:
+                self.history = self.history.keep_rows(idx)
             if self.exitq is not None:
                 self.exitq = ExitQueryCache(self.exitq.hidden[idx])
             self.draft_lens, self.drafts = self.draft_lens[idx], self.drafts[idx]
@@ -194,8 +223,11 @@ class _Decoder:
         h = m.forward_layers(m.embed(ids), 0, self.L, self.cache)
         last = torch.tensor(self.lens, device=self.device) - 1
         logits = m.exit_head(h[torch.arange(B, device=self.device), last])  # [B, V]
+        if self.first_token_ids is not None:
+            logits = logits.masked_fill(~self._first_token_mask(logits.shape[-1]), float("-inf"))
         self.cache.seqlens.copy_(torch.tensor(self.lens, dtype=torch.int32))
-        self.pending = self._choose(logits)
+        self.pending = self._choose(logits, self.cache.seqlens)
+        self._record_pending()
         alive = self._emit([[t] for t in self.pending.tolist()])
         self.stats["emitted"] = 0
         return alive
@@ -203,8 +235,9 @@ class _Decoder:
     def step_autoregressive(self) -> bool:
         m = self.model
         h = m.forward_layers(m.embed(self.pending[:, None]), 0, self.L, self.cache)
-        self.pending = self._choose(m.exit_head(h)[:, 0])
+        self.pending = self._choose(m.exit_head(h)[:, 0], self.cache.seqlens + 1)
         self.cache.seqlens += 1
+        self._record_pending()
         self.stats["steps"] += 1
         self.stats["row_steps"] += len(self.rows)
         return self._emit([[t] for t in self.pending.tolist()])
@@ -220,7 +253,7 @@ class _Decoder:
         for i in range(k):
             h = m.forward_layers(m.embed(tok[:, None]), 0, E, self.cache, lens)
             self.exitq.hidden[:, i] = h[:, 0]
-            logits = m.exit_head(h)[:, 0]
+            logits = self._process(m.exit_head(h), lens[:, None] + 1)[:, 0]
             if self.do_sample:
                 draft_probs[:, i] = warp_probs(logits, **self.warp)
                 tok = torch.multinomial(draft_probs[:, i], 1, generator=self.gen)[:, 0]
@@ -228,11 +261,15 @@ class _Decoder:
                 tok = logits.argmax(dim=-1)
             drafts[:, i] = tok
             lens += 1
+            if self.history is not None:
+                self.history.write(lens, tok)
         # Verify: the last draft through the early layers, then all k+1 positions
         # through the remaining layers, reading the early layers' shared cache.
         h = m.forward_layers(m.embed(tok[:, None]), 0, E, self.cache, lens)
         self.exitq.hidden[:, k] = h[:, 0]
         target_logits = m.exit_head(m.forward_layers(self.exitq.hidden, E, L, self.cache, base))  # [B, k+1, V]
+        # Verify position i predicts position base+1+i from the pending token and drafts 0..i-1.
+        target_logits = self._process(target_logits, base[:, None] + 1 + torch.arange(k + 1, device=self.device))
         if self.do_sample:
             target_probs = warp_probs(target_logits, **self.warp)
             n, out = ops.verify_sampling(drafts, draft_probs, target_probs, self.seed, self.offset)
@@ -241,6 +278,7 @@ class _Decoder:
             n, out = ops.verify_greedy(drafts, target_logits)
         self.cache.seqlens += n + 1
         self.pending = out.gather(1, n.long()[:, None])[:, 0]
+        self._record_pending()
         # The one host sync of the iteration: the accepted lengths decide what is
         # emitted and which rows stop.
         n_list, out_list = n.tolist(), out.tolist()
@@ -266,6 +304,9 @@ def generate(
     streamer=None,
     attention_mask: torch.Tensor | None = None,
     max_cache_len: int | None = None,
+    repetition_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
+    first_token_ids=None,
 ) -> GenerationOutput:
     """Generate up to `max_new_tokens` tokens per row.
 
@@ -285,6 +326,13 @@ def generate(
             accepted tokens.
         max_cache_len: longest prompt + max_new_tokens allowed (default: the
             model's max_position_embeddings).
+        repetition_penalty: transformers' definition over prompt + generated
+            tokens (1.0: off). Applied to draft and target logits alike, each
+            against its own context, so self-speculation stays exact.
+        no_repeat_ngram_size: ban tokens that would repeat an n-gram of prompt +
+            generated tokens (0: off); same exactness as above.
+        first_token_ids: per row, None or the token ids the first generated
+            token may take (token healing: see generation.token_healing).
 
     Returns:
         GenerationOutput(sequences, stats): per-row generated tokens (prompt
@@ -296,6 +344,9 @@ def generate(
     max_cache_len = cfg.max_position_embeddings if max_cache_len is None else max_cache_len
     _validate(model, prompts, max_new_tokens, exit_layer, num_speculations, do_sample, temperature, top_k, top_p,
               max_cache_len)
+    check_decoding_aids(repetition_penalty, no_repeat_ngram_size)
+    aids = DecodingAids(float(repetition_penalty), no_repeat_ngram_size)
+    check_first_token_ids(first_token_ids, len(prompts), cfg.vocab_size)
     if eos_token_id is None:
         eos_token_id = cfg.eos_token_id
     eos_ids = [] if eos_token_id is None else ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
@@ -303,7 +354,7 @@ def generate(
     t0 = time.perf_counter()
     with torch.inference_mode():
         dec = _Decoder(model, prompts, max_new_tokens, exit_layer, num_speculations, do_sample, temperature, top_k,
-                       top_p, eos_ids, seed, streamer)
+                       top_p, eos_ids, seed, streamer, aids, first_token_ids)
         alive = dec.prefill()
         step = dec.step_autoregressive if exit_layer is None else dec.step_speculative
         while alive:

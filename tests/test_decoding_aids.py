@@ -1,0 +1,158 @@
+"""Decoding aids (repetition penalty, no-repeat n-grams) and token healing:
+transformers' logits processors as the spec, and self-speculation == autoregressive
+with them on."""
+
+import pytest
+import torch
+
+import layerskip_kernels as lk
+from layerskip_kernels.generation.processors import DecodingAids, TokenHistory
+from layerskip_kernels.generation.token_healing import heal_prompt, token_bytes
+
+from helpers import make_hf_checkpoint
+
+transformers = pytest.importorskip("transformers")
+from transformers.generation.logits_process import (  # noqa: E402
+    NoRepeatNGramLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+)
+
+PROMPTS = [[5, 6, 7, 5, 6, 9, 10, 11], [3, 4], [12, 13, 14, 12, 13, 14, 15, 16, 17, 21, 22], [1, 2, 3]]
+
+
+def hf_processed(ids_rows, logits, penalty, n):
+    """transformers' processors applied to each row's own context."""
+    out = []
+    for ids, row in zip(ids_rows, logits):
+        x = row[None].clone()
+        inp = torch.tensor([ids])
+        if penalty != 1.0:
+            x = RepetitionPenaltyLogitsProcessor(penalty)(inp, x)
+        if n:
+            x = NoRepeatNGramLogitsProcessor(n)(inp, x)
+        out.append(x[0])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("penalty,n", [(1.3, 0), (0.7, 0), (1.0, 1), (1.0, 2), (1.0, 3), (1.5, 2)])
+def test_aids_match_transformers_per_position(penalty, n):
+    g = torch.Generator().manual_seed(0)
+    B, T, S, V = 3, 20, 5, 11
+    ids = torch.randint(0, 4, (B, T), generator=g)  # a small alphabet: many repeats
+    ctx_len = torch.tensor([[0, 1, 2, 7, 20], [3, 4, 5, 6, 7], [13, 14, 15, 16, 17]])
+    logits = torch.randn(B, S, V, generator=g)
+    logits[0, :, 2] = -logits[0, :, 2].abs()  # negative scores are multiplied, positive divided
+    got = DecodingAids(penalty, n)(logits, TokenHistory(ids), ctx_len)
+    for s in range(S):
+        rows = [ids[b, : ctx_len[b, s]].tolist() for b in range(B)]
+        want = hf_processed(rows, logits[:, s], penalty, n)
+        assert torch.equal(got[:, s], want), s
+    assert not DecodingAids().active and DecodingAids()(logits, TokenHistory(ids), ctx_len) is logits
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A low-acceptance random model, and the same weights with the late layers'
+    outputs scaled down so that early exits agree with the last layer often."""
+    path = tmp_path_factory.mktemp("aids")
+    hf = make_hf_checkpoint(path, "gqa_tied", num_hidden_layers=5, vocab_size=23)
+    low = lk.LlamaForCausalLM.from_pretrained(path)
+    high = lk.LlamaForCausalLM.from_pretrained(path)
+    with torch.no_grad():
+        for layer in high.model.layers[2:]:
+            layer.self_attn.o_proj.weight.mul_(0.05)
+            layer.mlp.down_proj.weight.mul_(0.05)
+    return {"low": low, "high": high}, hf
+
+
+@pytest.mark.parametrize("which", ["low", "high"])
+@pytest.mark.parametrize("penalty,n", [(1.4, 0), (1.0, 2), (1.2, 3)])
+def test_selfspec_equals_autoregressive_with_aids(models, which, penalty, n):
+    model = models[0][which]
+    kw = dict(max_new_tokens=30, eos_token_id=[], repetition_penalty=penalty, no_repeat_ngram_size=n)
+    for prompts in (PROMPTS[:1], PROMPTS):
+        ar = lk.generate(model, prompts, **kw)
+        plain = lk.generate(model, prompts, max_new_tokens=30, eos_token_id=[])
+        assert ar.sequences != plain.sequences, "the aids must change this greedy output"
+        for E, k in [(1, 4), (3, 8)]:
+            spec = lk.generate(model, prompts, exit_layer=E, num_speculations=k, **kw)
+            assert spec.sequences == ar.sequences, (E, k)
+    if which == "high":
+        assert spec.stats["acceptance_rate"] > 0.5  # the aids are exercised inside accepted runs
+
+
+def test_autoregressive_with_aids_equals_transformers(models):
+    model, hf = models[0]["low"], models[1]
+    for penalty, n in [(1.4, 0), (1.0, 2), (1.2, 3)]:
+        for p in PROMPTS:
+            out = lk.generate(model, [p], max_new_tokens=20, eos_token_id=[], repetition_penalty=penalty,
+                              no_repeat_ngram_size=n)
+            ref = hf.generate(torch.tensor([p]), max_new_tokens=20, do_sample=False, eos_token_id=None,
+                              pad_token_id=0, repetition_penalty=penalty, no_repeat_ngram_size=n)
+            assert out.sequences[0] == ref[0, len(p):].tolist(), (penalty, n, p)
+
+
+def test_no_repeat_ngram_holds_when_sampling(models):
+    model = models[0]["high"]
+    n = 2
+    out = lk.generate(model, PROMPTS, max_new_tokens=40, exit_layer=2, num_speculations=4, do_sample=True, seed=3,
+                      eos_token_id=[], no_repeat_ngram_size=n)
+    for p, gen in zip(PROMPTS, out.sequences):
+        seq = p + gen
+        for t in range(len(p), len(seq)):  # every generated token: its n-gram is new
+            earlier = {tuple(seq[i:i + n]) for i in range(t - n + 1)}
+            assert tuple(seq[t - n + 1:t + 1]) not in earlier
+
+
+@pytest.mark.parametrize("bad", [dict(repetition_penalty=0.0), dict(repetition_penalty=float("nan")),
+                                 dict(repetition_penalty=True), dict(no_repeat_ngram_size=-1),
+                                 dict(no_repeat_ngram_size=2.0), dict(first_token_ids=[[99]]),
+                                 dict(first_token_ids=[[]]), dict(first_token_ids=[[1], [2]])])
+def test_bad_aid_arguments(models, bad):
+    name = next(iter(bad))
+    with pytest.raises(ValueError, match=name):
+        lk.generate(models[0]["low"], PROMPTS[:1], max_new_tokens=3, **bad)
+
+
+# --------------------------------------------------------------------------- token healing
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(f"{lk.default_model_path()}/tokenizer.json")
+
+
+@pytest.mark.parametrize("prompt,removed", [
+    ("def gcd(a, b):\n    while b:\n", b"\n"),          # ends in a newline
+    ("def gcd(a, b):\n    ", b"\n    "),                # ends in indentation
+    ("import os\nos.pa", b"pa"),                        # mid-identifier
+    ("x = 1", b" 1"),
+])
+def test_heal_prompt(tokenizer, prompt, removed):
+    ids = tokenizer.encode(prompt).ids
+    h = heal_prompt(tokenizer, ids)
+    assert h.ids == ids[:-1] and h.removed == removed
+    assert tokenizer.decode(h.ids).encode() + h.removed == prompt.encode()
+    assert ids[-1] in h.allowed and len(h.allowed) > 1
+    assert all(token_bytes(tokenizer, t).startswith(removed) for t in h.allowed)
+    others = set(range(tokenizer.get_vocab_size())) - set(h.allowed)
+    assert not any((token_bytes(tokenizer, t) or b"").startswith(removed) for t in others)
+
+
+def test_heal_prompt_leaves_short_prompts(tokenizer):
+    assert heal_prompt(tokenizer, [7]).allowed is None
+    assert heal_prompt(tokenizer, [7, 0]).allowed is None  # ends in the special <|endoftext|>
+
+
+@pytest.mark.parametrize("prompt", ["def gcd(a, b):\n    while b:\n", "def gcd(a, b):\n    ", "import os\nos.pa"])
+def test_healed_generation_is_exact_and_starts_with_removed_text(tokenizer, prompt):
+    model = lk.LlamaForCausalLM.from_pretrained(dtype=torch.float32)
+    h = heal_prompt(tokenizer, tokenizer.encode(prompt).ids)
+    kw = dict(max_new_tokens=24, first_token_ids=[h.allowed])
+    ar = lk.generate(model, [h.ids], **kw)
+    spec = lk.generate(model, [h.ids], exit_layer=2, num_speculations=3, **kw)
+    assert spec.sequences == ar.sequences
+    assert ar.sequences[0][0] in h.allowed
+    assert tokenizer.decode(h.ids + ar.sequences[0]).startswith(prompt)
