@@ -16,8 +16,11 @@ CONFIGS = {
 }
 
 
-def make_hf_checkpoint(path, name="gqa_tied", seed=0, **overrides):
-    """Save a random transformers LlamaForCausalLM to `path`; returns the HF model (fp32, eval)."""
+def make_hf_checkpoint(path, name="gqa_tied", seed=0, edit=None, **overrides):
+    """Save a random transformers LlamaForCausalLM to `path`; returns the HF model (fp32, eval).
+
+    edit: optional function called on the HF model (under no_grad) before saving.
+    """
     import transformers
 
     kw = dict(CONFIGS[name], max_position_embeddings=256, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2)
@@ -30,5 +33,21 @@ def make_hf_checkpoint(path, name="gqa_tied", seed=0, **overrides):
         for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0, 0.15)
+        if edit is not None:
+            edit(model)
     model.save_pretrained(path)
     return model
+
+
+def damp_late_layers(start, factor=0.05):
+    """An `edit` for make_hf_checkpoint: layers >= start write `factor` times
+    less into the residual stream (o_proj and down_proj scaled), so an early
+    exit at any E >= start mostly agrees with the last layer: a high-acceptance
+    model whose drafts run long, with some rejections left."""
+
+    def edit(model):
+        for layer in model.model.layers[start:]:
+            layer.self_attn.o_proj.weight.mul_(factor)
+            layer.mlp.down_proj.weight.mul_(factor)
+
+    return edit

@@ -108,8 +108,11 @@ def test_invariants(backend):
         a = int(n[b])
         assert torch.equal(out[b, : a + 1], tgt[b, : a + 1])
 
-    # Draft distribution == target distribution: everything is accepted.
+    # Draft distribution == target distribution: everything is accepted (the
+    # coin u * p(d) < p(d) holds for any u < 1), whatever the drafts are.
     n, out = run(backend, ops.verify_sampling, draft, p[:, :k].contiguous(), p, 4, 0)
+    assert (n == k).all() and torch.equal(out[:, :k], draft)
+    check_layout(n, out, k)
     drafted_from_p = torch.multinomial(p[:, :k].reshape(-1, V), 1, generator=torch.Generator().manual_seed(1)).reshape(B, k)
     n, out = run(backend, ops.verify_sampling, drafted_from_p, p[:, :k].contiguous(), p, 4, 0)
     assert (n == k).all()
@@ -137,6 +140,47 @@ def test_greedy_exact(backend):
         a = int(n[b])
         assert a == b % (k + 1) or (a > b % (k + 1) and torch.equal(draft[b, :a], target[b, :a]))
         assert torch.equal(out[b, : a + 1], target[b, : a + 1])
+
+
+@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_greedy_nan_logits(backend, dtype):
+    # NaN in the target logits (a diverged model) gives the reference's answer
+    # (torch.argmax: the first NaN is the maximum), never a garbage id or -1.
+    B, k, V = 4, 3, 300
+    draft, logits = greedy_case(B, k, V, torch.float32, seed=2)
+    draft[1, :2] = logits[1, :2].argmax(-1)  # row 1 reaches position 2
+    draft[2, 0] = 1
+    logits[0, 0, 17] = float("nan")  # position 0 of row 0: the NaN id wins
+    logits[1, 2, [5, 250]] = float("nan")  # two NaNs: the lowest id
+    logits[2] = float("nan")  # a whole row
+    draft[0, 0] = 17
+    logits = logits.to(dtype)
+    n_ref, out_ref = reference.verify_greedy(draft, logits)
+    n, out = run(backend, ops.verify_greedy, draft, logits)
+    assert int(n_ref[0]) >= 1 and out_ref[1, 2] == 5 and out_ref[2, 0] == 0
+    assert torch.equal(n, n_ref) and torch.equal(out, out_ref)
+
+
+@pytest.mark.parametrize("backend", [p for p in backend_params() if p.values[0] == "cpu"])
+def test_cpu_results_do_not_depend_on_thread_count(backend):
+    # Rows and vocabulary chunks are split over threads; the reductions (argmax,
+    # race) must give the same ids for 1, 2 or 3 threads.
+    B, k, V = 5, 4, 128256
+    draft, q, p = sampling_case(B, k, V, seed=8)
+    gdraft, logits = greedy_case(B, k, V, torch.bfloat16, seed=8)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for n_threads in (1, 2, 3):
+            torch.set_num_threads(n_threads)
+            results.append((run(backend, ops.verify_sampling, draft, q, p, 77, 3),
+                            run(backend, ops.verify_greedy, gdraft, logits)))
+    finally:
+        torch.set_num_threads(before)
+    for (s, g) in results[1:]:
+        for a, b in zip(s + g, results[0][0] + results[0][1]):
+            assert torch.equal(a, b)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -223,10 +267,18 @@ def test_bad_input(backend):
 
 @pytest.mark.parametrize("backend", [p for p in backend_params() if p.values[0] in ("cpu", "cuda")])
 def test_compiled_op_checks_directly(backend):
+    # torch.ops.layerskip.* without the Python wrapper reaches the checks of
+    # csrc/checks.h: each names the argument.
     device = backend_device(backend)
     for name, d, l in bad_greedy():
         with pytest.raises(RuntimeError, match=name.split()[0]):
             torch.ops.layerskip.verify_greedy(d.to(device), l.to(device))
+    for name, args in bad_sampling():
+        if "NaN" in name or name == "seed":
+            continue  # NaN is a value check of ops.py; 2**64 does not fit the schema's int
+        args = [a.to(device) if isinstance(a, torch.Tensor) else a for a in args]
+        with pytest.raises(RuntimeError, match=name):
+            torch.ops.layerskip.verify_sampling(*args)
 
 
 def test_uniforms_layout():

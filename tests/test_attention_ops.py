@@ -1,6 +1,8 @@
 """draft_verify_attention: every backend that runs here against reference.py."""
 
 import itertools
+import math
+import os
 
 import pytest
 import torch
@@ -13,10 +15,16 @@ from layerskip_kernels.model.config import LlamaConfig
 from conftest import backend_device, backend_params
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# Floor of the tolerance rule: a backend's max error may be up to 3x the error
-# of the torch reference run in the same dtype, plus this floor.
-FLOOR = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 ULP = {torch.float32: 2.0**-23, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
+# A kernel that computes in fp32 and rounds once at the end has, in fp16/bf16,
+# the error distribution of the reference (the final rounding dominates both):
+# its RMS error may exceed the reference's by this factor only. Rounding the
+# scores or probabilities to bf16, or a scale off by 1/sqrt(D+1), raise it by
+# 1.3x or more (measured on the full grid, see tests/mutation/report.md).
+RMS_SLACK = 1.05
+# Triton on a GPU rounds P to the input dtype before the PV dot (as
+# flash-attention does): a documented extra error, allowed explicitly.
+RMS_SLACK_P_ROUNDED = 1.6
 
 FULL_GRID = list(
     itertools.product(
@@ -62,35 +70,55 @@ def make_case(B, S, Hq, Hkv, D, dtype, rope, device, T_max=37, seed=0, noncontig
     return data + [seqlens.to(device)] + tables
 
 
-def reference_runs(args):
+def reference_runs(args, softmax_scale=None):
     """(cpu_args, truth, ref_args, ref_out): the fp64 truth from the same
     low-precision inputs, and the reference run in their dtype (ref_args hold
     the caches it wrote)."""
     cpu_args = [None if a is None else a.cpu() for a in args]
     truth_args = [None if a is None else (a.double() if a.is_floating_point() else a.clone()) for a in cpu_args]
-    truth = reference.draft_verify_attention(*truth_args)
+    truth = reference.draft_verify_attention(*truth_args, softmax_scale=softmax_scale)
     ref_args = [None if a is None else a.clone() for a in cpu_args]
-    ref_out = reference.draft_verify_attention(*ref_args)
+    ref_out = reference.draft_verify_attention(*ref_args, softmax_scale=softmax_scale)
     return cpu_args, truth, ref_args, ref_out
 
 
-def check_error(out, truth, ref_out, dtype):
-    # STYLE.md's rule: at most 3x the reference's own error in this dtype, plus a floor.
-    err_ref = (ref_out.double() - truth).abs().max().item()
-    err = (out.cpu().double() - truth).abs().max().item()
-    assert err <= 3 * err_ref + FLOOR[dtype], f"max err {err:.3g} vs reference {err_ref:.3g}"
+def ulp_of_output(truth, dtype):
+    """The spacing of `dtype` at the output's largest magnitude."""
+    M = truth.abs().max().item()
+    return ULP[dtype] * 2.0 ** math.floor(math.log2(M)) if M > 0 else ULP[dtype] * 2.0**-126
 
 
-def run_parity(backend, B, S, Hq, Hkv, D, dtype, rope):
+def check_error(out, truth, ref_out, dtype, backend="torch"):
+    """STYLE.md's rule, tight enough to see precision bugs.
+
+    Max error: at most 3x the reference's own error in this dtype (the fp32
+    accumulation order differs between backends), with a floor of 2 ulp of the
+    output's magnitude. fp16/bf16 additionally: RMS error within RMS_SLACK of
+    the reference's (the max alone hides a bf16 rounding inside the kernel).
+    """
+    out = out.cpu().double()
+    diff_ref = ref_out.double() - truth
+    diff = out - truth
+    err_ref, err = diff_ref.abs().max().item(), diff.abs().max().item()
+    limit = 3 * err_ref + 2 * ulp_of_output(truth, dtype)
+    assert err <= limit, f"max err {err:.3g} > {limit:.3g} (reference {err_ref:.3g})"
+    if dtype != torch.float32:
+        rms_ref, rms = diff_ref.pow(2).mean().sqrt().item(), diff.pow(2).mean().sqrt().item()
+        p_rounded = backend == "triton" and backend_device(backend) == "cuda"
+        slack = RMS_SLACK_P_ROUNDED if p_rounded else RMS_SLACK
+        assert rms <= slack * rms_ref, f"RMS err {rms:.3g} > {slack} x reference's {rms_ref:.3g}"
+
+
+def run_parity(backend, B, S, Hq, Hkv, D, dtype, rope, softmax_scale=None, **case):
     device = backend_device(backend)
-    args = make_case(B, S, Hq, Hkv, D, dtype, rope, device)
-    cpu_args, truth, ref_args, ref_out = reference_runs(args)
+    args = make_case(B, S, Hq, Hkv, D, dtype, rope, device, **case)
+    cpu_args, truth, ref_args, ref_out = reference_runs(args, softmax_scale)
 
     got_args = [None if a is None else a.clone() for a in args]
     with lk.use_backend(backend):
-        out = ops.draft_verify_attention(*got_args)
+        out = ops.draft_verify_attention(*got_args, softmax_scale=softmax_scale)
     assert out.dtype == dtype and out.shape == (B, S, Hq, D)
-    check_error(out, truth, ref_out, dtype)
+    check_error(out, truth, ref_out, dtype, backend)
 
     # Cache: new positions written as the reference writes them, all else untouched.
     k_ref, v_ref = ref_args[1], ref_args[2]
@@ -124,12 +152,19 @@ def test_parity_full_grid(backend):
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("D", [96, 16])
 def test_other_head_dims(backend, D):
-    # Head dims beyond the main grid either work or are refused clearly.
-    try:
-        run_parity(backend, 2, 3, 4, 2, D, torch.float32, True)
-    except (ValueError, RuntimeError, NotImplementedError) as e:
-        assert "head" in str(e).lower() or "D" in str(e)
-        assert D not in (32, 64, 96, 128), f"D={D} must be supported: {e}"
+    # Every backend runs these head dims (the CUDA kernel is built for D in
+    # {16, 32, 64, 96, 128}): a refusal is a failure.
+    run_parity(backend, 2, 3, 4, 2, D, torch.float32, True)
+    run_parity(backend, 2, 3, 4, 2, D, torch.bfloat16, False)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("scale", [0.37, 1.0 / 3.0])
+def test_softmax_scale(backend, dtype, scale):
+    # A non-default scale must be used, not replaced by 1/sqrt(D): 1/sqrt(64)
+    # differs from both by far more than the tolerance.
+    run_parity(backend, 2, 3, 8, 2, 64, dtype, True, softmax_scale=scale)
 
 
 @pytest.mark.parametrize("backend", backend_params())
@@ -158,14 +193,54 @@ def test_reference_matches_naive_softmax():
         assert torch.equal(kc[b, :, L : L + S], kn[b].transpose(0, 1))
 
 
-def test_reference_ignores_garbage_beyond_length():
-    # NaN in never-written positions of a shorter row must not leak into its output.
-    q, kc, vc, kn, vn, lens, cos, sin = make_case(2, 2, 4, 2, 8, torch.float32, True, "cpu", T_max=10)
-    lens = torch.tensor([1, 6], dtype=torch.int32)
-    kc[0, :, 3:] = float("nan")
-    vc[0, :, 3:] = float("nan")
-    out = ops.draft_verify_attention(q, kc, vc, kn, vn, lens, cos, sin)
-    assert torch.isfinite(out).all()
+@pytest.mark.parametrize("backend", [pytest.param("torch")] + backend_params())
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_garbage_beyond_length_is_ignored(backend, dtype):
+    # NaN and inf in never-written positions of a shorter row (and in the
+    # cache slots the new keys will overwrite) leave the output bit-identical to
+    # a run with a clean cache, and within tolerance of the reference.
+    device = backend_device(backend)
+    args = make_case(2, 3, 4, 2, 32, dtype, True, device, T_max=16, seed=4)
+    args[5] = torch.tensor([2, 9], dtype=torch.int32, device=device)
+    clean = [None if a is None else a.clone() for a in args]
+    dirty = [None if a is None else a.clone() for a in args]
+    for t in (dirty[1], dirty[2]):
+        t[0, :, 2:] = float("nan")  # row 0 keeps 0..1, writes 2..4
+        t[0, :, 7] = float("inf")
+        t[1, :, 12:] = -float("inf")
+    with lk.use_backend(backend):
+        out_clean = ops.draft_verify_attention(*clean)
+        out_dirty = ops.draft_verify_attention(*dirty)
+    assert torch.isfinite(out_dirty).all()
+    assert torch.equal(out_dirty, out_clean)
+    # The positions written by the call are the same in both caches.
+    for b, L in enumerate((2, 9)):
+        assert torch.equal(dirty[1][b, :, L : L + 3], clean[1][b, :, L : L + 3])
+        assert torch.equal(dirty[2][b, :, L : L + 3], clean[2][b, :, L : L + 3])
+    _, truth, _, ref_out = reference_runs(args)
+    check_error(out_dirty, truth, ref_out, dtype, backend)
+
+
+@pytest.mark.parametrize("backend", [p for p in backend_params() if p.values[0] == "cpu"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cpu_results_do_not_depend_on_thread_count(backend, dtype):
+    # Rows, heads and key tiles are split over threads: the split must not
+    # change the arithmetic (a reduction order depending on the thread count
+    # would make results machine-dependent).
+    args = make_case(3, 9, 8, 2, 64, dtype, True, "cpu", T_max=300, seed=5)
+    args[5] = torch.tensor([291, 0, 150], dtype=torch.int32)
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            got = [None if a is None else a.clone() for a in args]
+            with lk.use_backend(backend):
+                outs.append((ops.draft_verify_attention(*got), got[1], got[2]))
+    finally:
+        torch.set_num_threads(before)
+    for out, kc, vc in outs[1:]:
+        assert torch.equal(out, outs[0][0]) and torch.equal(kc, outs[0][1]) and torch.equal(vc, outs[0][2])
 
 
 # --------------------------------------------------------------------------- bad input
@@ -207,6 +282,23 @@ def test_bad_input(backend, name, args):
     with lk.use_backend(backend), pytest.raises(ValueError, match=name):
         ops.draft_verify_attention(**args)
     # Nothing was written.
+    assert torch.equal(args["k_cache"], before[0]) and torch.equal(args["v_cache"], before[1])
+
+
+@pytest.mark.parametrize("backend", [p for p in backend_params() if p.values[0] in ("cpu", "cuda")])
+@pytest.mark.parametrize("name,args", bad_inputs(), ids=[f"{n}-{i}" for i, (n, _) in enumerate(bad_inputs())])
+def test_bad_input_raw_op(backend, name, args):
+    # The same bad inputs reach the compiled op's own checks (csrc/checks.h),
+    # not the Python wrapper's. cache_seqlens values are checked by the CPU op;
+    # the CUDA op skips such rows without writing (test_compiled_op_checks_directly).
+    device = backend_device(backend)
+    value_case = name == "cache_seqlens" and args["cache_seqlens"].shape == (2,) and args["cache_seqlens"].dtype == torch.int32
+    if backend == "cuda" and value_case:
+        return
+    args = {k: (None if v is None else v.to(device)) for k, v in args.items()}
+    before = (args["k_cache"].clone(), args["v_cache"].clone())
+    with pytest.raises(RuntimeError, match=name):
+        torch.ops.layerskip.draft_verify_attention(*args.values())
     assert torch.equal(args["k_cache"], before[0]) and torch.equal(args["v_cache"], before[1])
 
 
@@ -268,7 +360,7 @@ def test_triton_split_kv(backend, B, S, Hq, Hkv, D, dtype, rope, num_splits):
     got_args = [None if a is None else a.clone() for a in args]
     out = triton_kernels.draft_verify_attention(*got_args, num_splits=num_splits)
     assert out.dtype == dtype and out.shape == (B, S, Hq, D)
-    check_error(out, truth, ref_out, dtype)
+    check_error(out, truth, ref_out, dtype, backend)
     assert torch.equal(got_args[2].cpu(), ref_args[2])
     diff = (got_args[1].cpu().double() - ref_args[1].double()).abs()
     assert (diff <= ULP[dtype] * ref_args[1].double().abs().clamp(min=1.0)).all()

@@ -1,31 +1,102 @@
 """generate(): greedy self-speculation == autoregressive == transformers, no
-recomputation, lossless sampling, stopping rules, bad input."""
+recomputation, lossless sampling over several iterations, stopping rules,
+stats, bad input.
 
+Exactness tests run on two models: a random one that accepts few drafts, and
+one whose late layers are damped so that drafts agree with the full model most
+of the time (long accepted runs, bonus tokens, EOS inside an accepted run, late
+verify positions deciding the output). Expected tokens *and* per-iteration
+accepted counts are computed from the transformers model alone.
+"""
+
+import functools
 import itertools
 
 import pytest
 import torch
 
 import layerskip_kernels as lk
-from layerskip_kernels.generation import MAX_SPECULATIONS, warp_probs
+from layerskip_kernels.generation import MAX_SPECULATIONS
 
-from helpers import make_hf_checkpoint
+from helpers import damp_late_layers, make_hf_checkpoint
 
 transformers = pytest.importorskip("transformers")
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [3, 4], [12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22], [1, 2, 3]]
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    path = tmp_path_factory.mktemp("gen")
-    hf = make_hf_checkpoint(path, "gqa_tied", num_hidden_layers=5)
+@pytest.fixture(scope="module", params=["low_acceptance", "high_acceptance"])
+def tiny(request, tmp_path_factory):
+    path = tmp_path_factory.mktemp(request.param)
+    edit = damp_late_layers(1) if request.param == "high_acceptance" else None
+    hf = make_hf_checkpoint(path, "gqa_tied", num_hidden_layers=5, edit=edit)
     return lk.LlamaForCausalLM.from_pretrained(path), hf
 
 
 def hf_greedy(hf, prompt, n):
     out = hf.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
     return out[0, len(prompt):].tolist()
+
+
+LONGEST = 64  # every test below asks for at most LONGEST - MAX_SPECULATIONS - 1 tokens
+
+
+@functools.lru_cache(maxsize=None)
+def hf_tokens_and_early_argmax(hf, prompt):
+    """transformers' greedy continuation of `prompt` (LONGEST tokens) and, for
+    each exit layer E, the early-exit argmax predicting generated token j from
+    prompt + tokens[:j]: early[E][j]."""
+    toks = hf_greedy(hf, list(prompt), LONGEST)
+    with torch.no_grad():
+        hidden = hf(torch.tensor([list(prompt) + toks]), output_hidden_states=True).hidden_states
+        early = {E: hf.lm_head(hf.model.norm(hidden[E]))[0, len(prompt) - 1:].argmax(-1).tolist()
+                 for E in range(1, hf.config.num_hidden_layers)}
+    return toks, early
+
+
+def expected_run(hf, prompts, n, E, k, eos=()):
+    """What generate(exit_layer=E, num_speculations=k) must return: per row the
+    tokens, and per iteration (accepted drafts, tokens emitted). A draft is the
+    early exit's argmax; while drafts equal the full model's tokens the next
+    draft sees the same prefix as the full model, so one pass over the greedy
+    sequence gives every accepted count."""
+    seqs, iters = [], []
+    for p in prompts:
+        toks, early = hf_tokens_and_early_argmax(hf, tuple(p))
+        out, row = [toks[0]], []
+        done = n == 1 or toks[0] in eos
+        while not done:
+            j, a = len(out), 0
+            while a < k and early[E][j + a] == toks[j + a]:
+                a += 1
+            new = toks[j : j + a + 1][: n - len(out)]
+            stop = next((i for i, t in enumerate(new) if t in eos), None)
+            if stop is not None:
+                new = new[: stop + 1]
+            row.append((a, len(new)))
+            out += new
+            done = len(out) == n or stop is not None
+        seqs.append(out)
+        iters.append(row)
+    return seqs, iters
+
+
+def check_stats(stats, iters, k):
+    row_steps = sum(len(r) for r in iters)
+    drafted, accepted = k * row_steps, sum(a for r in iters for a, _ in r)
+    emitted = sum(e for r in iters for _, e in r)
+    assert (stats["drafted"], stats["accepted"]) == (drafted, accepted)
+    assert stats["steps"] == max(len(r) for r in iters)
+    assert stats["acceptance_rate"] == (accepted / drafted if drafted else None)
+    assert stats["tokens_per_step"] == (emitted / row_steps if row_steps else None)
+
+
+def check_generate(model, hf, prompts, n, E, k, eos=()):
+    out = lk.generate(model, prompts, max_new_tokens=n, exit_layer=E, num_speculations=k, eos_token_id=list(eos))
+    seqs, iters = expected_run(hf, prompts, n, E, k, eos)
+    assert out.sequences == seqs, (E, k)
+    check_stats(out.stats, iters, k)
+    return out, iters
 
 
 @pytest.mark.parametrize("B", [1, 4])
@@ -35,13 +106,22 @@ def test_greedy_selfspec_equals_autoregressive_and_transformers(tiny, B):
     prompts = PROMPTS[:B]
     n = 24
     ar = lk.generate(model, prompts, max_new_tokens=n, eos_token_id=[])
-    assert ar.sequences == [hf_greedy(hf, p, n) for p in prompts]
+    assert ar.sequences == [hf_tokens_and_early_argmax(hf, tuple(p))[0][:n] for p in prompts]
+    assert ar.stats["drafted"] == 0 and ar.stats["acceptance_rate"] is None and ar.stats["tokens_per_step"] == 1.0
     for E, k in [(1, 1), (1, 8), (2, 4), (L - 1, 1), (L - 1, 8), (3, MAX_SPECULATIONS)]:
-        spec = lk.generate(model, prompts, max_new_tokens=n, exit_layer=E, num_speculations=k, eos_token_id=[])
-        assert spec.sequences == ar.sequences, (E, k)
-        st = spec.stats
-        assert st["drafted"] > 0 and 0 <= st["accepted"] <= st["drafted"]
-        assert 1.0 <= st["tokens_per_step"] <= k + 1
+        out, _ = check_generate(model, hf, prompts, n, E, k)
+        assert out.sequences == ar.sequences
+
+
+def test_long_drafts_decide_late_verify_positions(tiny, request):
+    # k = 15: on the high-acceptance model runs of 7+ accepted drafts happen, so
+    # verify positions 7..15 decide emitted tokens (and a bonus at k = 15).
+    model, hf = tiny
+    _, iters = check_generate(model, hf, PROMPTS, 40, 1, MAX_SPECULATIONS)
+    longest = max(a for r in iters for a, _ in r)
+    if "high" in request.node.callspec.id:
+        assert longest >= 7, longest
+        assert any(e >= 8 for r in iters for _, e in r)
 
 
 def test_padded_tensor_prompts(tiny):
@@ -80,17 +160,18 @@ def test_no_layer_recomputes_a_position(tiny, E, k):
             h.remove()
     steps = out.stats["steps"]
     per_layer = [sum(S * B for i, S, B in calls if i == layer) for layer in range(L)]
-    # Prefill: every layer once over the padded prompts. Each iteration: every layer
-    # processes k+1 positions per active row: drafts + last draft for layers < E,
-    # one verify pass for layers >= E.
-    decode_positions = (out.stats["drafted"] // k) * (k + 1)
+    # Prefill: every layer once over each prompt, alone in its cache slot. Each
+    # iteration: every layer processes k+1 positions per slot (the batch keeps
+    # its shape while rows finish: a free slot computes at position 0 and is
+    # discarded): drafts + last draft for layers < E, one verify pass for layers >= E.
+    prefill = sum(map(len, prompts))
     for layer in range(L):
-        assert per_layer[layer] == len(prompts) * T + decode_positions, layer
+        assert per_layer[layer] == prefill + steps * len(prompts) * (k + 1), layer
     for layer in range(E):
-        assert sorted({S for i, S, B in calls if i == layer}) == [1, T]
-        assert sum(1 for i, S, B in calls if i == layer and S == 1) == (k + 1) * steps
+        assert sorted({S for i, S, B in calls if i == layer}) == sorted({1} | set(map(len, prompts)))
+        assert sum(1 for i, S, B in calls if i == layer and S == 1 and B == len(prompts)) == (k + 1) * steps
     for layer in range(E, L):
-        assert sum(1 for i, S, B in calls if i == layer and S == k + 1) == steps
+        assert sum(1 for i, S, B in calls if i == layer and S == k + 1 and B == len(prompts)) == steps
 
 
 # --------------------------------------------------------------------------- sampling
@@ -99,48 +180,77 @@ def test_no_layer_recomputes_a_position(tiny, E, k):
 @pytest.fixture(scope="module")
 def small_vocab(tmp_path_factory):
     path = tmp_path_factory.mktemp("sv")
-    make_hf_checkpoint(path, "mha_untied", vocab_size=6, seed=3)
-    model = lk.LlamaForCausalLM.from_pretrained(path)
-    with torch.no_grad():  # flatter logits: every pair of tokens is likely enough to count
+
+    def flatten(model):  # flatter logits: every 4-token sequence is likely enough to count
         model.lm_head.weight.mul_(0.3)
-    return model
+
+    hf = make_hf_checkpoint(path, "mha_untied", vocab_size=6, seed=3, edit=flatten)
+    return lk.LlamaForCausalLM.from_pretrained(path), hf
 
 
-def exact_two_token_probs(model, prompt, warp):
-    V = model.config.vocab_size
-    ids = torch.tensor([prompt + [t] for t in range(V)])
-    logits = model(ids)  # [V, T+1, V]
-    p1 = warp_probs(logits[0, len(prompt) - 1], **warp)
-    p2 = warp_probs(logits[:, len(prompt)], **warp)  # [t1, t2]
-    return p1[:, None] * p2
+def exact_joint_probs(hf, prompt, n, warp):
+    """P(t_1 .. t_n) of autoregressive sampling from the transformers model
+    with transformers' own logits warpers (independent of warp_probs), as a
+    flat [V**n] tensor indexed t_1 * V**(n-1) + ... + t_n."""
+    procs = transformers.LogitsProcessorList()
+    if warp["temperature"] != 1.0:
+        procs.append(transformers.TemperatureLogitsWarper(warp["temperature"]))
+    if warp["top_k"]:
+        procs.append(transformers.TopKLogitsWarper(warp["top_k"]))
+    if warp["top_p"] < 1.0:
+        procs.append(transformers.TopPLogitsWarper(warp["top_p"]))
+    V = hf.config.vocab_size
+    joint = torch.ones(1, dtype=torch.float64)
+    for step in range(n):
+        prefixes = torch.tensor(list(itertools.product(range(V), repeat=step)), dtype=torch.long).reshape(V**step, step)
+        ids = torch.cat([torch.tensor(prompt).expand(V**step, -1), prefixes], dim=1)
+        with torch.no_grad():
+            scores = procs(ids, hf(ids).logits[:, -1].float())
+        joint = (joint[:, None] * torch.softmax(scores.double(), dim=-1)).reshape(-1)
+    return joint
 
 
-@pytest.mark.parametrize("warp", [dict(temperature=1.0, top_k=0, top_p=1.0), dict(temperature=0.7, top_k=4, top_p=0.9)])
-@pytest.mark.parametrize("mode", ["autoregressive", "selfspec_k1", "selfspec_k3"])
-def test_sampling_joint_distribution_of_two_tokens(small_vocab, warp, mode):
+def chi2_pvalue(counts, probs, N):
+    """Pearson's test; cells expected below 5 are pooled into one."""
     chi2 = pytest.importorskip("scipy.stats").chi2
-    model = small_vocab
-    prompt = [1, 4, 2]
+    expected = probs * N
+    small = expected < 5
+    obs = torch.cat([counts[~small], counts[small].sum()[None]])
+    exp = torch.cat([expected[~small], expected[small].sum()[None]])
+    keep = exp > 0
+    stat = ((obs[keep] - exp[keep]) ** 2 / exp[keep]).sum().item()
+    return stat, chi2.sf(stat, int(keep.sum()) - 1)
+
+
+PLAIN = dict(temperature=1.0, top_k=0, top_p=1.0)
+WARPED = dict(temperature=0.7, top_k=4, top_p=0.9)
+
+
+@pytest.mark.parametrize("mode,warp", [("autoregressive", WARPED), ("k1", PLAIN), ("k2", PLAIN), ("k2", WARPED)],
+                         ids=["ar-warped", "k1-plain", "k2-plain", "k2-warped"])
+def test_sampling_joint_distribution_of_four_tokens(small_vocab, mode, warp):
+    # Four tokens span two or three speculative iterations: the bonus token, the
+    # Philox offset advancing between iterations and the residual all matter.
+    # 60k rows in one generate() call; the bugs this targets give p < 1e-30.
+    model, hf = small_vocab
+    prompt, n, N = [1, 4, 2], 4, 60_000
     V = model.config.vocab_size
-    N = 30000
-    exit_layer, k = {"autoregressive": (None, 1), "selfspec_k1": (1, 1), "selfspec_k3": (2, 3)}[mode]
-    out = lk.generate(model, [prompt] * N, max_new_tokens=2, exit_layer=exit_layer, num_speculations=k,
+    exit_layer, k = {"autoregressive": (None, 1), "k1": (1, 1), "k2": (1, 2)}[mode]
+    out = lk.generate(model, [prompt] * N, max_new_tokens=n, exit_layer=exit_layer, num_speculations=k,
                       do_sample=True, seed=11, eos_token_id=[], **warp)
-    pairs = torch.tensor(out.sequences)
-    assert pairs.shape == (N, 2)
-    counts = torch.bincount(pairs[:, 0] * V + pairs[:, 1], minlength=V * V).double()
-    probs = exact_two_token_probs(model, prompt, warp).reshape(-1).double()
-    assert counts[probs == 0].sum() == 0, "a token outside the top-k/top-p support was sampled"
-    keep = probs > 0
-    expected = probs[keep] * N
-    stat = ((counts[keep] - expected) ** 2 / expected).sum().item()
-    pval = chi2.sf(stat, int(keep.sum()) - 1)
+    seqs = torch.tensor(out.sequences)
+    assert seqs.shape == (N, n)
+    flat = sum(seqs[:, i] * V ** (n - 1 - i) for i in range(n))
+    counts = torch.bincount(flat, minlength=V**n).double()
+    probs = exact_joint_probs(hf, prompt, n, warp)
+    assert counts[probs == 0].sum() == 0, "a sequence outside the top-k/top-p support was sampled"
+    stat, pval = chi2_pvalue(counts, probs, N)
     assert pval > 1e-4, (stat, pval)
 
 
-def test_seeded_sampling_is_reproducible(tiny):
-    model, _ = tiny
-    run = lambda seed: lk.generate(model, PROMPTS, max_new_tokens=12, exit_layer=2, do_sample=True, seed=seed,
+def test_seeded_sampling_is_reproducible(small_vocab):
+    model, _ = small_vocab
+    run = lambda seed: lk.generate(model, [[1, 4, 2], [3, 5], [0, 1, 2, 3]], max_new_tokens=12, exit_layer=2, do_sample=True, seed=seed,
                                    eos_token_id=[]).sequences
     assert run(5) == run(5)
     assert run(5) != run(6)
@@ -149,20 +259,43 @@ def test_seeded_sampling_is_reproducible(tiny):
 # --------------------------------------------------------------------------- stopping
 
 
-def test_eos_per_row_and_exact_max_new_tokens(tiny):
-    model, _ = tiny
-    ref = lk.generate(model, PROMPTS, max_new_tokens=20, eos_token_id=[]).sequences
-    assert all(len(s) == 20 for s in ref)
-    # Pick as EOS a token that row 0 emits at position 5 (and is not earlier).
-    eos = ref[0][5]
-    for E in (None, 2):
-        out = lk.generate(model, PROMPTS, max_new_tokens=20, exit_layer=E, num_speculations=4, eos_token_id=eos)
-        for s, r in zip(out.sequences, ref):
-            cut = r.index(eos) + 1 if eos in r else len(r)
-            assert s == r[:cut]
+def inside_accepted_runs(seqs, iters):
+    """(row, index) of tokens emitted as accepted drafts with more tokens of the
+    same iteration after them, first occurrences in their row only."""
+    found = []
+    for r, (seq, row) in enumerate(zip(seqs, iters)):
+        j = 1  # token 0 comes from prefill
+        for a, e in row:
+            found += [(r, i) for i in range(j, j + min(a, e - 1)) if seq[i] not in seq[:i]]
+            j += e
+    return found
+
+
+def test_eos_inside_accepted_run_and_several_ids(tiny, request):
+    model, hf = tiny
+    n, E, k = 24, 1, 6
+    seqs, iters = expected_run(hf, PROMPTS, n, E, k)
+    inside = inside_accepted_runs(seqs, iters)
+    if "high" in request.node.callspec.id:
+        assert len({r for r, _ in inside}) >= 2, "the high-acceptance model must put EOS inside accepted runs"
+    # One EOS id that sits inside an accepted run (the low-acceptance model may
+    # have none: then a token row 0 emits at position 5), then two ids that stop
+    # different rows.
+    r0, i0 = inside[0] if inside else (0, 5)
+    first = seqs[r0][i0]
+    other = next(((r, i) for r, i in inside if r != r0 and seqs[r][i] != first), None)
+    second = seqs[other[0]][other[1]] if other else seqs[(r0 + 1) % len(seqs)][3]
+    for eos in ([first], [first, second]):
+        out, _ = check_generate(model, hf, PROMPTS, n, E, k, eos=eos)
+        assert out.sequences[r0][-1] == first and len(out.sequences[r0]) <= i0 + 1
+        ar = lk.generate(model, PROMPTS, max_new_tokens=n, eos_token_id=eos)
+        assert ar.sequences == out.sequences
+
+
+def test_exact_max_new_tokens(tiny):
+    model, hf = tiny
     for n in (1, 2, 7):
-        out = lk.generate(model, PROMPTS, max_new_tokens=n, exit_layer=3, num_speculations=8, eos_token_id=[])
-        assert [len(s) for s in out.sequences] == [n] * len(PROMPTS)
+        check_generate(model, hf, PROMPTS, n, 3, 8)
 
 
 def test_prompt_at_cache_limit(tiny):
