@@ -1,10 +1,12 @@
 """The `layerskip` console entry point."""
 
 import os
+import re
 import subprocess
 import sys
 
 import pytest
+import torch
 
 import layerskip_kernels as lk
 from layerskip_kernels.cli import main
@@ -32,17 +34,30 @@ def test_info(capsys):
     assert "build_info" in out
 
 
-@pytest.mark.parametrize("extra", [["--exit-layer", "2", "--num-speculations", "3"], ["--exit-layer", "0"],
-                                   ["--exit-layer", "1", "--sample", "--seed", "3", "--top-p", "0.9"]])
-def test_generate_streams_text_and_stats(tiny_with_tokenizer, capsys, extra):
+@pytest.mark.parametrize("extra,E,k,sample", [
+    (["--exit-layer", "2", "--num-speculations", "3"], 2, 3, {}),
+    (["--exit-layer", "0"], None, 4, {}),
+    (["--exit-layer", "1", "--sample", "--seed", "3", "--top-p", "0.9"], 1, 4, dict(do_sample=True, seed=3, top_p=0.9)),
+])
+def test_generate_streams_text_and_stats(tiny_with_tokenizer, capsys, extra, E, k, sample):
+    from tokenizers import Tokenizer
+
     rc = main(["generate", "--model", str(tiny_with_tokenizer), "--prompt", "def add(", "--max-new-tokens", "7",
                "--dtype", "float32"] + extra)
     assert rc == 0
     captured = capsys.readouterr()
-    assert captured.out.startswith("def add(")
-    assert "7 tokens" in captured.err and "tokens/s" in captured.err and "acceptance" in captured.err
-    if extra[1] == "0":
-        assert "autoregressive" in captured.err
+    # The same generation through the API (seeded sampling is reproducible).
+    tok = Tokenizer.from_file(str(tiny_with_tokenizer / "tokenizer.json"))
+    model = lk.LlamaForCausalLM.from_pretrained(tiny_with_tokenizer)
+    ref = lk.generate(model, [tok.encode("def add(").ids], max_new_tokens=7, exit_layer=E, num_speculations=k, **sample)
+    tokens = ref.sequences[0]
+    assert captured.out == "def add(" + tok.decode(tokens) + "\n"
+    mode = f"self-speculative E={E} k={k}" if E else "autoregressive"
+    acc = "n/a" if E is None else f"{ref.stats['acceptance_rate']:.1%}"
+    tps = f"{ref.stats['tokens_per_step']:.2f}"
+    stats_line = (re.escape(f"[{mode}] {len(tokens)} tokens in ") + r"\d+\.\d\d s: \d+\.\d tokens/s, "
+                  + re.escape(f"acceptance {acc}, {tps} tokens/iteration, backend cpu"))
+    assert re.fullmatch(stats_line + "\n", captured.err), captured.err
 
 
 def test_generate_unknown_backend_is_an_error(tiny_with_tokenizer):
@@ -64,5 +79,16 @@ def test_generate_with_default_model_offline():
     res = subprocess.run([sys.executable, "-m", "layerskip_kernels.cli", "generate", "--prompt", "import os\n",
                           "--max-new-tokens", "16"], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.startswith("import os\n") and len(res.stdout) > len("import os\n")
-    assert "self-speculative" in res.stderr and "16 tokens" in res.stderr
+    # The printed text is the prompt plus the decoded tokens of the same greedy
+    # generation through the API, then one newline.
+    from tokenizers import Tokenizer
+
+    path = lk.default_model_path()
+    tok = Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
+    model = lk.LlamaForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
+    defaults = model.config.extra.get("layerskip", {})
+    ref = lk.generate(model, [tok.encode("import os\n").ids], max_new_tokens=16,
+                      exit_layer=defaults.get("default_exit_layer"),
+                      num_speculations=defaults.get("default_num_speculations", 4))
+    assert res.stdout == "import os\n" + tok.decode(ref.sequences[0]) + "\n"
+    assert "self-speculative" in res.stderr and f"{len(ref.sequences[0])} tokens" in res.stderr
