@@ -1,16 +1,17 @@
 // verify_greedy / verify_sampling on CUDA, bit-identical to reference.py.
 //
 // Two launches each:
-//   1. A reduction over the vocabulary of every (row b, position i), split into
-//      `nsplit` vocabulary ranges when B * (k+1) CTAs alone would leave the GPU
-//      idle. Greedy: argmax (NaN counts as the maximum, like torch.argmax; ties
-//      to the lowest id). Sampling: the exponential race over the residual
-//      max(p - q, 0) and over p (the fallback when the residual is all zero,
-//      and the bonus token at i = k), with the same uniforms for both, plus
-//      whether the residual has any positive entry. Partials go to a small
-//      workspace.
-//   2. One thread per row: merges the partials, walks the accept prefix (first
-//      mismatch / first rejected coin) and writes num_accepted int32 [B] and
+//   1. A reduction over the vocabulary, split into `nsplit` vocabulary ranges
+//      when the rows alone would leave the GPU idle; partials go to a small
+//      workspace. Greedy: argmax of every (row b, position i) (NaN counts as
+//      the maximum, like torch.argmax; ties to the lowest id). Sampling: the
+//      accept coins first (k loads per row), then only the race at each row's
+//      first rejected position a: over the residual max(p - q, 0) and over p
+//      (the fallback when the residual is all zero, and the bonus token at
+//      a = k), with the same uniforms for both, plus whether the residual has
+//      any positive entry.
+//   2. One thread per row: merges the partials (greedy: walks the accept
+//      prefix up to the first mismatch) and writes num_accepted int32 [B] and
 //      out_tokens int64 [B, k+1] padded with -1.
 // The random numbers come from csrc/common/philox.h, the implementation shared
 // with the CPU kernel; no fast-math, so the double race keys match the host.
@@ -21,10 +22,27 @@
 
 #include "acceptance_kernels.cuh"
 #include "kernels.h"
+#include "utils.cuh"
 
 namespace layerskip::cuda {
 
 using namespace acceptance;
+
+namespace {
+
+Launch checked_plan(int64_t B, int64_t k, int64_t V, int64_t rows) {
+  TORCH_CHECK(V <= INT_MAX - 4, "vocabulary size V=", V, " must fit in int32");
+  TORCH_CHECK(k < INT_MAX, "k=", k, " must fit in int32");
+  const Launch l = plan(B, k, V, rows, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  TORCH_CHECK(l.grid <= INT_MAX, "batch * (k+1) too large for one launch");
+  return l;
+}
+
+at::Tensor workspace(const at::Tensor& like, int64_t bytes) {
+  return at::empty({bytes}, like.options().dtype(at::kByte));
+}
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor> verify_greedy(const at::Tensor& draft_tokens,
                                                  const at::Tensor& target_logits) {
@@ -36,13 +54,13 @@ std::tuple<at::Tensor, at::Tensor> verify_greedy(const at::Tensor& draft_tokens,
   if (B == 0) return {num_accepted, out_tokens};
   const at::Tensor draft = draft_tokens.contiguous();
   const at::Tensor logits = target_logits.contiguous();
-  const Launch l = plan(B, k, V, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
-  at::Tensor ws = workspace(logits, static_cast<int64_t>(l.grid) * sizeof(ArgmaxPartial));
+  const Launch l = checked_plan(B, k, V, B * (k + 1));
+  at::Tensor ws = workspace(logits, l.grid * static_cast<int64_t>(sizeof(ArgmaxPartial)));
   auto* parts = reinterpret_cast<ArgmaxPartial*>(ws.data_ptr());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
   LS_FLOAT_TYPE_SWITCH(logits.scalar_type(), "verify_greedy", T, [&] {
-    greedy_argmax_kernel<T><<<l.grid, kThreads, 0, stream>>>(
+    greedy_argmax_kernel<T><<<static_cast<unsigned>(l.grid), kThreads, 0, stream>>>(
         logits.data_ptr<T>(), V, l.groups, l.groups_per_split, l.nsplit, parts);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -73,20 +91,19 @@ std::tuple<at::Tensor, at::Tensor> verify_sampling(const at::Tensor& draft_token
   const uint64_t s = static_cast<uint64_t>(seed);
   const SamplingKey key{static_cast<uint32_t>(s), static_cast<uint32_t>(s >> 32),
                         static_cast<uint32_t>(offset)};
-  const Launch l = plan(B, k, V, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
-  at::Tensor ws = workspace(p, static_cast<int64_t>(l.grid) * sizeof(RacePartial));
+  const Launch l = checked_plan(B, k, V, B);
+  at::Tensor ws = workspace(p, l.grid * static_cast<int64_t>(sizeof(RacePartial)));
   auto* parts = reinterpret_cast<RacePartial*>(ws.data_ptr());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
-  sampling_race_kernel<<<l.grid, kThreads, 0, stream>>>(q.data_ptr<float>(), p.data_ptr<float>(),
-                                                        V, static_cast<int>(k), l.groups,
-                                                        l.groups_per_split, l.nsplit, key, parts);
+  sampling_race_kernel<<<static_cast<unsigned>(l.grid), kThreads, 0, stream>>>(
+      draft.data_ptr<int64_t>(), q.data_ptr<float>(), p.data_ptr<float>(), V, static_cast<int>(k),
+      l.groups, l.groups_per_split, l.nsplit, key, parts);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   constexpr int kRowThreads = 128;
   sampling_finalize_kernel<<<static_cast<unsigned>(ceil_div<int64_t>(B, kRowThreads)), kRowThreads,
-                             0, stream>>>(draft.data_ptr<int64_t>(), q.data_ptr<float>(),
-                                          p.data_ptr<float>(), parts, B, static_cast<int>(k), V,
-                                          l.nsplit, key, num_accepted.data_ptr<int32_t>(),
+                             0, stream>>>(draft.data_ptr<int64_t>(), parts, B, static_cast<int>(k),
+                                          l.nsplit, num_accepted.data_ptr<int32_t>(),
                                           out_tokens.data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {num_accepted, out_tokens};

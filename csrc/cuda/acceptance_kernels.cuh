@@ -1,14 +1,21 @@
 // Kernels of verify_greedy / verify_sampling and their launch plan (see
-// acceptance.cu for the launches). A header so that a host-side emulation can
-// run the same code; only acceptance.cu includes it in the build.
+// acceptance.cu for the launches). Torch-free, so that tests/cpp/emu runs this
+// very code on the CPU; only acceptance.cu includes it in the build.
+//
+// Draft token ids are not checked on the host (that would synchronize): an id
+// outside [0, V) is never used to index memory. Greedy: it cannot equal the
+// target's argmax, so the row is rejected there. Sampling: it is rejected
+// there (as a token the draft gave probability 0), and the residual race at
+// that position reads q at no id in particular: it is the race over
+// max(p - q, 0) as for any rejection.
 #pragma once
-#include <ATen/ATen.h>
+#include <stdint.h>
 
 #include <algorithm>
 #include <climits>
 
 #include "../common/philox.h"
-#include "utils.cuh"
+#include "device.cuh"
 
 namespace layerskip::cuda::acceptance {
 
@@ -29,7 +36,7 @@ struct RacePartial {
   int idx_res;
   int idx_p;
   int any_res;  // some residual entry > 0
-  int pad_;
+  int pos;      // the row's first rejected position (k: all accepted), where the race ran
 };
 
 // Whether (av, ai) beats (bv, bi) in torch.argmax order: NaN above every
@@ -61,10 +68,9 @@ __device__ __forceinline__ void load_group(const T* row, int64_t g, int64_t V, b
       const float4 f = __ldg(reinterpret_cast<const float4*>(row + v0));
       x[0] = f.x, x[1] = f.y, x[2] = f.z, x[3] = f.w;
     } else {
-      const uint2 raw = __ldg(reinterpret_cast<const uint2*>(row + v0));
-      const T* e = reinterpret_cast<const T*>(&raw);
+      const Vec<T, 4> e = unpack<T>(__ldg(reinterpret_cast<const uint2*>(row + v0)));
 #pragma unroll
-      for (int w = 0; w < 4; ++w) x[w] = static_cast<float>(e[w]);
+      for (int w = 0; w < 4; ++w) x[w] = static_cast<float>(e.e[w]);
     }
   } else {
 #pragma unroll
@@ -168,18 +174,58 @@ __global__ void greedy_finalize_kernel(const int64_t* __restrict__ draft,
 
 // ---------------------------------------------------------------------------- sampling
 
-// One CTA per (row-position rp = b * (k+1) + i, vocabulary split).
+// Whether row b accepts its draft at position i: the coin u < p(d) / q(d).
+// An id outside [0, V) is rejected without a read (see the top of the file).
+__device__ __forceinline__ bool sampling_accepts(const int64_t* draft, const float* draft_probs,
+                                                 const float* target_probs, int64_t b, int k,
+                                                 int i, int64_t V, const SamplingKey& key) {
+  const int64_t d = draft[b * k + i];
+  if (d < 0 || d >= V) return false;
+  const float p_d = target_probs[(b * (k + 1) + i) * V + d];
+  const float q_d = draft_probs[(b * k + i) * V + d];
+  return sampling_accept(sampling_coin(key, static_cast<uint32_t>(b), static_cast<uint32_t>(i)),
+                         p_d, q_d);
+}
+
+// First rejected position of row b (k when all are accepted), from warp 0:
+// lane j decides position j (+ 32 per round) and a ballot finds the first
+// rejection, so the k coins cost one round of loads instead of k in a row.
+__device__ __forceinline__ int first_rejection(const int64_t* draft, const float* draft_probs,
+                                               const float* target_probs, int64_t b, int k,
+                                               int64_t V, const SamplingKey& key, int lane) {
+  for (int base = 0; base < k; base += 32) {
+    const int i = base + lane;
+    const bool reject =
+        i < k && !sampling_accepts(draft, draft_probs, target_probs, b, k, i, V, key);
+    const unsigned mask = __ballot_sync(kFullMask, reject);
+    if (mask != 0u) return base + __ffs(static_cast<int>(mask)) - 1;
+  }
+  return k;
+}
+
+// One CTA per (row b, vocabulary split). The coins come first (as the cpu
+// backend does): only the race at the row's first rejected position a
+// decides the emitted token, so it is the only one run, over the residual
+// max(p - q, 0) at a < k and over p (the fallback when the residual is all
+// zero, and the bonus token at a = k) with the same uniforms.
 __global__ void __launch_bounds__(kThreads)
-    sampling_race_kernel(const float* __restrict__ draft_probs,
+    sampling_race_kernel(const int64_t* __restrict__ draft, const float* __restrict__ draft_probs,
                          const float* __restrict__ target_probs, int64_t V, int k, int64_t groups,
                          int64_t groups_per_split, int nsplit, SamplingKey key,
                          RacePartial* __restrict__ ws) {
-  const int64_t rp = blockIdx.x / nsplit;
+  const int64_t b = blockIdx.x / nsplit;
   const int split = static_cast<int>(blockIdx.x % nsplit);
-  const int64_t b = rp / (k + 1);
-  const int i = static_cast<int>(rp % (k + 1));
-  const bool has_q = i < k;  // position k: bonus token, race over p only
-  const float* p_row = target_probs + rp * V;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+
+  __shared__ int s_pos;
+  if (warp == 0) {
+    const int a = first_rejection(draft, draft_probs, target_probs, b, k, V, key, lane);
+    if (lane == 0) s_pos = a;
+  }
+  __syncthreads();
+  const int i = s_pos;
+  const bool has_q = i < k;
+  const float* p_row = target_probs + (b * (k + 1) + i) * V;
   const float* q_row = draft_probs + (b * k + (has_q ? i : 0)) * V;
   const bool vec = is_aligned(p_row, 16) && is_aligned(q_row, 16);
   const SplitRange range = split_range(split, groups_per_split, groups);
@@ -214,7 +260,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 
   __shared__ RacePartial s_part[kWarps];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   auto warp_reduce = [&]() {
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) {
@@ -228,7 +273,7 @@ __global__ void __launch_bounds__(kThreads)
     any_res = __any_sync(kFullMask, any_res);
   };
   warp_reduce();
-  if (lane == 0) s_part[warp] = {key_res, key_p, idx_res, idx_p, any_res, 0};
+  if (lane == 0) s_part[warp] = {key_res, key_p, idx_res, idx_p, any_res, i};
   __syncthreads();
   if (warp == 0) {
     const bool mine = lane < kWarps;
@@ -238,34 +283,24 @@ __global__ void __launch_bounds__(kThreads)
     idx_p = mine ? s_part[lane].idx_p : kNone;
     any_res = mine && s_part[lane].any_res;
     warp_reduce();
-    if (lane == 0) ws[blockIdx.x] = {key_res, key_p, idx_res, idx_p, any_res, 0};
+    if (lane == 0) ws[blockIdx.x] = {key_res, key_p, idx_res, idx_p, any_res, i};
   }
 }
 
+// One thread per row: merges the splits of the race at the row's first
+// rejected position and writes the row.
 __global__ void sampling_finalize_kernel(const int64_t* __restrict__ draft,
-                                         const float* __restrict__ draft_probs,
-                                         const float* __restrict__ target_probs,
                                          const RacePartial* __restrict__ ws, int64_t B, int k,
-                                         int64_t V, int nsplit, SamplingKey key,
-                                         int32_t* __restrict__ num_accepted,
+                                         int nsplit, int32_t* __restrict__ num_accepted,
                                          int64_t* __restrict__ out_tokens) {
   const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (b >= B) return;
-  int a = 0;
-  for (; a < k; ++a) {
-    const int64_t d = draft[b * k + a];  // in [0, V): checked on the host
-    const float p_d = target_probs[(b * (k + 1) + a) * V + d];
-    const float q_d = draft_probs[(b * k + a) * V + d];
-    const float coin = sampling_coin(key, static_cast<uint32_t>(b), static_cast<uint32_t>(a));
-    if (!sampling_accept(coin, p_d, q_d)) break;
-  }
-  // Merge the splits of position a (rejected there, or the bonus at a = k).
   double key_res = -1.0, key_p = -1.0;
   int idx_res = kNone, idx_p = kNone;
   bool any_res = false;
-  const int64_t rp = b * (k + 1) + a;
+  const int a = ws[b * nsplit].pos;
   for (int j = 0; j < nsplit; ++j) {
-    const RacePartial part = ws[rp * nsplit + j];
+    const RacePartial part = ws[b * nsplit + j];
     if (race_better(part.key_res, part.idx_res, key_res, idx_res))
       key_res = part.key_res, idx_res = part.idx_res;
     if (race_better(part.key_p, part.idx_p, key_p, idx_p)) key_p = part.key_p, idx_p = part.idx_p;
@@ -290,26 +325,21 @@ inline int choose_vocab_splits(int64_t row_positions, int64_t groups, int64_t sm
 struct Launch {
   int64_t B, k, V, groups, groups_per_split;
   int nsplit;
-  unsigned grid;
+  int64_t grid;  // CTAs of the first launch
 };
 
-// sms: multiprocessors of the device.
-inline Launch plan(int64_t B, int64_t k, int64_t V, int64_t sms) {
-  TORCH_CHECK(V <= INT_MAX - 4, "vocabulary size V=", V, " must fit in int32");
+// rows: the reductions of the first launch (greedy: B * (k+1) row positions;
+// sampling: B rows, one race each); sms: multiprocessors of the device. The
+// caller checks V <= INT_MAX - 4 and rows * nsplit <= INT_MAX.
+inline Launch plan(int64_t B, int64_t k, int64_t V, int64_t rows, int64_t sms) {
   Launch l{};
   l.B = B, l.k = k, l.V = V;
   l.groups = ceil_div<int64_t>(V, 4);
-  const int64_t row_positions = B * (k + 1);
-  const int want = choose_vocab_splits(row_positions, l.groups, sms);
+  const int want = choose_vocab_splits(rows, l.groups, sms);
   l.groups_per_split = ceil_div<int64_t>(l.groups, want);
   l.nsplit = static_cast<int>(ceil_div<int64_t>(l.groups, l.groups_per_split));  // none empty
-  TORCH_CHECK(row_positions * l.nsplit <= INT_MAX, "batch * (k+1) too large for one launch");
-  l.grid = static_cast<unsigned>(row_positions * l.nsplit);
+  l.grid = static_cast<int64_t>(rows) * l.nsplit;
   return l;
-}
-
-inline at::Tensor workspace(const at::Tensor& like, int64_t bytes) {
-  return at::empty({bytes}, like.options().dtype(at::kByte));
 }
 
 }  // namespace layerskip::cuda::acceptance

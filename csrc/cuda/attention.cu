@@ -6,12 +6,17 @@
 //      dtype and writes k_new / v_new at cache_seqlens[b] + s. It is its own
 //      launch because with split-KV the CTAs that read a new key are not the
 //      ones that would write it; stream order makes the writes visible.
-//   2. attention_split_kernel: one CTA per (batch, kv head, kv split, tile of
-//      kRows query rows). The G*S query rows of a kv head (G = Hq / Hkv) share
-//      every K/V tile loaded to shared memory, so the cache is read once per
-//      kv head instead of once per query head. fp32 online softmax.
+//   2. attention_split_kernel: one CTA per (batch, kv head, kv split, query
+//      tile). All G*S query rows of a kv head (G = Hq / Hkv) share every K/V
+//      tile loaded to shared memory; for S <= 16 (and G <= 8) they fit one
+//      tile, so the cache is read once per kv head and split (the tiling is
+//      documented in attention_kernels.cuh). fp32 online softmax. Each split
+//      covers whole key tiles of the row's real length (cache_seqlens, read
+//      on the device): the count of splits comes from the grid size, and the
+//      splits past a short row's length exit at once.
 //   3. attention_merge_kernel (only with more than one split): log-sum-exp merge
-//      of the per-split partials (m, l, acc) from a fp32 workspace.
+//      of the per-split partials (m, l, acc) from a fp32 workspace; empty
+//      partials are skipped unread.
 //
 // cache_seqlens values are not checked on the host (that would synchronize):
 // a row b with cache_seqlens[b] < 0 or cache_seqlens[b] + S > T_max is neither
@@ -21,8 +26,11 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <cstdlib>
+
 #include "attention_kernels.cuh"
 #include "kernels.h"
+#include "utils.cuh"
 
 namespace layerskip::cuda {
 
@@ -35,31 +43,84 @@ at::Tensor draft_verify_attention(const at::Tensor& q, at::Tensor& k_cache, at::
   const int64_t D = q.size(3);
   // Before any launch: an unsupported head dim must not write the cache.
   TORCH_CHECK(supported_head_dim(D), "draft_verify_attention (cuda): head dim D=", D,
-              " is not supported; the CUDA kernel is built for D in {32, 64, 96, 128}");
+              " is not supported; the CUDA kernel is built for D in {16, 32, 64, 96, 128}");
   const c10::cuda::CUDAGuard guard(q.device());
   at::Tensor out = at::empty(q.sizes(), q.options());  // contiguous [B, S, Hq, D]
   if (out.numel() == 0) return out;
   const at::Tensor seqlens = cache_seqlens.contiguous();
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const Plan plan =
-      make_plan(q, k_cache, v_cache, k_new, v_new, seqlens, cos, sin, softmax_scale, out, sms);
-  const AttnParams& ap = plan.attn;
+  const AttnShape shape{q.size(0), q.size(1), q.size(2), k_cache.size(1), D, k_cache.size(2)};
+  TORCH_CHECK(shape.T_max < INT_MAX / 2 && shape.S < INT_MAX && shape.Hq * shape.S < INT_MAX,
+              "draft_verify_attention (cuda): T_max, S and Hq*S must fit in int32, got T_max=",
+              shape.T_max, ", S=", shape.S, ", Hq=", shape.Hq);
+  const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
+  int forced_splits = 0;  // LAYERSKIP_CUDA_NUM_SPLITS=n forces n splits (tests of the merge)
+  if (const char* env = std::getenv("LAYERSKIP_CUDA_NUM_SPLITS")) forced_splits = std::atoi(env);
+  const AttnLaunch l = plan_attention(shape, props->multiProcessorCount,
+                                      props->sharedMemPerBlockOptin, forced_splits);
+  TORCH_CHECK(l.write_blocks <= INT_MAX && l.ctas <= INT_MAX && l.merge_ctas <= INT_MAX,
+              "draft_verify_attention (cuda): batch * heads * S too large for one launch");
+
+  at::Tensor ws_acc, ws_ml;
+  if (l.splits > 1) {
+    const auto f32 = q.options().dtype(at::kFloat);
+    ws_acc = at::empty({l.merge_rows * l.splits * D}, f32);
+    ws_ml = at::empty({l.merge_rows * l.splits * 2}, f32);
+  }
+  AttnTensors t{};
+  t.q = q.data_ptr();
+  t.k_cache = k_cache.data_ptr();
+  t.v_cache = v_cache.data_ptr();
+  t.k_new = k_new.data_ptr();
+  t.v_new = v_new.data_ptr();
+  t.seqlens = seqlens.data_ptr<int32_t>();
+  t.out = out.data_ptr();
+  t.ws_acc = l.splits > 1 ? ws_acc.data_ptr<float>() : nullptr;
+  t.ws_ml = l.splits > 1 ? ws_ml.data_ptr<float>() : nullptr;
+  for (int i = 0; i < 4; ++i) {
+    t.q_s[i] = q.stride(i);
+    t.kn_s[i] = k_new.stride(i);
+    t.vn_s[i] = v_new.stride(i);
+  }
+  for (int i = 0; i < 3; ++i) {
+    t.kc_s[i] = k_cache.stride(i);
+    t.vc_s[i] = v_cache.stride(i);
+  }
+  const bool rope = cos.has_value();
+  if (rope) {
+    t.cos = cos->data_ptr<float>();
+    t.sin = sin->data_ptr<float>();
+    for (int i = 0; i < 2; ++i) {
+      t.cos_s[i] = cos->stride(i);
+      t.sin_s[i] = sin->stride(i);
+    }
+  }
+  t.elem_size = q.element_size();
+  WriteParams wp;
+  AttnParams ap;
+  make_params(shape, l, t, softmax_scale, &wp, &ap);
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
   LS_FLOAT_TYPE_SWITCH(q.scalar_type(), "draft_verify_attention", T, [&] {
-    LS_BOOL_SWITCH(plan.rope, kRope, [&] {
+    LS_BOOL_SWITCH(rope, kRope, [&] {
       cache_write_kernel<T, kRope>
-          <<<static_cast<unsigned>(plan.write_blocks), kWriteThreads, 0, stream>>>(plan.write);
+          <<<static_cast<unsigned>(l.write_blocks), kWriteThreads, 0, stream>>>(wp);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
     LS_HEAD_DIM_SWITCH(static_cast<int>(D), kD, [&] {
-      attention_split_kernel<T, kD><<<static_cast<unsigned>(plan.ctas), kThreads, 0, stream>>>(ap);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      LS_ROW_TILE_SWITCH(l.rows, kR, [&] {
+        auto* kernel = attention_split_kernel<T, kD, kR>;
+        if (l.smem > 48 * 1024)  // past the default limit: opt in (plan_attention kept it <= the device's)
+          C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              static_cast<int>(l.smem)));
+        kernel<<<static_cast<unsigned>(l.ctas), RowTile<kR>::kThreads, l.smem, stream>>>(ap);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
     });
-    if (plan.merge_ctas > 0) {
-      attention_merge_kernel<T>
-          <<<static_cast<unsigned>(plan.merge_ctas), static_cast<unsigned>(D), 0, stream>>>(
-              ap.ws_acc, ap.ws_ml, static_cast<T*>(ap.out), ap.S, ap.Hq, ap.Hkv, ap.G, ap.splits);
+    if (l.merge_ctas > 0) {
+      const dim3 block(static_cast<unsigned>(D), static_cast<unsigned>(l.merge_rows_per_cta));
+      attention_merge_kernel<T><<<static_cast<unsigned>(l.merge_ctas), block, 0, stream>>>(
+          ap.ws_acc, ap.ws_ml, static_cast<T*>(ap.out), l.merge_rows, ap.S, ap.Hq, ap.Hkv, ap.G,
+          ap.splits);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });

@@ -1,32 +1,57 @@
-// Kernels of draft_verify_attention and their launch plan (see attention.cu
-// for the launches). A header so that a host-side emulation can run the same
-// code; only attention.cu includes it in the build.
+// Kernels of draft_verify_attention and their launch plan (attention.cu
+// launches them). Torch-free, so that tests/cpp/emu runs this very code on the
+// CPU; only attention.cu includes it in the build.
+//
+// Tiling of attention_split_kernel. One CTA owns a (batch b, kv head h, key
+// split, query tile) and loads each K/V tile of its key range once to shared
+// memory (fp32), for every query row of the tile. The query rows of a kv head
+// are its G*S rows (G = Hq / Hkv query heads times S positions), row r =
+// s * G + g. A query tile has R rows, R the smallest of {16, 64, 128} >= G*S
+// whose shared memory fits the device, so for S <= 16 and G <= 8 every row of
+// a kv head sits in one CTA and K/V are read once per split (the point of a
+// verify step: S = k+1 rows, G up to 8, all reading the same keys). Wider heads
+// (G*S > 128: prefill, G > 8) take ceil(G*S / 128) tiles, each re-reading K/V.
+// Shared memory (fp32, dynamic): Q [R, D], K [N, D+4], V [N, D], P [R, N+1]
+// and three R-vectors; N = 64 keys per tile for D <= 64, 32 above. At R = 128,
+// D = 128 that is 115 KB, past the 48 KB default: the launcher raises the
+// limit with cudaFuncSetAttribute and falls back to a smaller R on devices
+// whose opt-in limit is lower (99 KB on sm_86/89).
+//
+// Whatever cache_seqlens holds (it is not checked on the host: that would
+// synchronize), nothing is read or written outside the tensors: a row b with
+// cache_seqlens[b] < 0 or cache_seqlens[b] + S > T_max is neither written to
+// the cache nor read from it, and its output rows are exactly zero.
 #pragma once
-#include <ATen/ATen.h>
+#include <stdint.h>
+#include <stdlib.h>
 
 #include <algorithm>
 #include <climits>
-#include <cstdlib>
 
-#include "../common/macros.h"
 #include "../common/online_softmax.h"
 #include "../common/rope.h"
-#include "utils.cuh"
+#include "device.cuh"
 
 namespace layerskip::cuda::attention {
 
-constexpr int kThreads = 128;  // 4 warps per attention CTA
-constexpr int kWarps = kThreads / 32;
-constexpr int kRows = 16;                    // query rows per CTA
-constexpr int kRowsPerWarp = kRows / kWarps;  // row m belongs to warp m % kWarps
 constexpr int kMaxSplits = 64;
-constexpr int kWriteThreads = 256;  // cache_write_kernel
+constexpr int kWriteThreads = 256;   // cache_write_kernel
+constexpr int kMergeThreads = 128;   // attention_merge_kernel: 128 / D rows per CTA (at least 1)
+constexpr int kMaxRowTile = 128;
 
-// Keys per shared-memory tile. K and V are kept in fp32 in shared memory (one
-// conversion per element per CTA instead of one per use); with the query tile
-// and P this stays under the 48 KB of static shared memory for every D.
+// Threads of a query tile of R rows: row m belongs to warp m % kWarps, so a
+// warp owns kRowsPerWarp rows; 8 rows per warp above 16 keep the register
+// arrays of qk_softmax and the accumulators at the size they have at R = 16.
+template <int R>
+struct RowTile {
+  static constexpr int kRowsPerWarp = R <= 16 ? 4 : 8;
+  static constexpr int kWarps = R / kRowsPerWarp;
+  static constexpr int kThreads = 32 * kWarps;
+};
+
+// Keys per shared-memory tile.
 template <int D>
-constexpr int block_n() {
+__host__ __device__ constexpr int block_n() {
   return D <= 64 ? 64 : 32;
 }
 
@@ -35,6 +60,10 @@ constexpr int block_n() {
 #define LS_HEAD_DIM_SWITCH(head_dim, NAME, ...) \
   [&] {                                         \
     switch (head_dim) {                         \
+      case 16: {                                \
+        constexpr int NAME = 16;                \
+        return __VA_ARGS__();                   \
+      }                                         \
       case 32: {                                \
         constexpr int NAME = 32;                \
         return __VA_ARGS__();                   \
@@ -54,7 +83,23 @@ constexpr int block_n() {
     }                                           \
   }()
 
-inline bool supported_head_dim(int64_t D) { return D == 32 || D == 64 || D == 96 || D == 128; }
+#define LS_ROW_TILE_SWITCH(rows, NAME, ...) \
+  [&] {                                     \
+    if ((rows) <= 16) {                     \
+      constexpr int NAME = 16;              \
+      return __VA_ARGS__();                 \
+    } else if ((rows) <= 64) {              \
+      constexpr int NAME = 64;              \
+      return __VA_ARGS__();                 \
+    } else {                                \
+      constexpr int NAME = 128;             \
+      return __VA_ARGS__();                 \
+    }                                       \
+  }()
+
+inline bool supported_head_dim(int64_t D) {
+  return D == 16 || D == 32 || D == 64 || D == 96 || D == 128;
+}
 
 // A row whose cache_seqlens value would put a write outside [0, T_max).
 __device__ __forceinline__ bool row_in_bounds(int seqlen, int S, int T_max) {
@@ -136,66 +181,81 @@ struct AttnParams {
   bool kv_vec;  // caches 16-byte aligned at every (b, h, t): vector loads allowed
 };
 
-// 16 bytes of K or V starting at p (VEC = 16 / sizeof(T) elements), through a
+// 16 bytes of K or V starting at p (16 / sizeof(T) elements), through one
 // vector load when the cache layout allows it.
 template <typename T>
-__device__ __forceinline__ uint4 load_chunk(const T* p, bool vec) {
-  if (vec) return __ldg(reinterpret_cast<const uint4*>(p));
-  uint4 raw;
-  T* e = reinterpret_cast<T*>(&raw);
+__device__ __forceinline__ Vec<T, 16 / sizeof(T)> load_chunk(const T* p, bool vec) {
+  if (vec) return unpack<T>(__ldg(reinterpret_cast<const uint4*>(p)));
+  Vec<T, 16 / sizeof(T)> c;
 #pragma unroll
-  for (int j = 0; j < static_cast<int>(16 / sizeof(T)); ++j) e[j] = p[j];
-  return raw;
+  for (int j = 0; j < static_cast<int>(16 / sizeof(T)); ++j) c.e[j] = p[j];
+  return c;
 }
 
 template <typename T>
-__device__ __forceinline__ void store_chunk_fp32(float* dst, const uint4& raw) {
-  constexpr int VEC = 16 / sizeof(T);
-  const T* e = reinterpret_cast<const T*>(&raw);
+__device__ __forceinline__ void store_chunk_fp32(float* dst, const Vec<T, 16 / sizeof(T)>& c) {
 #pragma unroll
-  for (int j = 0; j < VEC; j += 4)
-    *reinterpret_cast<float4*>(dst + j) =
-        make_float4(static_cast<float>(e[j]), static_cast<float>(e[j + 1]),
-                    static_cast<float>(e[j + 2]), static_cast<float>(e[j + 3]));
+  for (int j = 0; j < static_cast<int>(16 / sizeof(T)); j += 4)
+    sts4(dst + j, make_float4(static_cast<float>(c.e[j]), static_cast<float>(c.e[j + 1]),
+                              static_cast<float>(c.e[j + 2]), static_cast<float>(c.e[j + 3])));
 }
 
-// Shared-memory tile geometry of one head dim.
-template <int D>
+// Shared-memory tile geometry of one (head dim, query tile).
+template <int D, int R>
 struct Tile {
+  static constexpr int kThreads = RowTile<R>::kThreads;
+  static constexpr int kWarps = RowTile<R>::kWarps;
+  static constexpr int kRowsPerWarp = RowTile<R>::kRowsPerWarp;
   static constexpr int N = block_n<D>();
   static constexpr int KS = D + 4;  // padded K row: the float4 reads of 8 lanes hit distinct banks
   static constexpr int PS = N + 1;  // padded P row: lanes of one warp read up to 4 rows of P
   static constexpr int DG = D / 4;  // float4 column groups of the output
-  static constexpr int ITEMS = kRows * DG / kThreads;  // (row, column group) items per thread
-  static_assert(kRows * DG % kThreads == 0, "output items must divide over the CTA");
+  // (row, column group) items of the output per thread. Item i of a thread is
+  // number tid + kThreads * i in row-major order; with R * DG not a multiple
+  // of kThreads (D = 16 at R = 16) the last items of some threads are past row R.
+  static constexpr int ITEMS = (R * DG + kThreads - 1) / kThreads;
+  static constexpr bool kRagged = R * DG % kThreads != 0;
   static_assert(N % 32 == 0, "one key per lane per 32");
+  static_assert(D % 16 == 0, "16-byte chunks of 16-bit K/V rows");
+
+  // Offsets in floats of the dynamic shared memory; all multiples of 4.
+  static constexpr int kQ = 0;
+  static constexpr int kK = kQ + R * D;
+  static constexpr int kV = kK + N * KS;
+  static constexpr int kP = kV + N * D;
+  static constexpr int kScale = kP + ((R * PS + 3) / 4) * 4;
+  static constexpr int kM = kScale + R;
+  static constexpr int kL = kM + R;
+  static constexpr int kFloats = kL + R;
+  static constexpr size_t kSmemBytes = static_cast<size_t>(kFloats) * sizeof(float);
 };
 
 // One K/V tile (keys [t0, t0 + N) of one (b, h)) in flight through registers:
 // load() issues the global reads, store() converts to fp32 shared memory. Keys
 // >= key_end are zero and never read (past a row's length they may hold NaN).
-template <typename T, int D>
+template <typename T, int D, int R>
 struct KVLoader {
+  using Tl = Tile<D, R>;
   static constexpr int VEC = 16 / sizeof(T);
   static constexpr int CPR = D / VEC;  // 16-byte chunks per key row
-  static constexpr int CHUNKS = Tile<D>::N * CPR / kThreads;
-  static_assert(Tile<D>::N * CPR % kThreads == 0, "tile chunks must divide over the CTA");
+  static constexpr int TOTAL = Tl::N * CPR;
+  static constexpr int CHUNKS = (TOTAL + Tl::kThreads - 1) / Tl::kThreads;
 
-  uint4 k[CHUNKS], v[CHUNKS];
+  Vec<T, VEC> k[CHUNKS], v[CHUNKS];
 
   __device__ __forceinline__ void load(const T* kc, const T* vc, const AttnParams& p, int t0,
                                        int key_end, int tid) {
 #pragma unroll
     for (int c = 0; c < CHUNKS; ++c) {
-      const int idx = tid + c * kThreads;
+      const int idx = tid + c * Tl::kThreads;
       const int key = t0 + idx / CPR;
       const int col = (idx % CPR) * VEC;
-      if (key < key_end) {
+      if (idx < TOTAL && key < key_end) {
         k[c] = load_chunk(kc + key * p.kc_s[2] + col, p.kv_vec);
         v[c] = load_chunk(vc + key * p.vc_s[2] + col, p.kv_vec);
       } else {
-        k[c] = make_uint4(0u, 0u, 0u, 0u);  // all-zero bits are 0.0 in every dtype
-        v[c] = make_uint4(0u, 0u, 0u, 0u);
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) k[c].e[j] = v[c].e[j] = static_cast<T>(0.f);
       }
     }
   }
@@ -203,10 +263,11 @@ struct KVLoader {
   __device__ __forceinline__ void store(float* Ks, float* Vs, int tid) const {
 #pragma unroll
     for (int c = 0; c < CHUNKS; ++c) {
-      const int idx = tid + c * kThreads;
+      const int idx = tid + c * Tl::kThreads;
+      if (TOTAL % Tl::kThreads != 0 && idx >= TOTAL) continue;
       const int n = idx / CPR;
       const int col = (idx % CPR) * VEC;
-      store_chunk_fp32<T>(Ks + n * Tile<D>::KS + col, k[c]);
+      store_chunk_fp32<T>(Ks + n * Tl::KS + col, k[c]);
       store_chunk_fp32<T>(Vs + n * D + col, v[c]);
     }
   }
@@ -216,12 +277,13 @@ struct KVLoader {
 // tile's keys (lane + 32 j), then the online-softmax update of those rows:
 // P (exp(score - new max)) goes to shared memory with the factor by which the
 // rows' accumulators must be rescaled.
-template <int NR, int D>
+template <int NR, int D, int R>
 __device__ __forceinline__ void qk_softmax(const float* Qs, const float* Ks, float* Ps,
-                                           float* row_scale, SoftmaxState (&st)[kRowsPerWarp],
-                                           const int (&limit)[kRowsPerWarp], int warp, int lane,
-                                           int t0, float scale) {
-  using Tl = Tile<D>;
+                                           float* row_scale,
+                                           SoftmaxState (&st)[RowTile<R>::kRowsPerWarp],
+                                           const int (&limit)[RowTile<R>::kRowsPerWarp], int warp,
+                                           int lane, int t0, float scale) {
+  using Tl = Tile<D, R>;
   constexpr int J = Tl::N / 32;
   float dot[NR][J];
 #pragma unroll
@@ -233,11 +295,10 @@ __device__ __forceinline__ void qk_softmax(const float* Qs, const float* Ks, flo
   for (int d = 0; d < D; d += 4) {
     float4 kv[J];
 #pragma unroll
-    for (int j = 0; j < J; ++j)
-      kv[j] = *reinterpret_cast<const float4*>(Ks + (lane + 32 * j) * Tl::KS + d);
+    for (int j = 0; j < J; ++j) kv[j] = lds4(Ks + (lane + 32 * j) * Tl::KS + d);
 #pragma unroll
     for (int i = 0; i < NR; ++i) {
-      const float4 qv = *reinterpret_cast<const float4*>(Qs + (warp + kWarps * i) * D + d);
+      const float4 qv = lds4(Qs + (warp + Tl::kWarps * i) * D + d);
 #pragma unroll
       for (int j = 0; j < J; ++j) {
         dot[i][j] = fmaf(qv.x, kv[j].x, dot[i][j]);
@@ -250,7 +311,7 @@ __device__ __forceinline__ void qk_softmax(const float* Qs, const float* Ks, flo
 
 #pragma unroll
   for (int i = 0; i < NR; ++i) {
-    const int m = warp + kWarps * i;
+    const int m = warp + Tl::kWarps * i;
     float s[J];
     float tile_max = -INFINITY;
 #pragma unroll
@@ -276,23 +337,39 @@ __device__ __forceinline__ void qk_softmax(const float* Qs, const float* Ks, flo
   }
 }
 
-// acc += P @ V for the first NI output items of this thread. Item i is
-// (row, float4 column group) number tid + kThreads * i in row-major order, so
-// the first NI items cover rows 0 .. NI * kThreads / DG - 1: tiles with few
-// query rows (a draft step) skip the rest.
-template <int NI, int D>
+// qk_softmax for the nr rows this warp owns in this tile (uniform per warp),
+// as a compile-time count.
+template <int NR, int D, int R>
+__device__ __forceinline__ void qk_softmax_rows(int nr, const float* Qs, const float* Ks,
+                                                float* Ps, float* row_scale,
+                                                SoftmaxState (&st)[RowTile<R>::kRowsPerWarp],
+                                                const int (&limit)[RowTile<R>::kRowsPerWarp],
+                                                int warp, int lane, int t0, float scale) {
+  if constexpr (NR > 0) {
+    if (nr == NR)
+      qk_softmax<NR, D, R>(Qs, Ks, Ps, row_scale, st, limit, warp, lane, t0, scale);
+    else
+      qk_softmax_rows<NR - 1, D, R>(nr, Qs, Ks, Ps, row_scale, st, limit, warp, lane, t0, scale);
+  }
+}
+
+// acc += P @ V for the first NI output items of this thread (see Tile::ITEMS):
+// the first NI items cover rows 0 .. NI * kThreads / DG - 1, so tiles with
+// few query rows (a draft step) skip the rest.
+template <int NI, int D, int R>
 __device__ __forceinline__ void pv_accumulate(const float* Ps, const float* Vs,
                                               const float* row_scale,
-                                              float (&acc)[Tile<D>::ITEMS][4], int tid) {
-  using Tl = Tile<D>;
+                                              float (&acc)[Tile<D, R>::ITEMS][4], int tid) {
+  using Tl = Tile<D, R>;
   // With kThreads a multiple of DG, every item of a thread has the same
   // column group and one V read serves all of them.
-  constexpr bool kSameCol = kThreads % Tl::DG == 0;
+  constexpr bool kSameCol = Tl::kThreads % Tl::DG == 0;
   int row[NI], col[NI];
 #pragma unroll
   for (int i = 0; i < NI; ++i) {
-    row[i] = (tid + kThreads * i) / Tl::DG;
-    col[i] = (tid + kThreads * i) % Tl::DG * 4;
+    // Items past row R (ragged tiling) compute on row R - 1 and are never stored.
+    row[i] = min((tid + Tl::kThreads * i) / Tl::DG, R - 1);
+    col[i] = (tid + Tl::kThreads * i) % Tl::DG * 4;
     const float r = row_scale[row[i]];
 #pragma unroll
     for (int e = 0; e < 4; ++e) acc[i][e] *= r;
@@ -301,7 +378,7 @@ __device__ __forceinline__ void pv_accumulate(const float* Ps, const float* Vs,
   for (int n = 0; n < Tl::N; ++n) {
 #pragma unroll
     for (int i = 0; i < NI; ++i) {
-      const float4 v = *reinterpret_cast<const float4*>(Vs + n * D + col[kSameCol ? 0 : i]);
+      const float4 v = lds4(Vs + n * D + col[kSameCol ? 0 : i]);
       const float pn = Ps[row[i] * Tl::PS + n];
       acc[i][0] = fmaf(pn, v.x, acc[i][0]);
       acc[i][1] = fmaf(pn, v.y, acc[i][1]);
@@ -311,24 +388,44 @@ __device__ __forceinline__ void pv_accumulate(const float* Ps, const float* Vs,
   }
 }
 
-template <typename T, int D>
-__global__ void __launch_bounds__(kThreads) attention_split_kernel(const AttnParams p) {
-  using Tl = Tile<D>;
+template <int NI, int D, int R>
+__device__ __forceinline__ void pv_accumulate_items(int ni, const float* Ps, const float* Vs,
+                                                    const float* row_scale,
+                                                    float (&acc)[Tile<D, R>::ITEMS][4], int tid) {
+  if constexpr (NI > 0) {
+    if (ni == NI)
+      pv_accumulate<NI, D, R>(Ps, Vs, row_scale, acc, tid);
+    else
+      pv_accumulate_items<NI - 1, D, R>(ni, Ps, Vs, row_scale, acc, tid);
+  }
+}
+
+// Output row m of query tile (b, h, r0): its place in out [B, S, Hq, D].
+__device__ __forceinline__ int64_t out_row(const AttnParams& p, int64_t b, int h, int r) {
+  const int s = r / p.G;
+  const int hq = h * p.G + r % p.G;
+  return (b * p.S + s) * p.Hq + hq;
+}
+
+template <typename T, int D, int R>
+__global__ void __launch_bounds__(RowTile<R>::kThreads) attention_split_kernel(const AttnParams p) {
+  using Tl = Tile<D, R>;
   constexpr int N = Tl::N;
   constexpr int HALF = D / 2;
-  // 42.8 KB at D = 128 (the largest): under the 48 KB static limit.
-  __shared__ __align__(16) float Qs[kRows * D];
-  __shared__ __align__(16) float Ks[N * Tl::KS];
-  __shared__ __align__(16) float Vs[N * D];
-  __shared__ float Ps[kRows * Tl::PS];
-  __shared__ float row_scale[kRows];
-  __shared__ float row_m[kRows];
-  __shared__ float row_l[kRows];
+  constexpr int kThreads = Tl::kThreads;
+  LS_DYNAMIC_SHARED(float, smem);
+  float* Qs = smem + Tl::kQ;
+  float* Ks = smem + Tl::kK;
+  float* Vs = smem + Tl::kV;
+  float* Ps = smem + Tl::kP;
+  float* row_scale = smem + Tl::kScale;
+  float* row_m = smem + Tl::kM;
+  float* row_l = smem + Tl::kL;
 
   const int tid = threadIdx.x;
   const int warp = tid / 32, lane = tid % 32;
   // Consecutive CTAs: query tiles of the same (b, h, split) read the same keys
-  // at about the same time, so the second read comes from L2.
+  // at about the same time, so a second read (G*S > R) comes from L2.
   int64_t cta = blockIdx.x;
   const int qt = static_cast<int>(cta % p.q_tiles);
   cta /= p.q_tiles;
@@ -338,12 +435,13 @@ __global__ void __launch_bounds__(kThreads) attention_split_kernel(const AttnPar
   const int64_t b = cta / p.Hkv;
 
   const int GS = p.G * p.S;
-  const int r0 = qt * kRows;
-  const int rows = min(kRows, GS - r0);
+  const int r0 = qt * R;
+  const int rows = min(R, GS - r0);
   const int seqlen = p.seqlens[b];
   const bool valid = row_in_bounds(seqlen, p.S, p.T_max);
-  // Keys seen by the tile's last (latest) query row; split into p.splits
-  // ranges here on the device, so short rows do not leave all work to split 0.
+  // Keys seen by the tile's last (latest) query row, split into p.splits
+  // ranges of whole key tiles here on the device: the work follows the real
+  // length, and splits past it are empty.
   const int kv_len = valid ? seqlen + (r0 + rows - 1) / p.G + 1 : 0;
   const int split_len = ceil_div(ceil_div(kv_len, N), p.splits) * N;
   const int key_begin = static_cast<int>(
@@ -351,14 +449,31 @@ __global__ void __launch_bounds__(kThreads) attention_split_kernel(const AttnPar
   const int key_end = static_cast<int>(
       min(static_cast<int64_t>(key_begin) + split_len, static_cast<int64_t>(kv_len)));
 
+  if (key_begin >= key_end) {
+    // An empty split reads nothing. It marks its partials empty (m = -inf,
+    // l = 0) so that the merge skips their accumulators; with one split the
+    // range is empty only for an out-of-bounds row, whose output is zero.
+    for (int m = tid; m < rows; m += kThreads) {
+      if (p.splits == 1) {
+        T* o = static_cast<T*>(p.out) + out_row(p, b, h, r0 + m) * D;
+        for (int d = 0; d < D; ++d) o[d] = static_cast<T>(0.f);
+      } else {
+        const int64_t slot = ((b * p.Hkv + h) * GS + r0 + m) * p.splits + split;
+        p.ws_ml[2 * slot] = -INFINITY;
+        p.ws_ml[2 * slot + 1] = 0.f;
+      }
+    }
+    return;
+  }
+
   // Query tile in fp32, RoPE applied (not rounded back to q's dtype, as in the
   // reference). The RoPE branch is uniform and outside the key loop, so it
   // stays a runtime flag instead of doubling the kernel instantiations.
   const T* q = static_cast<const T*>(p.q);
-  for (int e = tid; e < kRows * HALF; e += kThreads) {
+  for (int e = tid; e < R * HALF; e += kThreads) {
     const int m = e / HALF, i = e % HALF;
     float x1 = 0.f, x2 = 0.f;
-    if (m < rows && valid) {
+    if (m < rows) {
       const int r = r0 + m;
       const int s = r / p.G;
       const int hq = h * p.G + r % p.G;
@@ -378,17 +493,18 @@ __global__ void __launch_bounds__(kThreads) attention_split_kernel(const AttnPar
   }
   // Rows past `rows` are never written by qk_softmax: zero P and unit scale
   // keep the accumulators of the items that still cover them at exactly 0.
-  for (int e = tid; e < kRows * Tl::PS; e += kThreads) Ps[e] = 0.f;
-  if (tid < kRows) row_scale[tid] = 1.f;
+  for (int e = tid; e < R * Tl::PS; e += kThreads) Ps[e] = 0.f;
+  for (int e = tid; e < R; e += kThreads) row_scale[e] = 1.f;
 
   // This warp's rows and the key bound of each (causal limit and split end).
-  const int nr = rows > warp ? min(kRowsPerWarp, ceil_div(rows - warp, kWarps)) : 0;
-  int limit[kRowsPerWarp];
-  SoftmaxState st[kRowsPerWarp];
+  const int nr =
+      rows > warp ? min(Tl::kRowsPerWarp, ceil_div(rows - warp, Tl::kWarps)) : 0;
+  int limit[Tl::kRowsPerWarp];
+  SoftmaxState st[Tl::kRowsPerWarp];
 #pragma unroll
-  for (int i = 0; i < kRowsPerWarp; ++i) {
-    const int m = warp + kWarps * i;
-    limit[i] = valid && m < rows ? min(key_end, seqlen + (r0 + m) / p.G + 1) : 0;
+  for (int i = 0; i < Tl::kRowsPerWarp; ++i) {
+    const int m = warp + Tl::kWarps * i;
+    limit[i] = m < rows ? min(key_end, seqlen + (r0 + m) / p.G + 1) : 0;
     st[i] = softmax_state_empty();
   }
   const int ni = ceil_div(rows * Tl::DG, kThreads);  // output items in use, uniform per CTA
@@ -400,61 +516,48 @@ __global__ void __launch_bounds__(kThreads) attention_split_kernel(const AttnPar
 
   const T* kc = static_cast<const T*>(p.k_cache) + b * p.kc_s[0] + h * p.kc_s[1];
   const T* vc = static_cast<const T*>(p.v_cache) + b * p.vc_s[0] + h * p.vc_s[1];
-  KVLoader<T, D> kv;
-  if (key_begin < key_end) kv.load(kc, vc, p, key_begin, key_end, tid);
+  KVLoader<T, D, R> kv;
+  kv.load(kc, vc, p, key_begin, key_end, tid);
   for (int t0 = key_begin; t0 < key_end; t0 += N) {
     kv.store(Ks, Vs, tid);
     __syncthreads();  // K/V tile (and on the first pass Q, P, row_scale) visible
 
-    switch (nr) {
-      case 4: qk_softmax<4, D>(Qs, Ks, Ps, row_scale, st, limit, warp, lane, t0, p.scale); break;
-      case 3: qk_softmax<3, D>(Qs, Ks, Ps, row_scale, st, limit, warp, lane, t0, p.scale); break;
-      case 2: qk_softmax<2, D>(Qs, Ks, Ps, row_scale, st, limit, warp, lane, t0, p.scale); break;
-      case 1: qk_softmax<1, D>(Qs, Ks, Ps, row_scale, st, limit, warp, lane, t0, p.scale); break;
-      default: break;  // this warp owns no row of a short tile
-    }
+    qk_softmax_rows<Tl::kRowsPerWarp, D, R>(nr, Qs, Ks, Ps, row_scale, st, limit, warp, lane, t0,
+                                            p.scale);
     __syncthreads();  // P and row_scale visible
 
     // The next tile's global loads fly while this tile's P @ V runs.
     if (t0 + N < key_end) kv.load(kc, vc, p, t0 + N, key_end, tid);
-    switch (ni) {
-      case 1: pv_accumulate<1, D>(Ps, Vs, row_scale, acc, tid); break;
-      case 2: if constexpr (Tl::ITEMS >= 2) pv_accumulate<2, D>(Ps, Vs, row_scale, acc, tid); break;
-      case 3: if constexpr (Tl::ITEMS >= 3) pv_accumulate<3, D>(Ps, Vs, row_scale, acc, tid); break;
-      case 4: if constexpr (Tl::ITEMS >= 4) pv_accumulate<4, D>(Ps, Vs, row_scale, acc, tid); break;
-      default: break;
-    }
+    pv_accumulate_items<Tl::ITEMS, D, R>(ni, Ps, Vs, row_scale, acc, tid);
     __syncthreads();  // Ks, Vs, Ps free for the next tile
   }
 
   if (lane == 0) {
 #pragma unroll
-    for (int i = 0; i < kRowsPerWarp; ++i) {
-      row_m[warp + kWarps * i] = st[i].m;
-      row_l[warp + kWarps * i] = st[i].l;
+    for (int i = 0; i < Tl::kRowsPerWarp; ++i) {
+      row_m[warp + Tl::kWarps * i] = st[i].m;
+      row_l[warp + Tl::kWarps * i] = st[i].l;
     }
   }
   __syncthreads();
 
-  // Every (row < rows, column) of the tile is written, also for empty splits
-  // and skipped rows (m = -inf, l = 0, acc = 0), so the merge reads no garbage.
+  // Every row < rows is written: the output, or its partial (m, l) and, when
+  // some key of this split reached it (m > -inf), its accumulator.
 #pragma unroll
   for (int i = 0; i < Tl::ITEMS; ++i) {
-    const int m = (tid + kThreads * i) / Tl::DG;
-    const int col = (tid + kThreads * i) % Tl::DG * 4;
+    const int item = tid + kThreads * i;
+    const int m = item / Tl::DG;
+    const int col = item % Tl::DG * 4;
     if (m >= rows) continue;
     const int r = r0 + m;
     if (p.splits == 1) {
-      const int s = r / p.G;
-      const int hq = h * p.G + r % p.G;
-      T* o = static_cast<T*>(p.out) + ((b * p.S + s) * p.Hq + hq) * D + col;
+      T* o = static_cast<T*>(p.out) + out_row(p, b, h, r) * D + col;
       const float l = row_l[m];
 #pragma unroll
       for (int e = 0; e < 4; ++e) o[e] = static_cast<T>(l > 0.f ? acc[i][e] / l : 0.f);
     } else {
       const int64_t slot = ((b * p.Hkv + h) * GS + r) * p.splits + split;
-#pragma unroll
-      for (int e = 0; e < 4; ++e) p.ws_acc[slot * D + col + e] = acc[i][e];
+      if (row_m[m] != -INFINITY) sts4(p.ws_acc + slot * D + col, make_float4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]));
       if (col == 0) {
         p.ws_ml[2 * slot] = row_m[m];
         p.ws_ml[2 * slot + 1] = row_l[m];
@@ -463,15 +566,18 @@ __global__ void __launch_bounds__(kThreads) attention_split_kernel(const AttnPar
   }
 }
 
-// One CTA of D threads per query row (b, h, r): thread d merges column d over
-// the splits.
+// blockDim = (D, rows per CTA): thread (d, y) merges column d of query row
+// blockIdx.x * blockDim.y + y over the splits. Empty partials (m = -inf) are
+// skipped without reading their accumulators, which were never written.
 template <typename T>
 __global__ void attention_merge_kernel(const float* __restrict__ ws_acc,
                                        const float* __restrict__ ws_ml, T* __restrict__ out,
-                                       int S, int Hq, int Hkv, int G, int splits) {
+                                       int64_t total_rows, int S, int Hq, int Hkv, int G,
+                                       int splits) {
   const int D = blockDim.x;
   const int d = threadIdx.x;
-  const int64_t R = blockIdx.x;  // ((b * Hkv + h) * G*S + r)
+  const int64_t R = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
+  if (R >= total_rows) return;  // ((b * Hkv + h) * G*S + r)
   const int GS = G * S;
   const int r = static_cast<int>(R % GS);
   const int64_t bh = R / GS;
@@ -483,6 +589,7 @@ __global__ void attention_merge_kernel(const float* __restrict__ ws_acc,
   for (int j = 0; j < splits; ++j) {
     const int64_t slot = R * splits + j;
     const SoftmaxState part{ws_ml[2 * slot], ws_ml[2 * slot + 1]};
+    if (part.m == -INFINITY) continue;
     const float part_acc = ws_acc[slot * D + d];
     softmax_merge(st, &acc, part, &part_acc, 1);
   }
@@ -491,126 +598,140 @@ __global__ void attention_merge_kernel(const float* __restrict__ ws_acc,
   out[((b * S + s) * Hq + hq) * D + d] = static_cast<T>(st.l > 0.f ? acc / st.l : 0.f);
 }
 
+// --------------------------------------------------------------------------- launch plan
+
+// Dynamic shared memory of attention_split_kernel<T, D, R> (any T).
+inline size_t split_smem_bytes(int D, int R) {
+  return LS_HEAD_DIM_SWITCH(D, kD, [&] {
+    return LS_ROW_TILE_SWITCH(R, kR, [&] { return Tile<kD, kR>::kSmemBytes; });
+  });
+}
+
+// Query tile: the smallest of {16, 64, 128} that holds all G*S rows of a kv
+// head, or the largest that fits `smem_limit` bytes of shared memory.
+inline int choose_row_tile(int64_t GS, int D, size_t smem_limit) {
+  int R = GS <= 16 ? 16 : GS <= 64 ? 64 : 128;
+  while (R > 16 && split_smem_bytes(D, R) > smem_limit) R = R == 128 ? 64 : 16;
+  return R;
+}
+
 // Splits of the keys: enough CTAs to fill the GPU a few times over when the
 // (batch, kv head, query tile) grid alone cannot, never more splits than key
-// tiles in the cache. LAYERSKIP_CUDA_NUM_SPLITS=n forces n (tests of the merge).
-inline int choose_splits(int64_t base_ctas, int64_t T_max, int block_n, int64_t sms) {
+// tiles in the cache. The kernel divides each row's real length over them,
+// so short rows leave the last splits empty (they exit at once).
+inline int choose_splits(int64_t base_ctas, int64_t T_max, int block_n, int64_t sms,
+                         int forced) {
+  if (forced >= 1) return std::min(forced, kMaxSplits);
   const int64_t max_useful = std::max<int64_t>(1, ceil_div<int64_t>(T_max, block_n));
-  if (const char* env = std::getenv("LAYERSKIP_CUDA_NUM_SPLITS")) {
-    const int64_t forced = std::atoll(env);
-    if (forced >= 1) return static_cast<int>(std::min<int64_t>(forced, kMaxSplits));
-  }
   const int64_t target = 4 * sms;
   if (base_ctas >= target) return 1;
   const int64_t want = ceil_div<int64_t>(target, base_ctas);
   return static_cast<int>(std::min<int64_t>({want, max_useful, kMaxSplits}));
 }
 
-
-// Everything the launches need, computed on the host without reading device
-// memory. ws_acc / ws_ml hold the split partials (empty with one split).
-struct Plan {
-  WriteParams write;
-  AttnParams attn;
-  int64_t write_blocks;  // of kWriteThreads
-  int64_t ctas;          // attention_split_kernel CTAs of kThreads
-  int64_t merge_ctas;    // attention_merge_kernel CTAs of D threads (0: no merge)
-  bool rope;
-  at::Tensor ws_acc, ws_ml;
+struct AttnShape {
+  int64_t B, S, Hq, Hkv, D, T_max;
 };
 
-// q: [B, S, Hq, D]; caches [B, Hkv, T_max, D]; seqlens contiguous int32 [B];
-// out: [B, S, Hq, D] contiguous; sms: multiprocessors of the device.
-inline Plan make_plan(const at::Tensor& q, at::Tensor& k_cache, at::Tensor& v_cache,
-                      const at::Tensor& k_new, const at::Tensor& v_new, const at::Tensor& seqlens,
-                      const c10::optional<at::Tensor>& cos, const c10::optional<at::Tensor>& sin,
-                      double softmax_scale, at::Tensor& out, int64_t sms) {
-  const int64_t B = q.size(0), S = q.size(1), Hq = q.size(2), D = q.size(3);
-  const int64_t Hkv = k_cache.size(1), T_max = k_cache.size(2);
-  const int64_t G = Hq / Hkv;
-  TORCH_CHECK(T_max < INT_MAX / 2 && S < INT_MAX && Hq < INT_MAX && G * S < INT_MAX,
-              "draft_verify_attention (cuda): T_max, S and G*S must fit in int32, got T_max=",
-              T_max, ", S=", S, ", Hq=", Hq);
-  Plan plan{};
-  plan.rope = cos.has_value();
+// Grid sizes of the three launches, from shapes only (no device read).
+struct AttnLaunch {
+  int rows;                // query tile R
+  int q_tiles, splits;
+  int64_t ctas;            // attention_split_kernel CTAs of RowTile<R>::kThreads
+  size_t smem;             // its dynamic shared memory, bytes
+  int64_t write_blocks;    // cache_write_kernel blocks of kWriteThreads
+  int64_t merge_rows;      // query rows merged (0: one split, no merge)
+  int merge_rows_per_cta;  // blockDim.y of attention_merge_kernel
+  int64_t merge_ctas;
+};
 
-  WriteParams& wp = plan.write;
-  wp.k_new = k_new.data_ptr();
-  wp.v_new = v_new.data_ptr();
-  wp.k_cache = k_cache.data_ptr();
-  wp.v_cache = v_cache.data_ptr();
-  wp.seqlens = seqlens.data_ptr<int32_t>();
-  for (int i = 0; i < 4; ++i) {
-    wp.kn_s[i] = k_new.stride(i);
-    wp.vn_s[i] = v_new.stride(i);
-  }
-  for (int i = 0; i < 3; ++i) {
-    wp.kc_s[i] = k_cache.stride(i);
-    wp.vc_s[i] = v_cache.stride(i);
-  }
-  if (plan.rope) {
-    wp.cos = cos->data_ptr<float>();
-    wp.sin = sin->data_ptr<float>();
-    for (int i = 0; i < 2; ++i) {
-      wp.cos_s[i] = cos->stride(i);
-      wp.sin_s[i] = sin->stride(i);
-    }
-  }
-  wp.total = B * S * Hkv * (D / 2);
-  wp.S = static_cast<int>(S);
-  wp.Hkv = static_cast<int>(Hkv);
-  wp.D = static_cast<int>(D);
-  wp.T_max = static_cast<int>(T_max);
-  plan.write_blocks = ceil_div<int64_t>(wp.total, kWriteThreads);
+// sms: multiprocessors; smem_limit: opt-in shared memory per block (bytes);
+// forced_splits >= 1 forces the split count (tests of the merge).
+inline AttnLaunch plan_attention(const AttnShape& s, int64_t sms, size_t smem_limit,
+                                 int forced_splits) {
+  AttnLaunch l{};
+  const int64_t G = s.Hq / s.Hkv;
+  const int D = static_cast<int>(s.D);
+  l.rows = choose_row_tile(G * s.S, D, smem_limit);
+  l.q_tiles = static_cast<int>(ceil_div<int64_t>(G * s.S, l.rows));
+  l.smem = split_smem_bytes(D, l.rows);
+  const int block_n_ = LS_HEAD_DIM_SWITCH(D, kD, [&] { return block_n<kD>(); });
+  const int64_t base_ctas = s.B * s.Hkv * l.q_tiles;
+  l.splits = choose_splits(base_ctas, s.T_max, block_n_, sms, forced_splits);
+  l.ctas = base_ctas * l.splits;
+  l.write_blocks = ceil_div<int64_t>(s.B * s.S * s.Hkv * (s.D / 2), kWriteThreads);
+  l.merge_rows = l.splits > 1 ? s.B * s.Hq * s.S : 0;
+  l.merge_rows_per_cta = std::max(1, kMergeThreads / D);
+  l.merge_ctas = ceil_div<int64_t>(l.merge_rows, l.merge_rows_per_cta);
+  return l;
+}
 
-  AttnParams& ap = plan.attn;
-  const int64_t q_tiles = ceil_div<int64_t>(G * S, kRows);
-  ap.q = q.data_ptr();
-  ap.k_cache = k_cache.data_ptr();
-  ap.v_cache = v_cache.data_ptr();
-  ap.out = out.data_ptr();
-  ap.seqlens = wp.seqlens;
-  ap.cos = wp.cos;
-  ap.sin = wp.sin;
-  for (int i = 0; i < 4; ++i) ap.q_s[i] = q.stride(i);
-  for (int i = 0; i < 3; ++i) {
-    ap.kc_s[i] = wp.kc_s[i];
-    ap.vc_s[i] = wp.vc_s[i];
-  }
-  for (int i = 0; i < 2; ++i) {
-    ap.cos_s[i] = wp.cos_s[i];
-    ap.sin_s[i] = wp.sin_s[i];
-  }
-  ap.S = static_cast<int>(S);
-  ap.Hq = static_cast<int>(Hq);
-  ap.Hkv = static_cast<int>(Hkv);
-  ap.G = static_cast<int>(G);
-  ap.T_max = static_cast<int>(T_max);
-  ap.q_tiles = static_cast<int>(q_tiles);
-  ap.scale = static_cast<float>(softmax_scale);
-  const int64_t elem = q.element_size();
-  auto vec_ok = [&](const at::Tensor& t) {
-    bool ok = reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
-    for (int i = 0; i < 3; ++i) ok = ok && (t.stride(i) * elem) % 16 == 0;
+// Kernel arguments from raw pointers and element strides, shared by
+// attention.cu and the host emulation. q_s: q's 4 strides; kc_s / vc_s: the
+// caches' strides over (B, Hkv, T_max); kn_s / vn_s: k_new / v_new's 4
+// strides; cos_s / sin_s: the tables' 2 strides (ignored without RoPE).
+struct AttnTensors {
+  const void* q;
+  void* k_cache;
+  void* v_cache;
+  const void* k_new;
+  const void* v_new;
+  const int32_t* seqlens;
+  const float* cos;  // null without RoPE
+  const float* sin;
+  void* out;
+  float* ws_acc;  // [merge_rows * splits * D] with more than one split
+  float* ws_ml;   // [merge_rows * splits * 2]
+  int64_t q_s[4], kc_s[3], vc_s[3], kn_s[4], vn_s[4], cos_s[2], sin_s[2];
+  size_t elem_size;
+};
+
+inline void make_params(const AttnShape& s, const AttnLaunch& l, const AttnTensors& t,
+                        double softmax_scale, WriteParams* wp, AttnParams* ap) {
+  *wp = WriteParams{};
+  wp->k_new = t.k_new;
+  wp->v_new = t.v_new;
+  wp->k_cache = t.k_cache;
+  wp->v_cache = t.v_cache;
+  wp->seqlens = t.seqlens;
+  wp->cos = t.cos;
+  wp->sin = t.sin;
+  for (int i = 0; i < 4; ++i) wp->kn_s[i] = t.kn_s[i], wp->vn_s[i] = t.vn_s[i];
+  for (int i = 0; i < 3; ++i) wp->kc_s[i] = t.kc_s[i], wp->vc_s[i] = t.vc_s[i];
+  for (int i = 0; i < 2; ++i) wp->cos_s[i] = t.cos_s[i], wp->sin_s[i] = t.sin_s[i];
+  wp->total = s.B * s.S * s.Hkv * (s.D / 2);
+  wp->S = static_cast<int>(s.S);
+  wp->Hkv = static_cast<int>(s.Hkv);
+  wp->D = static_cast<int>(s.D);
+  wp->T_max = static_cast<int>(s.T_max);
+
+  *ap = AttnParams{};
+  ap->q = t.q;
+  ap->k_cache = t.k_cache;
+  ap->v_cache = t.v_cache;
+  ap->out = t.out;
+  ap->ws_acc = t.ws_acc;
+  ap->ws_ml = t.ws_ml;
+  ap->seqlens = t.seqlens;
+  ap->cos = t.cos;
+  ap->sin = t.sin;
+  for (int i = 0; i < 4; ++i) ap->q_s[i] = t.q_s[i];
+  for (int i = 0; i < 3; ++i) ap->kc_s[i] = t.kc_s[i], ap->vc_s[i] = t.vc_s[i];
+  for (int i = 0; i < 2; ++i) ap->cos_s[i] = t.cos_s[i], ap->sin_s[i] = t.sin_s[i];
+  ap->S = static_cast<int>(s.S);
+  ap->Hq = static_cast<int>(s.Hq);
+  ap->Hkv = static_cast<int>(s.Hkv);
+  ap->G = static_cast<int>(s.Hq / s.Hkv);
+  ap->T_max = static_cast<int>(s.T_max);
+  ap->q_tiles = l.q_tiles;
+  ap->splits = l.splits;
+  ap->scale = static_cast<float>(softmax_scale);
+  auto vec_ok = [&](const void* ptr, const int64_t* strides) {
+    bool ok = reinterpret_cast<uintptr_t>(ptr) % 16 == 0;
+    for (int i = 0; i < 3; ++i) ok = ok && (strides[i] * static_cast<int64_t>(t.elem_size)) % 16 == 0;
     return ok;
   };
-  ap.kv_vec = vec_ok(k_cache) && vec_ok(v_cache);
-  const int block_n = LS_HEAD_DIM_SWITCH(static_cast<int>(D), kD, [&] { return Tile<kD>::N; });
-  const int64_t base_ctas = B * Hkv * q_tiles;
-  ap.splits = choose_splits(base_ctas, T_max, block_n, sms);
-  plan.ctas = base_ctas * ap.splits;
-  TORCH_CHECK(plan.write_blocks <= INT_MAX && plan.ctas <= INT_MAX && B * Hkv * G * S <= INT_MAX,
-              "draft_verify_attention (cuda): batch * heads * S too large for one launch");
-  plan.merge_ctas = 0;
-  if (ap.splits > 1) {
-    const auto f32 = q.options().dtype(at::kFloat);
-    plan.ws_acc = at::empty({B * Hkv * G * S * ap.splits * D}, f32);
-    plan.ws_ml = at::empty({B * Hkv * G * S * ap.splits * 2}, f32);
-    ap.ws_acc = plan.ws_acc.data_ptr<float>();
-    ap.ws_ml = plan.ws_ml.data_ptr<float>();
-    plan.merge_ctas = B * Hkv * G * S;
-  }
-  return plan;
+  ap->kv_vec = vec_ok(t.k_cache, t.kc_s) && vec_ok(t.v_cache, t.vc_s);
 }
 
 }  // namespace layerskip::cuda::attention

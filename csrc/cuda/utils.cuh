@@ -1,37 +1,11 @@
-// Small device helpers and compile-time switches shared by the .cu files.
+// Compile-time switches of the .cu launchers (torch types). The device
+// helpers of the kernels are in device.cuh, which stays torch-free.
 #pragma once
 #include <ATen/ATen.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
-#include <stdint.h>
-
-namespace layerskip::cuda {
-
-constexpr unsigned kFullMask = 0xffffffffu;
-
-template <typename I>
-__host__ __device__ constexpr I ceil_div(I a, I b) {
-  return (a + b - 1) / b;
-}
-
-__device__ __forceinline__ float warp_max(float x) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) x = fmaxf(x, __shfl_xor_sync(kFullMask, x, off));
-  return x;
-}
-
-__device__ __forceinline__ float warp_sum(float x) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(kFullMask, x, off);
-  return x;
-}
-
-__device__ __forceinline__ bool is_aligned(const void* p, size_t bytes) {
-  return reinterpret_cast<uintptr_t>(p) % bytes == 0;
-}
-
-}  // namespace layerskip::cuda
+#include "device.cuh"
 
 // The three activation dtypes of the ops as a compile-time type, so one
 // templated kernel serves all of them (AT_DISPATCH_FLOATING_TYPES would also
