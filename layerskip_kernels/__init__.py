@@ -31,6 +31,7 @@ __all__ = [
     "LlamaConfig",
     "LlamaForCausalLM",
     "generate",
+    "Engine",
     "default_model_path",
 ]
 
@@ -54,3 +55,12 @@ def generate(*args, **kwargs):
     from .generation import generate as _generate
 
     return _generate(*args, **kwargs)
+
+
+def __getattr__(name):
+    # The continuous-batching engine, imported on first use like generate.
+    if name == "Engine":
+        from .generation.scheduler import Engine
+
+        return Engine
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,356 @@
+"""Continuous batching: any number of requests decoded in a fixed set of cache slots.
+
+`Engine` is the loop that owns the batch. It holds one static KV cache of
+`max_batch_size` rows ("slots"). Each waiting request is prefilled alone into a
+free slot (its rows of the cache are a view: no other row is read, copied or
+written), then takes part in every batched decode iteration, autoregressive or
+self-speculative, until it stops (EOS, its own max_new_tokens). Its slot is
+refilled at once by the next waiting request, so a batch never idles on
+finished rows while work is queued. A free slot still runs through the batched
+step on a dummy token at position 0 (its results are discarded): shapes never
+change as requests come and go, which is what compiled and graph-captured
+steps need.
+
+The interface follows what serving users know from vLLM's `LLMEngine`
+(`add_request`, then run to completion, outputs per request in arrival order);
+`generate()` is the transformers-style entry point built on it.
+
+Per-request sampling is reproducible whatever else is in the batch: a request
+draws its draft and first tokens from its own torch.Generator and its
+acceptance randomness from `verify_sampling` called on its row alone with its
+own seed and Philox offset, so its tokens depend on its seed only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .. import ops
+from ..cache import ExitQueryCache, StaticKVCache
+from .processors import DecodingAids, TokenHistory
+from .token_healing import check_first_token_ids
+from .validation import validate_generate_args
+from .warping import warp_probs
+
+__all__ = ["Engine", "Request", "RequestOutput"]
+
+
+@dataclass
+class Request:
+    """One prompt and its own stopping and sampling settings (already validated)."""
+
+    prompt: list[int]
+    max_new_tokens: int
+    eos_ids: frozenset[int]
+    seed: int
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    streamer: Callable[[list[int]], None] | None = None
+    first_token_ids: list[int] | None = None  # token healing: allowed first tokens
+
+
+@dataclass
+class RequestOutput:
+    request_id: int
+    tokens: list[int]  # generated tokens (prompt excluded)
+    stats: dict = field(default_factory=dict)
+
+
+class _Active:
+    """Host-side state of a request that holds a slot."""
+
+    def __init__(self, rid: int, req: Request, device, t_start: float):
+        self.rid, self.req = rid, req
+        self.out: list[int] = []
+        self.gen = torch.Generator(device=device).manual_seed(req.seed % 2**64)
+        self.offset = 0  # Philox counter offset of this request's verify_sampling calls
+        self.drafted = self.accepted = self.iterations = self.emitted = 0
+        self.t_admit = time.perf_counter()
+        self.t_start = t_start
+        self.t_first: float | None = None
+
+    def output(self, t_done: float) -> RequestOutput:
+        n = len(self.out)
+        stats = dict(
+            new_tokens=n,
+            drafted=self.drafted,
+            accepted=self.accepted,
+            acceptance_rate=self.accepted / self.drafted if self.drafted else None,
+            iterations=self.iterations,
+            tokens_per_step=self.emitted / self.iterations if self.iterations else None,
+            time_to_first_token_s=self.t_first - self.t_start,
+            latency_s=t_done - self.t_start,
+            tokens_per_s=n / (t_done - self.t_admit) if t_done > self.t_admit else None,
+        )
+        return RequestOutput(self.rid, list(self.out), stats)
+
+
+class Engine:
+    """Decode queued requests with at most `max_batch_size` rows in flight.
+
+    Args:
+        model: a layerskip_kernels.LlamaForCausalLM.
+        max_batch_size: cache slots (active rows) at once.
+        exit_layer: None (autoregressive) or E to draft with layers [0, E).
+        num_speculations: k drafted tokens per iteration.
+        do_sample: sampling (with each request's temperature/top-k/top-p/seed)
+            or greedy for every request.
+        aids: repetition penalty / no-repeat n-grams for every request.
+
+    Arguments are validated by the caller (`generate` or `validation`).
+    """
+
+    def __init__(self, model, max_batch_size: int, exit_layer: int | None = None, num_speculations: int = 4,
+                 do_sample: bool = False, aids: DecodingAids = DecodingAids()):
+        self.model = model
+        self.L = model.config.num_hidden_layers
+        self.E = exit_layer
+        self.k = num_speculations if exit_layer is not None else 0
+        self.do_sample = do_sample
+        self.aids = aids
+        self.max_batch_size = max_batch_size
+        p = model.lm_head.weight
+        self.device, self.dtype = p.device, p.dtype
+        self.waiting: deque[tuple[int, Request]] = deque()
+        self.next_id = 0
+        self.stats = dict(drafted=0, accepted=0, steps=0, row_steps=0, emitted=0, new_tokens=0)
+
+    def add_request(self, request: Request) -> int:
+        """Queue an already-validated request; returns its id (outputs come in id order)."""
+        rid = self.next_id
+        self.next_id += 1
+        self.waiting.append((rid, request))
+        return rid
+
+    def add(self, prompt, max_new_tokens: int = 128, eos_token_id=None, temperature: float = 1.0, top_k: int = 0,
+            top_p: float = 1.0, seed: int | None = None, streamer=None, max_cache_len: int | None = None,
+            first_token_ids=None) -> int:
+        """Validate and queue one request. A bad request raises ValueError here,
+        naming the argument; requests queued before and after it are unaffected.
+        `streamer(tokens)` receives this request's new tokens."""
+        a = validate_generate_args(
+            self.model, [prompt], None, max_new_tokens=max_new_tokens, exit_layer=self.E,
+            num_speculations=self.k or 1, do_sample=self.do_sample, temperature=temperature, top_k=top_k,
+            top_p=top_p, eos_token_id=eos_token_id, seed=seed, streamer=streamer, max_cache_len=max_cache_len)
+        check_first_token_ids(None if first_token_ids is None else [first_token_ids], 1, self.model.config.vocab_size)
+        seed = int(torch.randint(0, 2**62, ()).item()) if a.seed is None else a.seed
+        return self.add_request(Request(a.prompts[0], a.max_new_tokens, frozenset(a.eos_ids), seed, a.temperature,
+                                        a.top_k, a.top_p, streamer, first_token_ids))
+
+    # --- run ------------------------------------------------------------------------
+
+    def run(self) -> list[RequestOutput]:
+        """Decode every waiting request; outputs in the order they were added."""
+        if not self.waiting:
+            return []
+        t_start = time.perf_counter()
+        n_slots = min(self.max_batch_size, len(self.waiting))
+        # Slack of k+1 positions: drafts may run past the last position kept.
+        T_max = max(len(r.prompt) + r.max_new_tokens for _, r in self.waiting) + self.k + 1
+        self._allocate(n_slots, T_max)
+        self.slots: list[_Active | None] = [None] * n_slots
+        done: dict[int, RequestOutput] = {}
+        self._admit(done, t_start)
+        step = self._step_autoregressive if self.E is None else self._step_speculative
+        while any(a is not None for a in self.slots):
+            # Lengths and tokens are the engine's own (validated at admission):
+            # the ops skip their value checks, each a host sync per layer on GPU.
+            with ops.trusted_inputs():
+                tokens = step()
+            self._emit_all(tokens, done)
+            self._admit(done, t_start)
+        return [done[rid] for rid in sorted(done)]
+
+    def _allocate(self, n: int, T_max: int) -> None:
+        m, dev = self.model, self.device
+        self.cache = StaticKVCache.for_model(m, n, T_max)
+        self.alive = torch.zeros(n, dtype=torch.bool, device=dev)
+        self.pending = torch.zeros(n, dtype=torch.int64, device=dev)
+        self.history = TokenHistory(torch.zeros(n, T_max, dtype=torch.int64, device=dev)) if self.aids.active else None
+        if self.k:
+            V, H = m.config.vocab_size, m.config.hidden_size
+            self.exitq = ExitQueryCache.allocate(n, self.k, H, self.dtype, dev)
+            self.draft_pos = torch.zeros(n, dtype=torch.int32, device=dev)
+            self.drafts = torch.zeros(n, self.k, dtype=torch.int64, device=dev)
+            self.draft_probs = torch.zeros(n, self.k, V, dtype=torch.float32, device=dev) if self.do_sample else None
+        if self.do_sample:  # each slot's own warping settings
+            self.temperature = torch.ones(n, device=dev)
+            self.top_k = torch.zeros(n, dtype=torch.int64, device=dev)
+            self.top_p = torch.ones(n, device=dev)
+
+    # --- admission and emission -----------------------------------------------------
+
+    def _admit(self, done: dict, t_start: float) -> None:
+        """Prefill waiting requests into free slots (one at a time, in its slot's rows)."""
+        for s in range(len(self.slots)):
+            while self.slots[s] is None and self.waiting:
+                rid, req = self.waiting.popleft()
+                act = _Active(rid, req, self.device, t_start)
+                self.slots[s] = act
+                first = self._prefill(s, act)
+                act.t_first = time.perf_counter()
+                self._emit(s, [first], done, from_prefill=True)
+
+    def _prefill(self, s: int, act: _Active) -> int:
+        m, req = self.model, act.req
+        n = len(req.prompt)
+        ids = torch.tensor(req.prompt, dtype=torch.int64, device=self.device)
+        self.cache.seqlens[s] = 0
+        rows = StaticKVCache(self.cache.k[:, s:s + 1], self.cache.v[:, s:s + 1], self.cache.seqlens[s:s + 1])
+        h = m.forward_layers(m.embed(ids[None]), 0, self.L, rows)
+        logits = m.exit_head(h[:, -1])  # [1, V]
+        if req.first_token_ids is not None:
+            allowed = torch.zeros_like(logits, dtype=torch.bool)
+            allowed[0, torch.tensor(req.first_token_ids, device=self.device)] = True
+            logits = logits.masked_fill(~allowed, float("-inf"))
+        if self.history is not None:
+            self.history.ids[s, :n] = ids
+            logits = self.aids(logits[:, None], TokenHistory(self.history.ids[s:s + 1]),
+                               torch.full((1, 1), n, device=self.device))[:, 0]
+        if self.do_sample:
+            self.temperature[s], self.top_k[s], self.top_p[s] = req.temperature, req.top_k, req.top_p
+            probs = warp_probs(logits, req.temperature, req.top_k, req.top_p)
+            tok = torch.multinomial(probs, 1, generator=act.gen)[0, 0]
+        else:
+            tok = logits[0].argmax()
+        self.cache.seqlens[s] = n
+        self.pending[s] = tok
+        self.alive[s] = True
+        if self.history is not None:
+            self.history.ids[s, n] = tok
+        return int(tok)
+
+    def _emit_all(self, tokens: list[list[int]], done: dict) -> None:
+        for s, toks in enumerate(tokens):
+            if self.slots[s] is not None:
+                self._emit(s, toks, done)
+
+    def _emit(self, s: int, toks: list[int], done: dict, from_prefill: bool = False) -> None:
+        """Append a slot's new tokens, honouring EOS and max_new_tokens; a
+        finished request frees its slot."""
+        act = self.slots[s]
+        room = act.req.max_new_tokens - len(act.out)
+        toks = toks[:room]
+        finished = len(toks) == room
+        for j, t in enumerate(toks):
+            if t in act.req.eos_ids:
+                toks, finished = toks[: j + 1], True
+                break
+        act.out.extend(toks)
+        self.stats["new_tokens"] += len(toks)
+        if not from_prefill:
+            act.emitted += len(toks)
+            self.stats["emitted"] += len(toks)
+        if act.req.streamer is not None and toks:
+            act.req.streamer(toks)
+        if finished:
+            done[act.rid] = act.output(time.perf_counter())
+            self.slots[s] = None
+            self.alive[s] = False
+            self.cache.seqlens[s] = 0  # a free slot runs at position 0, inside any cache
+
+    # --- token choice ---------------------------------------------------------------
+
+    def _process(self, logits: torch.Tensor, ctx_len: torch.Tensor) -> torch.Tensor:
+        """Decoding aids for logits [n, S, V] predicting position ctx_len [n, S]."""
+        return logits if self.history is None else self.aids(logits, self.history, ctx_len)
+
+    def _sample_rows(self, probs: torch.Tensor) -> torch.Tensor:
+        """One token per slot from probs [n, V], each with its request's generator."""
+        tok = probs.argmax(dim=-1)  # free slots: any token
+        for s, act in enumerate(self.slots):
+            if act is not None:
+                tok[s] = torch.multinomial(probs[s], 1, generator=act.gen)[0]
+        return tok
+
+    def _choose(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[n, V] -> (tokens [n], warped probabilities [n, V] when sampling)."""
+        if not self.do_sample:
+            return logits.argmax(dim=-1), None
+        probs = warp_probs(logits, self.temperature, self.top_k, self.top_p)
+        return self._sample_rows(probs), probs
+
+    def _advance(self, n_kept: torch.Tensor, pending: torch.Tensor) -> None:
+        """Keep n_kept positions per slot, queue the next pending token; free
+        slots go back to position 0 so they never run past the cache."""
+        seqlens = self.cache.seqlens
+        seqlens += n_kept
+        seqlens.masked_fill_(~self.alive, 0)
+        self.pending = pending
+        if self.history is not None:
+            self.history.write(seqlens, pending)
+
+    # --- steps (one batched iteration over every slot) ------------------------------
+
+    def _step_autoregressive(self) -> list[list[int]]:
+        m = self.model
+        h = m.forward_layers(m.embed(self.pending[:, None]), 0, self.L, self.cache)
+        logits = self._process(m.exit_head(h), self.cache.seqlens[:, None] + 1)[:, 0]
+        tok, _ = self._choose(logits)
+        self._advance(1, tok)
+        self._count(drafted=0, accepted=[0] * len(self.slots))
+        return [[t] for t in tok.tolist()]  # the one host read of the iteration
+
+    def _step_speculative(self) -> list[list[int]]:
+        m, E, L, k = self.model, self.E, self.L, self.k
+        base = self.cache.seqlens
+        pos = self.draft_pos  # position of the token being fed, advanced in place
+        pos.copy_(base)
+        tok = self.pending
+        for i in range(k):
+            h = m.forward_layers(m.embed(tok[:, None]), 0, E, self.cache, pos)
+            self.exitq.hidden[:, i] = h[:, 0]
+            logits = self._process(m.exit_head(h), pos[:, None] + 1)[:, 0]
+            tok, probs = self._choose(logits)
+            if probs is not None:
+                self.draft_probs[:, i] = probs
+            self.drafts[:, i] = tok
+            pos += 1
+            if self.history is not None:
+                self.history.write(pos, tok)
+        # Verify: the last draft through the early layers, then all k+1 positions
+        # through the remaining layers, reading the early layers' shared cache.
+        h = m.forward_layers(m.embed(tok[:, None]), 0, E, self.cache, pos)
+        self.exitq.hidden[:, k] = h[:, 0]
+        target_logits = m.exit_head(m.forward_layers(self.exitq.hidden, E, L, self.cache, base))  # [n, k+1, V]
+        # Verify position i predicts position base+1+i from the pending token and drafts 0..i-1.
+        target_logits = self._process(target_logits, base[:, None] + 1 + torch.arange(k + 1, device=self.device))
+        if self.do_sample:
+            n, out = self._verify_sampling_rows(warp_probs(target_logits, self.temperature, self.top_k, self.top_p))
+        else:
+            n, out = ops.verify_greedy(self.drafts, target_logits)
+        self._advance(n + 1, out.gather(1, n.long()[:, None])[:, 0])
+        # The one host read of the iteration: accepted lengths and tokens.
+        n_list, out_list = n.tolist(), out.tolist()
+        self._count(drafted=k, accepted=n_list)
+        return [row[: a + 1] for row, a in zip(out_list, n_list)]
+
+    def _verify_sampling_rows(self, target_probs: torch.Tensor):
+        """verify_sampling on each active slot alone, with its request's seed and
+        offset (so its randomness does not depend on its slot or neighbours)."""
+        n = torch.zeros(len(self.slots), dtype=torch.int32, device=self.device)
+        out = torch.zeros(len(self.slots), self.k + 1, dtype=torch.int64, device=self.device)
+        for s, act in enumerate(self.slots):
+            if act is None:
+                continue
+            n[s:s + 1], out[s:s + 1] = ops.verify_sampling(self.drafts[s:s + 1], self.draft_probs[s:s + 1],
+                                                           target_probs[s:s + 1], act.req.seed, act.offset)
+            act.offset = (act.offset + 1) % 2**32
+        return n, out
+
+    def _count(self, drafted: int, accepted: list[int]) -> None:
+        active = [(s, a) for s, a in enumerate(self.slots) if a is not None]
+        self.stats["steps"] += 1
+        self.stats["row_steps"] += len(active)
+        for s, act in active:
+            act.iterations += 1
+            act.drafted += drafted
+            act.accepted += accepted[s]
+            self.stats["drafted"] += drafted
+            self.stats["accepted"] += accepted[s]
