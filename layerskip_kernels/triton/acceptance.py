@@ -310,7 +310,7 @@ MAX_VOCAB_SPLITS = 128
 
 
 def vocab_tiles(n_rows: int, V: int, device: torch.device, block_v: int | None = None,
-                vocab_splits: int | None = None) -> tuple[int, int, int, int]:
+                vocab_splits: int | None = None, gpu_cap: int = 2048) -> tuple[int, int, int, int]:
     """(rows per program, vocabulary block, number of slices, ids per slice).
 
     The interpreter pays per program and per block iteration, numpy barely per
@@ -319,7 +319,7 @@ def vocab_tiles(n_rows: int, V: int, device: torch.device, block_v: int | None =
     about two waves of programs over the SMs.
     """
     interp = _utils.interpreting(device)
-    cap = 32768 if interp else 2048
+    cap = 32768 if interp else gpu_cap
     if block_v is None:
         block_v = max(4, min(_utils.next_pow2(V), cap))
     if vocab_splits is None:
@@ -399,7 +399,9 @@ def verify_sampling(
         return num, out
     s = int(seed) & 0xFFFFFFFFFFFFFFFF  # negative seeds: two's complement, as reference.py
     k0, k1 = s & 0xFFFFFFFF, s >> 32
-    block_r, block_v, splits, chunk = vocab_tiles(B, V, dev, block_v, vocab_splits)
+    # The race keeps five per-lane values (two fp64 keys, two int64 ids, a
+    # flag): 512-id blocks keep them in registers (2048 spilled).
+    block_r, block_v, splits, chunk = vocab_tiles(B, V, dev, block_v, vocab_splits, gpu_cap=512)
     part_key = torch.empty((B, splits, 2), dtype=torch.float64, device=dev)
     part_id = torch.empty((B, splits, 2), dtype=torch.int64, device=dev)
     part_any = torch.empty((B, splits), dtype=torch.int32, device=dev)

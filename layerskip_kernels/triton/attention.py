@@ -345,18 +345,21 @@ def choose_tiles(M: int, D: int, dtype: torch.dtype, arch: int, interp: bool) ->
         # blocks; fp32 everywhere (its half-precision arithmetic is wrong).
         return Tiles(block_m, 64, 4, 1, native=False, precision="ieee")
     half = dtype != torch.float32
-    wide = D > 64
+    # Per-thread registers grow with block_m * D (the fp32 accumulator, the
+    # score tile and, on diagonal blocks, the count of non-finite values):
+    # 8 warps from a [32, 128] / [64, 64] tile on, which 4 warps spilled.
+    big = block_m * max(D, 64) >= 4096 or D > 64
     if half:
         # 16-bit K/V tiles of [64, 128] are 16 KB each: two pipeline stages fit
-        # in shared memory and the fp32 accumulator stays in registers.
+        # next to the scores on sm_80, three on sm_90.
         block_n = 64
-        num_warps = 8 if (wide and block_m >= 64) else 4
+        num_warps = 8 if big else 4
         num_stages = 2 if arch < 90 else 3
     else:
         # tf32x3 splits both operands into hi/lo parts (three tiles per dot):
-        # halve the key block at D = 128 to stay within 255 registers.
-        block_n = 32 if wide else 64
-        num_warps = 8 if (wide or block_m >= 64) else 4
+        # a 32-key block and 8 warps at every shape.
+        block_n = 32
+        num_warps = 8
         num_stages = 2
     return Tiles(block_m, block_n, num_warps, num_stages, native=half, precision="ieee" if half else "tf32x3")
 
