@@ -41,8 +41,8 @@ def rope_inv_freq(config: LlamaConfig) -> torch.Tensor:
     # llama3: long wavelengths are slowed by `factor`, short ones kept, and the
     # band between low_freq_factor and high_freq_factor is interpolated.
     factor = rs["factor"]
-    low, high = rs.get("low_freq_factor", 1.0), rs.get("high_freq_factor", 4.0)
-    old_len = rs.get("original_max_position_embeddings", 8192)
+    low, high = rs["low_freq_factor"], rs["high_freq_factor"]  # LlamaConfig checked they are there
+    old_len = rs["original_max_position_embeddings"]
     wavelen = 2 * math.pi / inv_freq
     low_wavelen, high_wavelen = old_len / low, old_len / high
     scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
@@ -162,10 +162,14 @@ class LlamaForCausalLM(nn.Module):
         return self.config.num_hidden_layers
 
     def rope(self, max_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """fp32 cos/sin tables covering max_len positions, cached and grown on demand."""
+        """fp32 cos/sin tables covering max_len positions, cached and grown on demand.
+
+        Sized by what the caller needs (the cache length), never by the
+        config's max_position_embeddings, which may be far larger than any call.
+        """
         device = torch.device(device)
         if self._rope is None or self._rope[0].shape[0] < max_len or self._rope[0].device != device:
-            self._rope = rope_tables(self.config, max(max_len, self.config.max_position_embeddings), device)
+            self._rope = rope_tables(self.config, max_len, device)
         return self._rope
 
     # --- the pieces the engine drives ---------------------------------------------

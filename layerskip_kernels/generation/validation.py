@@ -1,0 +1,247 @@
+"""Argument checks of generate(), run once before the model or any buffer is touched.
+
+Every bad value ends in one ValueError that names the argument and what was
+expected. Integer arguments accept Python ints and integer scalars of numpy and
+torch (0-dim integer tensors), never bools or floats. The same checkers serve
+the CLI with its flag names.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+from dataclasses import dataclass
+
+import torch
+
+from ..cache import MAX_CACHE_LEN, StaticKVCache, check_fits
+
+__all__ = [
+    "MAX_SPECULATIONS",
+    "MIN_TEMPERATURE",
+    "SEED_RANGE",
+    "GenerateArgs",
+    "as_int",
+    "check_int",
+    "check_seed",
+    "check_temperature",
+    "check_top_k",
+    "check_top_p",
+    "validate_generate_args",
+]
+
+# The verify step runs S = k+1 queries per row; the kernels are tuned for S <= 16.
+MAX_SPECULATIONS = 15
+# Below this, logits / temperature overflows float32 for ordinary logits and the
+# softmax turns into NaN; the distribution is greedy to float32 precision anyway.
+MIN_TEMPERATURE = 1e-5
+# One seed range for every backend and the CLI: the native ops take int64.
+SEED_RANGE = (-(2**63), 2**63)
+
+_NOT_INT = object()
+
+
+def as_int(value):
+    """`value` as a Python int if it is an integer scalar (not a bool), else _NOT_INT."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return _NOT_INT
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 0 or value.dtype == torch.bool or value.dtype.is_floating_point or value.is_complex():
+            return _NOT_INT
+        return int(value)
+    try:
+        return operator.index(value)
+    except TypeError:
+        return _NOT_INT
+
+
+def _as_real(value):
+    """`value` as a finite float if it is a real scalar (not a bool), else None."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_" or not isinstance(value, numbers.Real):
+        return None
+    f = float(value)
+    return f if math.isfinite(f) else None
+
+
+def check_int(name: str, value, lo: int | None = None, hi: int | None = None, hint: str = "") -> int:
+    """`value` as an int in [lo, hi] (either bound optional), else a ValueError naming `name`."""
+    v = as_int(value)
+    if v is _NOT_INT or (lo is not None and v < lo) or (hi is not None and v > hi):
+        if lo is not None and hi is not None:
+            want = f"an int in [{lo}, {hi}]"
+        elif lo is not None:
+            want = f"an int >= {lo}"
+        else:
+            want = "an int"
+        raise ValueError(f"{name} must be {want}{hint}, got {value!r}")
+    return v
+
+
+def check_temperature(value, name: str = "temperature") -> float:
+    t = _as_real(value)
+    if t is None or t < MIN_TEMPERATURE:
+        raise ValueError(f"{name} must be a finite number >= {MIN_TEMPERATURE}, got {value!r}")
+    return t
+
+
+def check_top_k(value, name: str = "top_k") -> int:
+    return check_int(name, value, 0, hint=" (0 disables it)")
+
+
+def check_top_p(value, name: str = "top_p") -> float:
+    p = _as_real(value)
+    if p is None or not 0 < p <= 1:
+        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
+    # The nucleus is cut in float32, where a smaller value is 0 and keeps nothing.
+    if float(torch.tensor(p, dtype=torch.float32)) == 0:
+        raise ValueError(f"{name} must be a number in (0, 1] that is not 0 in float32, got {value!r}")
+    return p
+
+
+def check_seed(value, name: str = "seed") -> int:
+    s = as_int(value)
+    if s is _NOT_INT or not SEED_RANGE[0] <= s < SEED_RANGE[1]:
+        raise ValueError(f"{name} must be an int in [-2^63, 2^63), got {value!r}")
+    return s
+
+
+# --------------------------------------------------------------------------- generate()
+
+
+@dataclass
+class GenerateArgs:
+    """generate()'s arguments after checking, as plain Python values."""
+
+    prompts: list[list[int]]
+    max_new_tokens: int
+    exit_layer: int | None
+    num_speculations: int
+    do_sample: bool
+    temperature: float
+    top_k: int
+    top_p: float
+    eos_ids: list[int]
+    seed: int | None
+
+
+def _prompts(input_ids, attention_mask, V: int) -> list[list[int]]:
+    if isinstance(input_ids, torch.Tensor):
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [B, T], got shape {tuple(input_ids.shape)}")
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"input_ids must be an int64 or int32 tensor, got {input_ids.dtype}")
+        rows = input_ids.tolist()
+        if attention_mask is not None:
+            if not isinstance(attention_mask, torch.Tensor):
+                raise ValueError(f"attention_mask must be a torch.Tensor of 0/1 with input_ids' shape "
+                                 f"{tuple(input_ids.shape)}, got {type(attention_mask).__name__}")
+            if attention_mask.shape != input_ids.shape:
+                raise ValueError(f"attention_mask must have input_ids' shape {tuple(input_ids.shape)}, "
+                                 f"got {tuple(attention_mask.shape)}")
+            if attention_mask.dtype.is_floating_point or attention_mask.is_complex():
+                raise ValueError(f"attention_mask must be a bool or integer tensor of 0/1, got {attention_mask.dtype}")
+            masks = attention_mask.tolist()
+            if any(m not in (0, 1) for mr in masks for m in mr):
+                raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
+            rows = [[t for t, m in zip(r, mr) if m] for r, mr in zip(rows, masks)]
+            for b, r in enumerate(rows):
+                if not r:
+                    raise ValueError(f"attention_mask marks no token of row {b}: prompt {b} is empty")
+    else:
+        if attention_mask is not None:
+            raise ValueError("attention_mask is only accepted with a padded input_ids tensor")
+        if not isinstance(input_ids, (list, tuple)) or not all(isinstance(r, (list, tuple)) for r in input_ids):
+            raise ValueError("input_ids must be a LongTensor [B, T] or a list of lists of token ids")
+        rows = []
+        for b, r in enumerate(input_ids):
+            row = []
+            for t in r:
+                v = as_int(t)
+                if v is _NOT_INT:
+                    raise ValueError(f"input_ids: prompt {b} holds {t!r}, not an integer token id")
+                row.append(v)
+            rows.append(row)
+    if not rows:
+        raise ValueError("input_ids holds no prompt")
+    for b, p in enumerate(rows):
+        if len(p) == 0:
+            raise ValueError(f"input_ids: prompt {b} is empty")
+        bad = next((t for t in p if not 0 <= t < V), None)
+        if bad is not None:
+            raise ValueError(f"input_ids: prompt {b} holds token id {bad} outside [0, vocab_size={V})")
+    return rows
+
+
+def _eos_ids(value, V: int) -> list[int]:
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = list(value)
+    elif isinstance(value, torch.Tensor) and value.dim() == 1:
+        items = list(value)
+    else:
+        items = [value]
+    ids = [as_int(t) for t in items]
+    if any(t is _NOT_INT or not 0 <= t < V for t in ids):
+        raise ValueError(f"eos_token_id must be None, a token id or a list of token ids in [0, vocab_size={V}), "
+                         f"got {value!r}")
+    return ids
+
+
+def validate_generate_args(model, input_ids, attention_mask, *, max_new_tokens, exit_layer, num_speculations,
+                           do_sample, temperature, top_k, top_p, eos_token_id, seed, streamer,
+                           max_cache_len) -> GenerateArgs:
+    """Check every argument of generate() and the memory the call needs; return them normalised."""
+    cfg = model.config
+    L, V = cfg.num_hidden_layers, cfg.vocab_size
+    prompts = _prompts(input_ids, attention_mask, V)
+    max_new_tokens = check_int("max_new_tokens", max_new_tokens, 1)
+    if exit_layer is not None:
+        exit_layer = check_int("exit_layer", exit_layer, 1, L - 1, f" for a {L}-layer model")
+        num_speculations = check_int("num_speculations", num_speculations, 1, MAX_SPECULATIONS)
+    else:
+        num_speculations = as_int(num_speculations)  # unused without drafting
+        num_speculations = 0 if num_speculations is _NOT_INT else num_speculations
+    if not isinstance(do_sample, bool) and type(do_sample).__name__ != "bool_":
+        raise ValueError(f"do_sample must be a bool, got {do_sample!r}")
+    do_sample = bool(do_sample)
+    if do_sample:
+        temperature = check_temperature(temperature)
+        top_k = check_top_k(top_k)
+        top_k = 0 if top_k >= V else top_k  # keeping every token is no top-k (and fits int64 downstream)
+        top_p = check_top_p(top_p)
+    eos = cfg.eos_token_id if eos_token_id is None else eos_token_id
+    eos_ids = [] if eos is None else _eos_ids(eos, V)
+    seed = None if seed is None else check_seed(seed)
+    if streamer is not None and not callable(streamer):
+        raise ValueError(f"streamer must be None or a callable streamer(row, tokens), got {streamer!r}")
+    if max_cache_len is None:
+        max_cache_len = cfg.max_position_embeddings
+    else:
+        max_cache_len = check_int("max_cache_len", max_cache_len, 1, MAX_CACHE_LEN, " (positions are int32)")
+    longest = max(len(p) for p in prompts)
+    if longest + max_new_tokens > max_cache_len:
+        raise ValueError(
+            f"prompt length {longest} + max_new_tokens {max_new_tokens} exceeds the cache size "
+            f"max_cache_len={max_cache_len}"
+        )
+    _check_memory(model, len(prompts), longest, max_new_tokens, num_speculations if exit_layer else 0, do_sample)
+    return GenerateArgs(prompts, max_new_tokens, exit_layer, num_speculations, do_sample, temperature, top_k, top_p,
+                        eos_ids, seed)
+
+
+def _check_memory(model, B: int, longest: int, max_new_tokens: int, k: int, do_sample: bool) -> None:
+    """The buffers one call allocates up front must fit the model's device."""
+    cfg = model.config
+    p = model.lm_head.weight
+    # The engine's cache length: prompt + new tokens + k+1 positions of draft slack.
+    T_max = longest + max_new_tokens + k + 1
+    if T_max > MAX_CACHE_LEN:
+        raise ValueError(f"prompt length {longest} + max_new_tokens {max_new_tokens} needs {T_max} cache "
+                         f"positions, more than {MAX_CACHE_LEN} (positions are int32)")
+    nbytes = StaticKVCache.nbytes(L := cfg.num_hidden_layers, B, cfg.num_key_value_heads, T_max, cfg.head_dim,
+                                  p.dtype)
+    nbytes += T_max * cfg.head_dim * 4  # fp32 RoPE cos + sin, [T_max, D/2] each
+    if k and do_sample:
+        nbytes += B * k * cfg.vocab_size * 4  # fp32 draft distributions
+    check_fits(nbytes, p.device, f"generate(max_new_tokens={max_new_tokens}) for {B} prompt(s) of up to {longest} "
+                                 f"tokens on a {L}-layer model (KV cache of {T_max} positions)")
