@@ -3,12 +3,61 @@
 // torch.ops.layerskip.* directly gets the same diagnosis as the Python entry
 // points in layerskip_kernels/ops.py.
 #pragma once
+#include <ATen/MemoryOverlap.h>
 #include <torch/extension.h>
+
+#include <algorithm>
+#include <utility>
+#include <vector>
 
 namespace layerskip {
 
 inline bool is_float_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
+}
+
+// Kernels index rows and outputs with 32-bit counts in places; and an argument
+// made by `expand` costs nothing to build, so its logical size is bounded here,
+// before anything is allocated for it.
+constexpr int64_t kMaxElements = (int64_t{1} << 31) - 1;
+
+inline void check_numel(const at::Tensor& t, const char* name, const char* layout) {
+  uint64_t n = 1;
+  bool overflow = false;
+  for (int64_t s : t.sizes()) overflow |= __builtin_mul_overflow(n, static_cast<uint64_t>(s), &n);
+  TORCH_CHECK(!overflow && n <= static_cast<uint64_t>(kMaxElements), name, " ", layout, " = ", t.sizes(),
+              " has more than 2^31 - 1 elements, the most this op supports");
+}
+
+// True when two different indices of `t` can address the same element (a
+// stride-0 expand, or strides too small for the sizes). Sufficient condition
+// for no overlap: sorted by stride, each stride exceeds the span of the
+// smaller dimensions. Layouts that fail it yet are injective are exotic.
+inline bool may_self_overlap(const at::Tensor& t) {
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size) of dims with size > 1
+  for (int64_t i = 0; i < t.dim(); ++i)
+    if (t.size(i) > 1) dims.emplace_back(t.stride(i), t.size(i));
+  std::sort(dims.begin(), dims.end());
+  int64_t span = 0;  // largest offset reachable with the dims so far
+  for (auto [stride, size] : dims) {
+    if (stride <= span) return true;
+    span += stride * (size - 1);
+  }
+  return false;
+}
+
+// Outputs written in place must not alias themselves or another argument
+// (as PyTorch refuses for the out= tensors of its own in-place ops).
+inline void check_output_memory(const at::Tensor& out, const char* name,
+                                std::initializer_list<std::pair<const at::Tensor*, const char*>> others) {
+  TORCH_CHECK(!may_self_overlap(out), name, " is written in place and must not overlap itself (a stride-0 ",
+              "expand or overlapping strides), got sizes ", out.sizes(), " strides ", out.strides());
+  for (auto [other, other_name] : others) {
+    if (other == nullptr || !other->defined()) continue;
+    const auto status = at::get_overlap_status(out, *other);
+    TORCH_CHECK(status != at::MemOverlapStatus::Full && status != at::MemOverlapStatus::Partial, name,
+                " is written in place and must not share memory with ", other_name);
+  }
 }
 
 inline void check_same_device(const at::Tensor& ref, const at::Tensor& t, const char* name) {
@@ -39,6 +88,13 @@ inline void check_attention_args(const at::Tensor& q, const at::Tensor& k_cache,
   TORCH_CHECK(Hkv > 0 && Hq % Hkv == 0, "q heads (Hq=", Hq,
               ") must be a multiple of k_cache heads (Hkv=", Hkv, ")");
   TORCH_CHECK(S >= 1, "q must have S >= 1 queries, got S=", S);
+  TORCH_CHECK(D >= 1, "q must have head dim D >= 1, got D=", D);
+  // cache_seqlens >= 0, so S queries fit only if S <= T_max: a shape check that
+  // holds whatever the values (the CUDA path does not read them on the host).
+  TORCH_CHECK(S <= k_cache.size(2), "cache_seqlens + S must be <= T_max, but S=", S,
+              " already exceeds the cache length T_max=", k_cache.size(2));
+  check_numel(q, "q", "[B, S, Hq, D]");
+  check_numel(k_new, "k_new", "[B, S, Hkv, D]");
   TORCH_CHECK(is_float_dtype(q.scalar_type()), "q must be float32, float16 or bfloat16, got ",
               q.scalar_type());
   for (auto [t, name] : {std::pair<const at::Tensor&, const char*>{k_cache, "k_cache"},
@@ -55,6 +111,15 @@ inline void check_attention_args(const at::Tensor& q, const at::Tensor& k_cache,
               cache_seqlens.scalar_type());
   check_same_device(q, cache_seqlens, "cache_seqlens");
   TORCH_CHECK(cos.has_value() == sin.has_value(), "cos and sin must be given together");
+  const at::Tensor none;
+  const at::Tensor& cos_t = cos.has_value() ? *cos : none;
+  const at::Tensor& sin_t = sin.has_value() ? *sin : none;
+  check_output_memory(k_cache, "k_cache", {{&v_cache, "v_cache"}, {&q, "q"}, {&k_new, "k_new"},
+                                           {&v_new, "v_new"}, {&cache_seqlens, "cache_seqlens"},
+                                           {&cos_t, "cos"}, {&sin_t, "sin"}});
+  check_output_memory(v_cache, "v_cache", {{&q, "q"}, {&k_new, "k_new"}, {&v_new, "v_new"},
+                                           {&cache_seqlens, "cache_seqlens"}, {&cos_t, "cos"},
+                                           {&sin_t, "sin"}});
   if (cos.has_value()) {
     const int64_t T_max = k_cache.size(2);
     for (auto [t, name] : {std::pair<const at::Tensor&, const char*>{*cos, "cos"}, {*sin, "sin"}}) {
@@ -68,10 +133,13 @@ inline void check_attention_args(const at::Tensor& q, const at::Tensor& k_cache,
 }
 
 // cache_seqlens values: 0 <= cache_seqlens[b] and cache_seqlens[b] + S <= T_max.
-// Reads the values, so on CUDA it synchronizes; the CUDA kernels additionally
-// never write outside the cache whatever the values are.
+// CPU tensors only: on CUDA it would be a host sync per call, so the CUDA op
+// reads no value and its kernels never touch memory outside the cache instead
+// (docs/ops_boundary.md). Read through the strides: `contiguous()` copies a
+// strided or expanded tensor into the order the loop below assumes.
 inline void check_cache_seqlens_values(const at::Tensor& cache_seqlens, int64_t S, int64_t T_max) {
-  const at::Tensor lens = cache_seqlens.to(at::kCPU);
+  TORCH_CHECK(cache_seqlens.is_cpu(), "check_cache_seqlens_values reads CPU tensors only");
+  const at::Tensor lens = cache_seqlens.contiguous();
   const int32_t* p = lens.data_ptr<int32_t>();
   for (int64_t b = 0; b < lens.size(0); ++b) {
     TORCH_CHECK(p[b] >= 0, "cache_seqlens[", b, "] must be >= 0, got ", p[b]);
@@ -94,8 +162,11 @@ inline void check_draft_tokens(const at::Tensor& draft_tokens, const at::Tensor&
               target_name, " must be [B=", B, ", k+1=", k + 1, ", V], got ", target.sizes());
   TORCH_CHECK(draft_tokens.device() == target.device(), "draft_tokens must be on ",
               target.device(), " like ", target_name, ", got ", draft_tokens.device());
+  // Values are read on CPU only (no host sync on CUDA: there an id outside
+  // [0, V) is rejected by the kernels, see docs/ops_boundary.md).
+  if (!draft_tokens.is_cpu()) return;
   const int64_t V = target.size(2);
-  const at::Tensor d = draft_tokens.to(at::kCPU).contiguous();
+  const at::Tensor d = draft_tokens.contiguous();
   const int64_t* p = d.data_ptr<int64_t>();
   for (int64_t i = 0; i < d.numel(); ++i)
     TORCH_CHECK(p[i] >= 0 && p[i] < V, "draft_tokens must be token ids in [0, V=", V,

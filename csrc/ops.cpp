@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 
 #include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -22,9 +23,12 @@ namespace {
 
 double resolve_scale(const c10::optional<double>& softmax_scale, int64_t D) {
   if (softmax_scale.has_value()) {
-    TORCH_CHECK(std::isfinite(*softmax_scale), "softmax_scale must be finite, got ",
-                *softmax_scale);
-    return *softmax_scale;
+    // Scores are computed in fp32: a scale finite as a double may not be
+    // (1e39), and converting it would be undefined behaviour besides.
+    const double s = *softmax_scale;
+    TORCH_CHECK(std::isfinite(s) && std::abs(s) <= std::numeric_limits<float>::max(),
+                "softmax_scale must be finite in float32 (|scale| <= 3.4e38), got ", s);
+    return s;
   }
   return 1.0 / std::sqrt(static_cast<double>(D));
 }

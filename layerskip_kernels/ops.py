@@ -5,15 +5,26 @@ extension, or below with the reference implementation when it is not built),
 each with a fake (meta) implementation so that torch.compile can trace them.
 `torch.ops.layerskip.*` runs the compiled cpu/cuda kernel for the tensors'
 device; the functions here add backend selection (torch/cpu/triton/cuda).
+
+The ops are inference kernels: they have no backward, and their outputs never
+require grad (on every backend and through the raw ops). What each entry point
+checks and promises for any input is written down in docs/ops_boundary.md.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
 from . import backends, reference
 
-__all__ = ["draft_verify_attention", "verify_greedy", "verify_sampling", "SCHEMAS"]
+__all__ = ["draft_verify_attention", "verify_greedy", "verify_sampling", "trusted_inputs", "SCHEMAS",
+           "SEED_RANGE"]
+
+# Seeds of verify_sampling, on every backend: the int64 range that the op
+# schema (`int seed`) carries.
+SEED_RANGE = (-(2**63), 2**63)
 
 # Same strings as TORCH_LIBRARY(layerskip, m) in csrc/ops.cpp (a test compares).
 SCHEMAS = {
@@ -56,18 +67,126 @@ def _register() -> None:
     torch.library.register_fake("layerskip::verify_greedy", _accept_fake)
     torch.library.register_fake("layerskip::verify_sampling", _accept_fake)
 
+    # The ops have no backward. Without an autograd kernel PyTorch would give
+    # their outputs a grad_fn that fails only when backward() runs; this one
+    # runs the op below autograd, so outputs never require grad, and refuses a
+    # cache that requires grad (a leaf written in place).
+    autograd = torch.library.Library("layerskip", "IMPL")
+    for name in SCHEMAS:
+        autograd.impl(name, _no_grad_kernel(getattr(torch.ops.layerskip, name).default), "Autograd")
+    _register.autograd = autograd
+
+
+def _no_grad_kernel(op):
+    def kernel(*args):
+        if op.__name__.startswith("draft_verify_attention"):
+            for t, name in ((args[1], "k_cache"), (args[2], "v_cache")):
+                if t.requires_grad:
+                    raise ValueError(f"{name} is written in place and must not require grad "
+                                     "(the layerskip ops have no backward)")
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(*args)
+
+    return kernel
+
 
 _register()
 
 
+# --------------------------------------------------------------------------- trusted inputs
+
+_trusted = False
+
+
+@contextlib.contextmanager
+def trusted_inputs():
+    """Skip the checks that read tensor values, for a caller that guarantees them.
+
+    The functions of this module check shapes, dtypes and devices on every call,
+    and by default also the values: cache_seqlens bounds, draft token ids in
+    [0, V), no NaN in probabilities. Reading values is a host sync on GPU (one
+    per layer per decode step). Inside this context those value checks are
+    skipped; `generate` enters it around its decode loop because it validates
+    lengths and tokens once per call and owns them afterwards.
+
+    A violated guarantee still never touches memory outside a tensor (the
+    kernels clamp); docs/ops_boundary.md says what each backend returns then.
+
+    Example:
+        >>> with trusted_inputs():
+        ...     out = draft_verify_attention(q, k_cache, v_cache, k_new, v_new, lens)  # doctest: +SKIP
+    """
+    global _trusted
+    previous, _trusted = _trusted, True
+    try:
+        yield
+    finally:
+        _trusted = previous
+
+
+def _read_values() -> bool:
+    return not (_trusted or torch.compiler.is_compiling())
+
+
 # --------------------------------------------------------------------------- checks
 
-# _VALUE_CHECKS_NOTE: shape/dtype/device checks always run. Checks of values
-# (cache_seqlens bounds, token ids in [0, V), NaN probabilities) read tensor
-# contents, i.e. a host sync on GPU; they run in eager mode and are skipped while
-# torch.compile traces (a graph cannot branch on data). The compiled cpu op
-# re-checks cache_seqlens bounds itself, and the CUDA kernels never write
-# outside the cache whatever the values.
+# _VALUE_CHECKS_NOTE: shape/dtype/device/layout checks always run. Checks of
+# values (cache_seqlens bounds, token ids in [0, V), NaN probabilities) read
+# tensor contents, i.e. a host sync on GPU; they run in eager mode and are
+# skipped inside trusted_inputs() and while torch.compile traces (a graph cannot
+# branch on data). The compiled cpu ops re-check cache_seqlens bounds and token
+# ids themselves (no sync on CPU), and the CUDA and Triton kernels never touch
+# memory outside a tensor whatever the values (docs/ops_boundary.md).
+
+# Kernels count rows and output elements in 32 bits in places, and an argument
+# made by `expand` costs nothing to build: its logical size is bounded before
+# anything is allocated for it. Same bound as csrc/checks.h.
+_MAX_ELEMENTS = 2**31 - 1
+_FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
+def _check_numel(t: torch.Tensor, name: str, layout: str) -> None:
+    n = 1
+    for s in t.shape:
+        n *= s  # Python ints: no overflow
+    if n > _MAX_ELEMENTS:
+        raise ValueError(f"{name} {layout} = {tuple(t.shape)} has more than 2^31 - 1 elements, "
+                         "the most this op supports")
+
+
+def _may_self_overlap(t: torch.Tensor) -> bool:
+    """True when two indices of t can address one element (stride-0 expand, or
+    strides too small for the sizes); the same rule as csrc/checks.h."""
+    span = 0
+    for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz > 1):
+        if stride <= span:
+            return True
+        span += stride * (size - 1)
+    return False
+
+
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    # Decided only for dense tensors (as PyTorch's own in-place checks); the
+    # byte ranges of two dense tensors overlap iff they share an element. Not
+    # while torch.compile traces (addresses are not traceable); the compiled
+    # cpu/cuda ops check it again in C++.
+    if torch.compiler.is_compiling() or a.numel() == 0 or b.numel() == 0 or not (a.is_contiguous() and b.is_contiguous()):
+        return False
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+    a0, b0 = a.data_ptr(), b.data_ptr()
+    return a0 < b0 + b.numel() * b.element_size() and b0 < a0 + a.numel() * a.element_size()
+
+
+def _check_output(out: torch.Tensor, name: str, others) -> None:
+    if _may_self_overlap(out):
+        raise ValueError(f"{name} is written in place and must not overlap itself (a stride-0 expand or "
+                         f"overlapping strides), got sizes {tuple(out.shape)} strides {out.stride()}")
+    if out.requires_grad:
+        raise ValueError(f"{name} is written in place and must not require grad (the layerskip ops have no backward)")
+    for other, other_name in others:
+        if other is not None and _shares_memory(out, other):
+            raise ValueError(f"{name} is written in place and must not share memory with {other_name}")
 
 
 def _same_device(ref: torch.Tensor, t: torch.Tensor, name: str, ref_name: str = "q") -> None:
@@ -94,6 +213,12 @@ def _check_attention(q, k_cache, v_cache, k_new, v_new, cache_seqlens, cos, sin,
         raise ValueError(f"q heads (Hq={Hq}) must be a multiple of k_cache heads (Hkv={Hkv})")
     if S < 1:
         raise ValueError(f"q must have S >= 1 queries, got S={S}")
+    if D < 1:
+        raise ValueError(f"q must have head dim D >= 1, got D={D}")
+    if S > T_max:
+        raise ValueError(f"cache_seqlens + S must be <= T_max, but S={S} already exceeds the cache length T_max={T_max}")
+    _check_numel(q, "q", "[B, S, Hq, D]")
+    _check_numel(k_new, "k_new", "[B, S, Hkv, D]")
     if q.dtype not in _FLOATS:
         raise ValueError(f"q must be float32, float16 or bfloat16, got {q.dtype}")
     for t, name in ((k_cache, "k_cache"), (v_cache, "v_cache"), (k_new, "k_new"), (v_new, "v_new")):
@@ -118,16 +243,24 @@ def _check_attention(q, k_cache, v_cache, k_new, v_new, cache_seqlens, cos, sin,
             if t.dtype != torch.float32:
                 raise ValueError(f"{name} must be float32, got {t.dtype}")
             _same_device(q, t, name)
-    if softmax_scale is not None and not torch.isfinite(torch.tensor(float(softmax_scale))):
-        raise ValueError(f"softmax_scale must be finite, got {softmax_scale}")
-    if torch.compiler.is_compiling():
-        return  # value checks need a host read; see _VALUE_CHECKS_NOTE
+    others = ((q, "q"), (k_new, "k_new"), (v_new, "v_new"), (cache_seqlens, "cache_seqlens"), (cos, "cos"),
+              (sin, "sin"))
+    _check_output(k_cache, "k_cache", ((v_cache, "v_cache"),) + others)
+    _check_output(v_cache, "v_cache", others)
+    if softmax_scale is not None:
+        # Scores are computed in fp32: a scale finite as a double may not be (1e39).
+        if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)):
+            raise ValueError(f"softmax_scale must be a float or None, got {softmax_scale!r}")
+        if not abs(float(softmax_scale)) <= _FLOAT32_MAX:
+            raise ValueError(f"softmax_scale must be finite in float32 (|scale| <= 3.4e38), got {softmax_scale}")
+    if not _read_values() or not B:
+        return  # see _VALUE_CHECKS_NOTE
     # Values: one host read (a sync on GPU) so that no backend can write past T_max.
-    lo, hi = torch.aminmax(cache_seqlens) if B else (torch.tensor(0), torch.tensor(0))
-    if int(lo) < 0:
-        raise ValueError(f"cache_seqlens must be >= 0, got min {int(lo)}")
-    if int(hi) + S > T_max:
-        raise ValueError(f"cache_seqlens + S = {int(hi)} + {S} exceeds the cache length T_max={T_max}")
+    lo, hi = (int(x) for x in torch.aminmax(cache_seqlens))
+    if lo < 0:
+        raise ValueError(f"cache_seqlens must be >= 0, got min {lo}")
+    if hi + S > T_max:
+        raise ValueError(f"cache_seqlens + S = {hi} + {S} exceeds the cache length T_max={T_max}")
 
 
 def _check_draft_tokens(draft_tokens, target, target_name):
@@ -142,11 +275,11 @@ def _check_draft_tokens(draft_tokens, target, target_name):
         raise ValueError(f"{target_name} must be [B={B}, k+1={k + 1}, V], got {tuple(target.shape)}")
     _same_device(target, draft_tokens, "draft_tokens", target_name)
     V = target.shape[2]
-    if torch.compiler.is_compiling():
-        return
-    if B and (bool((draft_tokens < 0).any()) or bool((draft_tokens >= V).any())):
-        bad = draft_tokens[(draft_tokens < 0) | (draft_tokens >= V)][0]
-        raise ValueError(f"draft_tokens must be token ids in [0, V={V}), got {int(bad)}")
+    if not _read_values() or not B:
+        return  # see _VALUE_CHECKS_NOTE
+    outside = (draft_tokens < 0) | (draft_tokens >= V)
+    if bool(outside.any()):
+        raise ValueError(f"draft_tokens must be token ids in [0, V={V}), got {int(draft_tokens[outside][0])}")
 
 
 def _check_greedy(draft_tokens, target_logits):
@@ -165,12 +298,12 @@ def _check_sampling(draft_tokens, draft_probs, target_probs, seed, offset):
     if draft_probs.shape != (B, k, V):
         raise ValueError(f"draft_probs must be [B, k, V] = [{B}, {k}, {V}], got {tuple(draft_probs.shape)}")
     _same_device(target_probs, draft_probs, "draft_probs", "target_probs")
-    if not isinstance(seed, int) or not -(2**63) <= seed < 2**64:
-        raise ValueError(f"seed must be an int in [-2^63, 2^64), got {seed!r}")
-    if not isinstance(offset, int) or not 0 <= offset < 2**32:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not SEED_RANGE[0] <= seed < SEED_RANGE[1]:
+        raise ValueError(f"seed must be an int in [-2^63, 2^63), got {seed!r}")
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < 2**32:
         raise ValueError(f"offset must be an int in [0, 2^32), got {offset!r}")
-    if torch.compiler.is_compiling():
-        return
+    if not _read_values():
+        return  # see _VALUE_CHECKS_NOTE
     # A NaN probability would make every comparison false and bias the output
     # silently; the scan costs one extra read of both tensors.
     for t, name in ((target_probs, "target_probs"), (draft_probs, "draft_probs")):
@@ -226,7 +359,11 @@ def draft_verify_attention(
     """
     _check_attention(q, k_cache, v_cache, k_new, v_new, cache_seqlens, cos, sin, softmax_scale)
     fn = _impl("draft_verify_attention", backends.resolve(q.device))
-    return fn(q, k_cache, v_cache, k_new, v_new, cache_seqlens, cos, sin, softmax_scale)
+    # B int32s: copying a strided or expanded tensor once here (no sync) means no
+    # backend can read it as if it were contiguous.
+    cache_seqlens = cache_seqlens.contiguous()
+    with torch.no_grad():
+        return fn(q, k_cache, v_cache, k_new, v_new, cache_seqlens, cos, sin, softmax_scale)
 
 
 def verify_greedy(draft_tokens: torch.Tensor, target_logits: torch.Tensor):
@@ -248,7 +385,8 @@ def verify_greedy(draft_tokens: torch.Tensor, target_logits: torch.Tensor):
     """
     _check_greedy(draft_tokens, target_logits)
     fn = _impl("verify_greedy", backends.resolve(target_logits.device))
-    return fn(draft_tokens, target_logits)
+    with torch.no_grad():
+        return fn(draft_tokens, target_logits)
 
 
 def verify_sampling(
@@ -264,7 +402,8 @@ def verify_sampling(
         draft_tokens: int64 [B, k].
         draft_probs: fp32 [B, k, V], the draft's (already warped) distributions.
         target_probs: fp32 [B, k+1, V], the full model's (already warped) distributions.
-        seed: Philox key; offset: Philox counter offset in [0, 2^32), advanced by
+        seed: Philox key, an int in [-2^63, 2^63) (SEED_RANGE, the same on every
+            backend); offset: Philox counter offset in [0, 2^32), advanced by
             the caller per call. The counter layout is in reference.py.
 
     Returns:
@@ -278,4 +417,5 @@ def verify_sampling(
     """
     _check_sampling(draft_tokens, draft_probs, target_probs, seed, offset)
     fn = _impl("verify_sampling", backends.resolve(target_probs.device))
-    return fn(draft_tokens, draft_probs, target_probs, seed, offset)
+    with torch.no_grad():
+        return fn(draft_tokens, draft_probs, target_probs, seed, offset)

@@ -94,7 +94,7 @@ def draft_verify_attention(
 
     # Keys 0 .. T_used-1 cover every row; one host sync to size the slice (a
     # traced graph cannot size a tensor by data: it reads the whole cache).
-    T_used = k_cache.shape[2] if torch.compiler.is_compiling() else int(pos.max()) + 1
+    T_used = k_cache.shape[2] if torch.compiler.is_compiling() or B == 0 else int(pos.max()) + 1
     keys = k_cache[:, :, :T_used].to(acc)  # [B, Hkv, T, D]
     vals = v_cache[:, :, :T_used].to(acc)
     t = torch.arange(T_used, device=dev)
@@ -103,6 +103,11 @@ def draft_verify_attention(
     # rows' garbage, even NaN): zero them so 0 * NaN cannot leak into the output.
     row_valid = t[None, :] < (cache_seqlens.long()[:, None] + S)  # [B, T]
     vals = torch.where(row_valid[:, None, :, None], vals, 0.0)
+    # The new keys are visible to some queries of the row and masked for the
+    # earlier ones, where 0 * NaN (or 0 * inf) would leak too. Their non-finite
+    # values are zeroed here and added back below for the queries that see them.
+    new_block = (t[None, :] >= cache_seqlens.long()[:, None]) & row_valid  # [B, T]
+    vals = torch.where(new_block[:, None, :, None] & ~torch.isfinite(vals), 0.0, vals)
 
     group = Hq // Hkv
     qg = qf.view(B, S, Hkv, group, D).permute(0, 2, 3, 1, 4)  # [B, Hkv, G, S, D]
@@ -110,6 +115,13 @@ def draft_verify_attention(
     scores = scores.masked_fill(~allowed[:, None, None], float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     out = torch.einsum("bhgst,bhtd->bhgsd", probs, vals)  # [B, Hkv, G, S, D]
+    # Query s sees new values 0..s: the non-finite ones among them give what
+    # IEEE arithmetic gives (NaN, or +-inf, or NaN when both infinities meet).
+    vn = v_new.to(v_cache.dtype).to(acc).permute(0, 2, 1, 3)  # [B, Hkv, S, D]
+    seen_nan, seen_pos, seen_neg = ((m.cumsum(dim=2) > 0) for m in (vn.isnan(), vn == math.inf, vn == -math.inf))
+    extra = torch.where(seen_pos, math.inf, torch.where(seen_neg, -math.inf, 0.0))
+    extra = torch.where(seen_nan | (seen_pos & seen_neg), math.nan, extra).to(acc)
+    out = out + extra[:, :, None]  # [B, Hkv, G, S, D]
     return out.permute(0, 3, 1, 2, 4).reshape(B, S, Hq, D).to(q.dtype).contiguous()
 
 

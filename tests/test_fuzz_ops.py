@@ -248,26 +248,28 @@ def test_attention_scale_not_finite_in_compute_dtype(entry, scale):
 @pytest.mark.parametrize("entry", ENTRIES, ids=ENTRY_IDS)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 @pytest.mark.parametrize("tensor", ["v_new", "k_new"])
-def test_attention_masked_nonfinite_has_no_effect(entry, bad, tensor):
+@pytest.mark.parametrize("Hq", [2, 4])
+def test_attention_masked_nonfinite_has_no_effect(entry, bad, tensor, Hq):
     # A non-finite key/value at a position a query must not see (a later query
     # of the same verify block, or stale cache past the row's length) leaves
     # that query's output unchanged: 0 * NaN must not leak through P @ V.
-    c = base_case(S=4, T_max=11, lens=[0, 5])
+    c = base_case(S=4, T_max=11, lens=[0, 5], Hq=Hq)
     vals = attention_inputs(c)
     lens = torch.tensor(c["lens"], dtype=torch.int32)
     clean, _, _, _ = run_attention(entry, c, vals, lens)
-    dirty_vals = dict(vals)
-    dirty_vals[tensor] = vals[tensor].clone()
-    dirty_vals[tensor][:, 2:] = bad  # seen by queries 2, 3 only
-    for name in ("k_cache", "v_cache"):
-        dirty_vals[name] = vals[name].clone()
-        dirty_vals[name][0, :, 4:] = bad  # stale cache past row 0's last position (0 + S - 1)
-        dirty_vals[name][1, :, 9:] = bad  # and past row 1's (5 + S - 1)
-    dirty, _, _, untouched = run_attention(entry, c, dirty_vals, lens)
-    assert untouched
-    assert not isinstance(dirty, Exception), repr(dirty)
-    torch.testing.assert_close(dirty[:, :2], clean[:, :2], atol=0, rtol=0)
-    assert torch.isfinite(dirty[:, :2]).all()
+    for j in range(1, c["S"]):
+        dirty_vals = dict(vals)
+        dirty_vals[tensor] = vals[tensor].clone()
+        dirty_vals[tensor][:, j:] = bad  # seen by queries j.. only
+        for name in ("k_cache", "v_cache"):
+            dirty_vals[name] = vals[name].clone()
+            dirty_vals[name][0, :, 4:] = bad  # stale cache past row 0's last position (0 + S - 1)
+            dirty_vals[name][1, :, 9:] = bad  # and past row 1's (5 + S - 1)
+        dirty, _, _, untouched = run_attention(entry, c, dirty_vals, lens)
+        assert untouched
+        assert not isinstance(dirty, Exception), repr(dirty)
+        torch.testing.assert_close(dirty[:, :j], clean[:, :j], atol=0, rtol=0, msg=f"{tensor}[:, {j}:] = {bad}")
+        assert torch.isfinite(dirty[:, :j]).all()
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=ENTRY_IDS)
@@ -287,6 +289,20 @@ def test_attention_zero_sizes(entry):
         out, _, _, untouched = run_attention(entry, c, vals, torch.tensor(c["lens"], dtype=torch.int32))
         assert untouched
         assert isinstance(out, error_types(entry)) and name in str(out), f"{kw}: {out!r}"
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=ENTRY_IDS)
+@pytest.mark.parametrize("G", [65, 130])
+def test_attention_many_heads_per_kv_head(entry, G):
+    # More query heads per kv head than the cpu kernel's row block (64): the
+    # rows of one query are split across blocks, and its scratch stays bounded.
+    c = base_case(B=1, S=3, Hkv=1, Hq=G, D=8, T_max=7, lens=[2], gap=3)
+    vals = attention_inputs(c)
+    ref_out, ref_k, _ = reference_attention(vals, c["lens"])
+    out, k, _, untouched = run_attention(entry, c, vals, torch.tensor(c["lens"], dtype=torch.int32))
+    assert untouched and not isinstance(out, Exception), repr(out)
+    torch.testing.assert_close(out, ref_out, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(k, ref_k, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=ENTRY_IDS)
@@ -410,6 +426,34 @@ def test_nan_probabilities_raw_ops_match_reference(c, n_nan, where):
     rn, rout = reference.verify_sampling(drafts, q, p, c["rng_seed"], c["offset"])
     n, out = torch.ops.layerskip.verify_sampling(drafts, q, p, c["rng_seed"], c["offset"])
     assert torch.equal(n, rn) and torch.equal(out, rout)
+
+
+@pytest.mark.parametrize("backend", [b for b in OPS_BACKENDS if b != "cpu"])
+def test_trusted_inputs_nan_and_bad_ids(backend):
+    # Inside ops.trusted_inputs() nothing is scanned: NaN probabilities keep the
+    # reference's meaning on every backend, and an out-of-range draft id never
+    # reads outside the probabilities: the torch backend raises from PyTorch's
+    # own index check, the kernels reject the draft (docs/ops_boundary.md).
+    c = dict(B=3, k=3, V=17, seed=5, rng_seed=9, offset=2)
+    drafts, q, p, logits = acceptance_inputs(c)
+    q[0, 1, drafts[0, 1]] = float("nan")
+    p[1, 0, :5] = float("nan")
+    rn, rout = reference.verify_sampling(drafts, q, p, c["rng_seed"], c["offset"])
+    with ops.trusted_inputs():
+        n, out = call(("ops", backend), "verify_sampling", drafts, q, p, c["rng_seed"], c["offset"])
+    assert torch.equal(n, rn) and torch.equal(out, rout)
+    drafts, q, p, logits = acceptance_inputs(c)
+    bad = drafts.clone()
+    bad[:, 1] = torch.tensor([-1, c["V"], 2**62])
+    for name, args in (("verify_greedy", (bad, logits)), ("verify_sampling", (bad, q, p, 0, 0))):
+        with ops.trusted_inputs():
+            try:
+                n, out = call(("ops", backend), name, *args)
+            except (IndexError, RuntimeError):
+                assert backend == "torch", f"{name}: the kernels must not raise"
+                continue
+        assert (n <= 1).all(), f"{name}: an out-of-range draft was accepted"
+        assert ((out >= -1) & (out < c["V"])).all(), f"{name}: emitted {out}"
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=ENTRY_IDS)

@@ -24,6 +24,10 @@
 #include <cstring>
 #include <vector>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "common/macros.h"
 #include "common/online_softmax.h"
 #include "common/rope.h"
@@ -201,7 +205,7 @@ template <typename scalar_t, bool kRope, int kD>
 void attention_task(const AttnParams& P, int64_t b, int64_t h, int64_t L, const scalar_t* q,
                     scalar_t* k_cache, scalar_t* v_cache, const scalar_t* k_new,
                     const scalar_t* v_new, const float* cos, const float* sin, scalar_t* out,
-                    int64_t s_per_chunk, Scratch& W) {
+                    int64_t rows_per_chunk, Scratch& W) {
   const int64_t D = kD > 0 ? kD : P.D;
   const int64_t S = P.S, G = P.G;
   scalar_t* kc = k_cache + b * P.kc.s0 + h * P.kc.s1;
@@ -220,24 +224,26 @@ void attention_task(const AttnParams& P, int64_t b, int64_t h, int64_t L, const 
   }
   if (G == 0) return;
 
-  // (2) Attention, one chunk of queries at a time; row index = (s - s0) * G + g.
-  for (int64_t s0 = 0; s0 < S; s0 += s_per_chunk) {
-    const int64_t s1 = std::min(S, s0 + s_per_chunk);
-    const int nrows = static_cast<int>((s1 - s0) * G);
-    for (int64_t s = s0; s < s1; ++s) {
-      for (int64_t g = 0; g < G; ++g) {
-        const int64_t r = (s - s0) * G + g;
-        float* qr = W.q.data() + r * D;
-        load_head<scalar_t, kRope>(q + b * P.q.s0 + s * P.q.s1 + (h * G + g) * P.q.s2, P.q.s3, D, P,
-                                   cos, sin, L + s, qr);
-        for (int64_t d = 0; d < D; ++d) qr[d] *= P.scale;
-      }
+  // (2) Attention, one chunk of query rows at a time. Rows are numbered
+  // R = s * G + g over the whole task and r = R - R0 inside a chunk; a chunk is
+  // whole queries when G <= kMaxRows, else part of one query's heads, so the
+  // scratch stays bounded whatever G is.
+  for (int64_t R0 = 0; R0 < S * G; R0 += rows_per_chunk) {
+    const int64_t R1 = std::min(S * G, R0 + rows_per_chunk);
+    const int nrows = static_cast<int>(R1 - R0);
+    const int64_t s0 = R0 / G, s_last = (R1 - 1) / G;
+    for (int r = 0; r < nrows; ++r) {
+      const int64_t s = (R0 + r) / G, g = (R0 + r) % G;
+      float* qr = W.q.data() + r * D;
+      load_head<scalar_t, kRope>(q + b * P.q.s0 + s * P.q.s1 + (h * G + g) * P.q.s2, P.q.s3, D, P,
+                                 cos, sin, L + s, qr);
+      for (int64_t d = 0; d < D; ++d) qr[d] *= P.scale;
     }
     std::fill(W.acc.begin(), W.acc.begin() + nrows * D, 0.f);
     std::fill(W.st.begin(), W.st.begin() + nrows, softmax_state_empty());
     const bool transposed = nrows >= kTransposeRows;
 
-    const int64_t n_keys = L + s1;  // the last query of the chunk sees keys 0 .. L + s1 - 1
+    const int64_t n_keys = L + s_last + 1;  // keys the chunk's last query sees
     for (int64_t t0 = 0; t0 < n_keys; t0 += kTile) {
       const int nt = static_cast<int>(std::min<int64_t>(kTile, n_keys - t0));
       // Convert the tile to fp32 once for all rows. Keys past n_keys are never
@@ -265,7 +271,7 @@ void attention_task(const AttnParams& P, int64_t b, int64_t h, int64_t L, const 
 
       // Rows whose queries see no key of this tile are skipped (prefill chunks).
       const int64_t first_s = std::max<int64_t>(s0, t0 - L);  // queries with L + s >= t0
-      const int r_begin = static_cast<int>((first_s - s0) * G);
+      const int r_begin = static_cast<int>(std::max<int64_t>(0, first_s * G - R0));
       if (r_begin >= nrows) continue;
       float* sc = W.p.data();
       if (transposed)
@@ -278,7 +284,7 @@ void attention_task(const AttnParams& P, int64_t b, int64_t h, int64_t L, const 
       float* rescale = W.rescale.data();
       int* visible = W.visible.data();
       for (int r = r_begin; r < nrows; ++r) {
-        const int64_t s = s0 + r / G;
+        const int64_t s = (R0 + r) / G;
         // Keys t0 + t with t0 + t <= L + s are visible to this row.
         const int vis = static_cast<int>(std::min<int64_t>(nt, L + s + 1 - t0));
         float* pr = sc + r * kTile;
@@ -305,23 +311,30 @@ void attention_task(const AttnParams& P, int64_t b, int64_t h, int64_t L, const 
         st.l = st.l * rescale[r] + sum;
         st.m = m_new;
       }
-      // P·V two rows at a time: p is zero past a row's visible keys and v is
-      // zero past the tile, so a pair can run to the longer of its two ranges.
+      // P·V two rows at a time over the keys both rows see; the longer row
+      // then takes its extra keys alone. Running the pair to the longer range
+      // would multiply the shorter row's p = 0 by values it must not see, and
+      // 0 * NaN (a NaN in a later query's v_new) would leak into its output.
       int r = r_begin;
-      for (; r + 2 <= nrows; r += 2)
-        accumulate_pv<kD, 2>(W.acc.data() + r * D, rescale + r, sc + r * kTile, vbuf,
-                             std::max(visible[r], visible[r + 1]), D);
+      for (; r + 2 <= nrows; r += 2) {
+        const int lo = std::min(visible[r], visible[r + 1]), hi = std::max(visible[r], visible[r + 1]);
+        accumulate_pv<kD, 2>(W.acc.data() + r * D, rescale + r, sc + r * kTile, vbuf, lo, D);
+        if (hi > lo) {
+          const int longer = visible[r] > visible[r + 1] ? r : r + 1;
+          const float no_rescale = 1.f;  // already applied by the pair call
+          accumulate_pv<kD, 1>(W.acc.data() + longer * D, &no_rescale, sc + longer * kTile + lo,
+                               vbuf + lo * D, hi - lo, D);
+        }
+      }
       if (r < nrows) accumulate_pv<kD, 1>(W.acc.data() + r * D, rescale + r, sc + r * kTile, vbuf, visible[r], D);
     }
 
-    for (int64_t s = s0; s < s1; ++s) {
-      for (int64_t g = 0; g < G; ++g) {
-        const int64_t r = (s - s0) * G + g;
-        const float inv = 1.f / W.st[r].l;
-        const float* ar = W.acc.data() + r * D;
-        scalar_t* o = out + ((b * S + s) * P.Hq + h * G + g) * D;
-        for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(ar[d] * inv);
-      }
+    for (int r = 0; r < nrows; ++r) {
+      const int64_t s = (R0 + r) / G, g = (R0 + r) % G;
+      const float inv = 1.f / W.st[r].l;
+      const float* ar = W.acc.data() + r * D;
+      scalar_t* o = out + ((b * S + s) * P.Hq + h * G + g) * D;
+      for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(ar[d] * inv);
     }
   }
 }
@@ -331,18 +344,29 @@ void attention_launch(const AttnParams& P, const int32_t* lens, const scalar_t* 
                       scalar_t* v_cache, const scalar_t* k_new, const scalar_t* v_new,
                       const float* cos, const float* sin, scalar_t* out) {
   const int64_t G = P.G;
+  // Whole queries per chunk while their heads fit in kMaxRows, else kMaxRows heads.
   const int64_t s_per_chunk = std::max<int64_t>(1, std::min<int64_t>(P.S, G > 0 ? kMaxRows / G : P.S));
-  const int64_t rows = std::max<int64_t>(1, s_per_chunk * G);
+  const int64_t rows = std::max<int64_t>(1, std::min<int64_t>(s_per_chunk * G, kMaxRows));
   const int64_t tasks = P.B * P.Hkv;
   const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tasks)));
+  // Scratch is allocated here, not inside the parallel region: an exception
+  // (std::bad_alloc) escaping an OpenMP region terminates the process, while
+  // here it reaches the caller as a Python MemoryError.
+  std::vector<Scratch> scratch;
+  scratch.reserve(threads);
+  for (int i = 0; i < threads; ++i) scratch.emplace_back(rows, P.D);
 #pragma omp parallel num_threads(threads)
   {
-    Scratch W(rows, P.D);
+#ifdef _OPENMP
+    Scratch& W = scratch[omp_get_thread_num()];
+#else
+    Scratch& W = scratch[0];
+#endif
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < tasks; ++task) {
       const int64_t b = task / P.Hkv, h = task % P.Hkv;
       attention_task<scalar_t, kRope, kD>(P, b, h, lens[b], q, k_cache, v_cache, k_new, v_new, cos,
-                                          sin, out, s_per_chunk, W);
+                                          sin, out, rows, W);
     }
   }
 }
