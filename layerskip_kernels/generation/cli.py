@@ -1,4 +1,9 @@
-"""`layerskip generate`: stream a completion of a prompt, then one stats line."""
+"""`layerskip generate`: stream a completion of a prompt, then one stats line.
+
+Every value argparse does not type-check is validated before the prompt is
+echoed; a bad one ends in one `error: ...` line on stderr and exit status 2
+(a bad flag value) or 1 (an unusable model or tokenizer file), never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -23,19 +28,111 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default="cpu")
 
 
-def run(args) -> int:
+class _Refused(Exception):
+    """One line for stderr and the exit status."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(" ".join(message.split("\n")))
+        self.status = status
+
+
+def _usage(message: str) -> _Refused:
+    return _Refused(message, 2)
+
+
+def _unusable(message: str) -> _Refused:
+    return _Refused(message, 1)
+
+
+def _check_flags(args):
+    """Checks that need no model; returns the device."""
+    from ..model.loading import check_device
+    from . import validation as v
+
+    try:
+        args.prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _usage("--prompt is not valid UTF-8 (undecodable bytes on the command line)") from None
+    try:
+        v.check_int("--max-new-tokens", args.max_new_tokens, 1)
+        if args.num_speculations is not None:
+            v.check_int("--num-speculations", args.num_speculations, 1, v.MAX_SPECULATIONS)
+        # Checked with or without --sample: a value given is a value meant.
+        v.check_temperature(args.temperature, "--temperature")
+        v.check_top_k(args.top_k, "--top-k")
+        v.check_top_p(args.top_p, "--top-p")
+        if args.seed is not None:
+            v.check_seed(args.seed, "--seed")
+    except ValueError as e:
+        raise _usage(str(e)) from None
+    try:
+        device = check_device(args.device)
+    except ValueError as e:
+        raise _usage(f"--device {args.device!r}: {e}") from None
+    if args.backend is not None:
+        import layerskip_kernels as lk
+
+        try:
+            with lk.use_backend(args.backend):
+                lk.backends.resolve(device)
+        except lk.backends.BackendUnavailableError as e:
+            raise _usage(f"--backend {args.backend}: {e}") from None
+    return device
+
+
+def _load(args, device):
+    """The tokenizer and the model, or the one line saying why they cannot be used."""
     import torch
     from tokenizers import Tokenizer
 
     import layerskip_kernels as lk
+    from ..model.loading import model_file
 
-    path = args.model if args.model is not None else lk.default_model_path()
-    tok_file = os.path.join(path, "tokenizer.json")
+    try:
+        path = args.model if args.model is not None else lk.default_model_path()
+    except FileNotFoundError as e:
+        raise _unusable(str(e)) from None
+    if not os.path.isdir(path):
+        raise _unusable(f"--model {path} is not a directory")
+    try:
+        tok_file = model_file(path, "tokenizer.json")
+    except ValueError as e:
+        raise _unusable(str(e)) from None
     if not os.path.isfile(tok_file):
-        raise SystemExit(f"error: {path} has no tokenizer.json")
-    tokenizer = Tokenizer.from_file(tok_file)
-    model = lk.LlamaForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype), device=args.device)
-    defaults = model.config.extra.get("layerskip", {})
+        raise _unusable(f"{path} has no tokenizer.json")
+    try:
+        tokenizer = Tokenizer.from_file(tok_file)
+    except Exception as e:  # tokenizers raises a bare Exception for any bad file
+        raise _unusable(f"{tok_file} is not a valid tokenizer file: {e}") from None
+    try:
+        model = lk.LlamaForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype), device=device)
+    except (ValueError, OSError) as e:
+        raise _unusable(str(e)) from None
+    return path, tokenizer, model
+
+
+def _plan(args, path, tokenizer, model):
+    """Exit layer, k and prompt ids, all checked against the model."""
+    from . import validation as v
+
+    cfg = model.config
+    L = cfg.num_hidden_layers
+    source = os.path.join(path, "config.json")
+    defaults = cfg.extra.get("layerskip", {})
+    try:
+        if args.exit_layer is None and defaults.get("default_exit_layer") is not None:
+            v.check_int(f"{source}: layerskip.default_exit_layer", defaults["default_exit_layer"], 0, L - 1)
+        if args.num_speculations is None and "default_num_speculations" in defaults:
+            v.check_int(f"{source}: layerskip.default_num_speculations", defaults["default_num_speculations"], 1,
+                        v.MAX_SPECULATIONS)
+    except ValueError as e:
+        raise _unusable(str(e)) from None
+    if args.exit_layer is not None:
+        try:
+            v.check_int("--exit-layer", args.exit_layer, 0, L - 1,
+                        f" for this {L}-layer model (0 = autoregressive)")
+        except ValueError as e:
+            raise _usage(str(e)) from None
     exit_layer = args.exit_layer if args.exit_layer is not None else defaults.get("default_exit_layer")
     k = args.num_speculations if args.num_speculations is not None else defaults.get("default_num_speculations", 4)
     if exit_layer == 0:
@@ -43,7 +140,33 @@ def run(args) -> int:
 
     ids = tokenizer.encode(args.prompt).ids
     if not ids:
-        raise SystemExit("error: the prompt encodes to no tokens")
+        raise _usage("--prompt encodes to no tokens")
+    P = cfg.max_position_embeddings
+    if len(ids) + args.max_new_tokens > P:
+        raise _usage(f"--prompt of {len(ids)} tokens + --max-new-tokens {args.max_new_tokens} exceeds the model's "
+                     f"max_position_embeddings={P}")
+    try:  # what generate() itself will check (memory included), before anything is printed
+        v.validate_generate_args(
+            model, [ids], None, max_new_tokens=args.max_new_tokens, exit_layer=exit_layer, num_speculations=k,
+            do_sample=args.sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+            eos_token_id=None, seed=args.seed, streamer=None, max_cache_len=None)
+    except ValueError as e:
+        raise _usage(str(e)) from None
+    return exit_layer, k, ids
+
+
+def run(args) -> int:
+    import torch
+
+    import layerskip_kernels as lk
+
+    try:
+        device = _check_flags(args)
+        path, tokenizer, model = _load(args, device)
+        exit_layer, k, ids = _plan(args, path, tokenizer, model)
+    except _Refused as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.status
     generated: list[int] = []
     shown = [""]
 
