@@ -1,0 +1,108 @@
+"""The engine's decode steps read nothing back from tensors but the accepted lengths.
+
+Every way Python code turns a tensor into a host value (`item`, `tolist`,
+`__bool__`, `__int__`, `__index__`, `__float__`, ...) is patched to raise while
+generate() runs a decode step; prefill and the per-generate setup are free to
+read. The one read a step is allowed is the documented one: the step's emitted
+tokens and accepted lengths, read by the step function itself (and the CPU
+copy of the EOS ids in `_emit`). On a GPU each patched call would be a
+device-to-host sync; here, with CPU tensors, the patch catches the same Python
+calls, so the test holds for every backend that runs here.
+"""
+
+import contextlib
+import sys
+
+import pytest
+import torch
+
+import layerskip_kernels as lk
+from layerskip_kernels.generation import scheduler
+from layerskip_kernels.model.config import LlamaConfig
+
+from conftest import backend_params
+
+READS = ("item", "tolist", "__bool__", "__int__", "__index__", "__float__", "__complex__", "numpy", "__array__")
+# (function, attribute): the reads a step makes on purpose. The step functions
+# read the accepted lengths and emitted tokens once per iteration (DESIGN.md,
+# "the one host read per iteration").
+ALLOWED = {("_step_speculative", "tolist"), ("_step_autoregressive", "tolist")}
+
+
+class HostRead(AssertionError):
+    pass
+
+
+@contextlib.contextmanager
+def no_host_reads(log):
+    originals = {name: getattr(torch.Tensor, name) for name in READS}
+
+    def guard(name):
+        original = originals[name]
+
+        def patched(self, *args, **kwargs):
+            caller = sys._getframe(1).f_code.co_name
+            if (caller, name) not in ALLOWED:
+                raise HostRead(f"Tensor.{name} called from {caller}() inside a decode step")
+            log.append((caller, name))
+            return original(self, *args, **kwargs)
+
+        return patched
+
+    for name in READS:
+        setattr(torch.Tensor, name, guard(name))
+    try:
+        yield
+    finally:
+        for name, fn in originals.items():
+            setattr(torch.Tensor, name, fn)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    return lk.LlamaForCausalLM(cfg).eval()
+
+
+def guard_steps(monkeypatch, log):
+    """Wraps the step functions of the engine so that each runs under no_host_reads."""
+    for name in ("_step_autoregressive", "_step_speculative"):
+        step = getattr(scheduler.Engine, name)
+
+        def wrapped(self, _step=step):
+            with no_host_reads(log):
+                return _step(self)
+
+        monkeypatch.setattr(scheduler.Engine, name, wrapped)
+
+
+# The torch backend is left out on purpose: reference.py, the readable spec,
+# sizes its key slice by the longest row (one documented host read per call).
+# The kernel backends are what a decode step runs on a GPU.
+@pytest.mark.parametrize("backend", [p for p in backend_params() if p.values[0] != "cuda"])
+@pytest.mark.parametrize("exit_layer", [None, 2])
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_decode_steps_read_no_tensor_values(model, monkeypatch, backend, exit_layer, do_sample):
+    log = []
+    guard_steps(monkeypatch, log)
+    prompts = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11]]
+    with lk.use_backend(backend):
+        out = lk.generate(model, prompts, max_new_tokens=6, exit_layer=exit_layer, num_speculations=3,
+                          do_sample=do_sample, seed=3, eos_token_id=[])
+    assert all(len(s) == 6 for s in out.sequences)
+    steps = out.stats["steps"]
+    assert steps >= 1 and log, "no decode step ran under the guard"
+    # Per step: the step's own read of its results (lengths and tokens).
+    assert len(log) <= 2 * steps, log
+
+
+def test_guard_catches_a_value_check(model, monkeypatch):
+    # The guard is not vacuous: the ops' eager value checks (what the engine
+    # skips with ops.trusted_inputs) are host reads and trip it.
+    log = []
+    guard_steps(monkeypatch, log)
+    monkeypatch.setattr(lk.ops, "trusted_inputs", contextlib.nullcontext)
+    with lk.use_backend("cpu" if lk.available_backends()["cpu"] is None else "torch"), pytest.raises(HostRead):
+        lk.generate(model, [[1, 2, 3]], max_new_tokens=3, exit_layer=2, num_speculations=2, eos_token_id=[])
