@@ -136,8 +136,12 @@ def run_parity(backend, B, S, Hq, Hkv, D, dtype, rope, softmax_scale=None, **cas
         assert torch.equal(k_got, k_ref)
 
 
+def case_id(B, S, heads, D, dtype, rope):
+    return f"B{B}-S{S}-{heads[0]}x{heads[1]}-D{D}-{str(dtype)[6:]}-{'rope' if rope else 'norope'}"
+
+
 @pytest.mark.parametrize("backend", backend_params())
-@pytest.mark.parametrize("B,S,heads,D,dtype,rope", [(B, S, h, D, dt, r) for B, S, h, D, dt, r in small_grid()])
+@pytest.mark.parametrize("B,S,heads,D,dtype,rope", small_grid(), ids=[case_id(*c) for c in small_grid()])
 def test_parity_grid(backend, B, S, heads, D, dtype, rope):
     run_parity(backend, B, S, heads[0], heads[1], D, dtype, rope)
 
