@@ -148,7 +148,9 @@ def run_mutant(m: Mutant) -> dict:
     if res.returncode not in (0, 1):
         killed = False
         failed = [f"pytest exit code {res.returncode}: {res.stdout[-300:]}"]
-    return dict(killed=killed, by=failed[0].replace(TESTS + "/", "") if failed else "", seconds=elapsed,
+    # pytest names the file relative to the copy's directory: keep tests/<file>::<test>.
+    by = re.sub(r"^.*?([^/]+\.py::)", r"\1", failed[0]) if killed else ""
+    return dict(killed=killed, by=by, seconds=elapsed,
                 tail=res.stdout.strip().splitlines()[-1] if res.stdout.strip() else res.stderr[-200:])
 
 
