@@ -158,8 +158,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", help="mutant ids to run (default: all)")
     ap.add_argument("--report", default=REPORT)
+    ap.add_argument("--baseline", action="store_true", help="first check that every selection passes unmutated")
     a = ap.parse_args()
     chosen = [m for m in MUTANTS if not a.only or m.id in a.only]
+    if a.baseline:
+        # A kill only counts if the same selection passes on the unmutated code.
+        for sel in {(tuple(m.tests), tuple(sorted(m.env.items()))) for m in chosen}:
+            r = run_mutant(Mutant("baseline", "", "", [], list(sel[0]), dict(sel[1])))
+            if r["killed"] or "passed" not in r["tail"]:
+                raise SystemExit(f"baseline fails for {' '.join(sel[0])}: {r['by'] or r['tail']}")
+            print(f"baseline {' '.join(sel[0])}: {r['tail']}", flush=True)
     rows = []
     for m in chosen:
         r = run_mutant(m)
