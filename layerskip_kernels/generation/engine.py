@@ -112,9 +112,9 @@ def generate(
 
     B = len(prompts)
     max_batch_size = B if max_batch_size is None else check_int("max_batch_size", max_batch_size, lo=1)
-    # One seed per row, so that a row's samples do not depend on the batch.
-    base_seed = int(torch.randint(0, 2**62, ()).item()) if a.seed is None else a.seed
-    seeds = [(base_seed + b + 2**63) % 2**64 - 2**63 for b in range(B)]
+    # One random stream for the batch (fully batched sampling); the Engine API
+    # offers per-request seeds that do not depend on the batch.
+    seed = int(torch.randint(0, 2**62, ()).item()) if a.seed is None else a.seed
     out: list[list[int]] = [[] for _ in range(B)]
 
     def row_streamer(b):
@@ -122,9 +122,9 @@ def generate(
 
     t0 = time.perf_counter()
     with torch.inference_mode():
-        engine = Engine(model, max_batch_size, exit_layer, a.num_speculations, a.do_sample, aids)
+        engine = Engine(model, max_batch_size, exit_layer, a.num_speculations, a.do_sample, aids, seed=seed)
         for b, p in enumerate(prompts):
-            engine.add_request(Request(p, a.max_new_tokens, frozenset(a.eos_ids), seeds[b], a.temperature, a.top_k,
+            engine.add_request(Request(p, a.max_new_tokens, frozenset(a.eos_ids), seed, a.temperature, a.top_k,
                                        a.top_p, row_streamer(b),
                                        None if first_token_ids is None else first_token_ids[b]))
         for b, r in enumerate(engine.run()):

@@ -15,10 +15,14 @@ The interface follows what serving users know from vLLM's `LLMEngine`
 (`add_request`, then run to completion, outputs per request in arrival order);
 `generate()` is the transformers-style entry point built on it.
 
-Per-request sampling is reproducible whatever else is in the batch: a request
-draws its draft and first tokens from its own torch.Generator and its
-acceptance randomness from `verify_sampling` called on its row alone with its
-own seed and Philox offset, so its tokens depend on its seed only.
+Sampling has two modes. By default each request is reproducible whatever else
+is in the batch: it draws its draft and first tokens from its own
+torch.Generator and its acceptance randomness from `verify_sampling` called on
+its row alone with its own seed and Philox offset, so its tokens depend on its
+seed only (a small loop over rows per step). `Engine(seed=S)` instead draws
+for the whole batch from one generator and one `verify_sampling` call per step
+(what `generate(seed=S)` uses: fully batched, reproducible for the same
+prompts and batch).
 """
 
 from __future__ import annotations
@@ -65,10 +69,10 @@ class RequestOutput:
 class _Active:
     """Host-side state of a request that holds a slot."""
 
-    def __init__(self, rid: int, req: Request, device, t_start: float):
+    def __init__(self, rid: int, req: Request, device, t_start: float, own_rng: bool):
         self.rid, self.req = rid, req
         self.out: list[int] = []
-        self.gen = torch.Generator(device=device).manual_seed(req.seed % 2**64)
+        self.gen = torch.Generator(device=device).manual_seed(req.seed % 2**64) if own_rng else None
         self.offset = 0  # Philox counter offset of this request's verify_sampling calls
         self.drafted = self.accepted = self.iterations = self.emitted = 0
         self.t_admit = time.perf_counter()
@@ -102,12 +106,14 @@ class Engine:
         do_sample: sampling (with each request's temperature/top-k/top-p/seed)
             or greedy for every request.
         aids: repetition penalty / no-repeat n-grams for every request.
+        seed: None (each request samples from its own seed) or one seed for the
+            whole batch's random stream (see the module docstring).
 
     Arguments are validated by the caller (`generate` or `validation`).
     """
 
     def __init__(self, model, max_batch_size: int, exit_layer: int | None = None, num_speculations: int = 4,
-                 do_sample: bool = False, aids: DecodingAids = DecodingAids()):
+                 do_sample: bool = False, aids: DecodingAids = DecodingAids(), seed: int | None = None):
         self.model = model
         self.L = model.config.num_hidden_layers
         self.E = exit_layer
@@ -117,6 +123,9 @@ class Engine:
         self.max_batch_size = max_batch_size
         p = model.lm_head.weight
         self.device, self.dtype = p.device, p.dtype
+        self.shared_seed = seed
+        self.shared_rng = None if seed is None else torch.Generator(device=self.device).manual_seed(seed % 2**64)
+        self.shared_offset = 0
         self.waiting: deque[tuple[int, Request]] = deque()
         self.next_id = 0
         self.stats = dict(drafted=0, accepted=0, steps=0, row_steps=0, emitted=0, new_tokens=0)
@@ -187,44 +196,71 @@ class Engine:
     # --- admission and emission -----------------------------------------------------
 
     def _admit(self, done: dict, t_start: float) -> None:
-        """Prefill waiting requests into free slots (one at a time, in its slot's rows)."""
-        for s in range(len(self.slots)):
-            while self.slots[s] is None and self.waiting:
+        """Prefill waiting requests into free slots: a run of consecutive free
+        slots in one batched call (the whole batch at the start), each writing
+        only its own rows of the cache."""
+        while self.waiting:
+            free = [s for s, a in enumerate(self.slots) if a is None]
+            if not free:
+                return
+            run = [free[0]]
+            while len(run) < len(self.waiting) and run[-1] + 1 < len(self.slots) and self.slots[run[-1] + 1] is None:
+                run.append(run[-1] + 1)
+            acts = []
+            for s in run:
                 rid, req = self.waiting.popleft()
-                act = _Active(rid, req, self.device, t_start)
-                self.slots[s] = act
-                first = self._prefill(s, act)
-                act.t_first = time.perf_counter()
-                self._emit(s, [first], done, from_prefill=True)
+                acts.append(_Active(rid, req, self.device, t_start, own_rng=self.shared_rng is None))
+                self.slots[s] = acts[-1]
+            first = self._prefill(run[0], acts)
+            now = time.perf_counter()
+            for s, act, tok in zip(run, acts, first):
+                act.t_first = now
+                self._emit(s, [tok], done, from_prefill=True)
 
-    def _prefill(self, s: int, act: _Active) -> int:
-        m, req = self.model, act.req
-        n = len(req.prompt)
-        ids = torch.tensor(req.prompt, dtype=torch.int64, device=self.device)
-        self.cache.seqlens[s] = 0
-        rows = StaticKVCache(self.cache.k[:, s:s + 1], self.cache.v[:, s:s + 1], self.cache.seqlens[s:s + 1])
-        h = m.forward_layers(m.embed(ids[None]), 0, self.L, rows)
-        logits = m.exit_head(h[:, -1])  # [1, V]
-        if req.first_token_ids is not None:
-            allowed = torch.zeros_like(logits, dtype=torch.bool)
-            allowed[0, torch.tensor(req.first_token_ids, device=self.device)] = True
+    def _prefill(self, s0: int, acts: list[_Active]) -> list[int]:
+        """Prompts of `acts` into slots s0, s0+1, ...; returns their first tokens."""
+        m, dev, n = self.model, self.device, len(acts)
+        sl = slice(s0, s0 + n)
+        lens = torch.tensor([len(a.req.prompt) for a in acts], dtype=torch.int32, device=dev)
+        T = max(len(a.req.prompt) for a in acts)
+        ids = torch.zeros(n, T, dtype=torch.int64)
+        for i, a in enumerate(acts):
+            ids[i, : len(a.req.prompt)] = torch.tensor(a.req.prompt, dtype=torch.int64)
+        ids = ids.to(dev)
+        # Right-padded: each row's real tokens sit at 0..len-1; the pad positions
+        # after them are never attended by real tokens (causal) and become dead
+        # once the row's length is set to len.
+        self.cache.seqlens[sl] = 0
+        rows = StaticKVCache(self.cache.k[:, sl], self.cache.v[:, sl], self.cache.seqlens[sl])
+        h = m.forward_layers(m.embed(ids), 0, self.L, rows)
+        logits = m.exit_head(h[torch.arange(n, device=dev), lens.long() - 1])  # [n, V]
+        if any(a.req.first_token_ids is not None for a in acts):
+            allowed = torch.ones_like(logits, dtype=torch.bool)
+            for i, a in enumerate(acts):
+                if a.req.first_token_ids is not None:
+                    allowed[i] = False
+                    allowed[i, torch.tensor(a.req.first_token_ids, device=dev)] = True
             logits = logits.masked_fill(~allowed, float("-inf"))
         if self.history is not None:
-            self.history.ids[s, :n] = ids
-            logits = self.aids(logits[:, None], TokenHistory(self.history.ids[s:s + 1]),
-                               torch.full((1, 1), n, device=self.device))[:, 0]
+            self.history.ids[sl, :T] = ids
+            logits = self.aids(logits[:, None], TokenHistory(self.history.ids[sl]), lens[:, None])[:, 0]
         if self.do_sample:
-            self.temperature[s], self.top_k[s], self.top_p[s] = req.temperature, req.top_k, req.top_p
-            probs = warp_probs(logits, req.temperature, req.top_k, req.top_p)
-            tok = torch.multinomial(probs, 1, generator=act.gen)[0, 0]
+            for i, a in enumerate(acts):
+                self.temperature[s0 + i], self.top_k[s0 + i], self.top_p[s0 + i] = \
+                    a.req.temperature, a.req.top_k, a.req.top_p
+            probs = warp_probs(logits, self.temperature[sl], self.top_k[sl], self.top_p[sl])
+            if self.shared_rng is not None:
+                tok = torch.multinomial(probs, 1, generator=self.shared_rng)[:, 0]
+            else:
+                tok = torch.stack([torch.multinomial(probs[i], 1, generator=a.gen)[0] for i, a in enumerate(acts)])
         else:
-            tok = logits[0].argmax()
-        self.cache.seqlens[s] = n
-        self.pending[s] = tok
-        self.alive[s] = True
+            tok = logits.argmax(dim=-1)
+        self.cache.seqlens[sl] = lens
+        self.pending[sl] = tok
+        self.alive[sl] = True
         if self.history is not None:
-            self.history.ids[s, n] = tok
-        return int(tok)
+            self.history.ids[sl].scatter_(1, lens.long()[:, None], tok[:, None])
+        return tok.tolist()
 
     def _emit_all(self, tokens: list[list[int]], done: dict) -> None:
         for s, toks in enumerate(tokens):
@@ -262,7 +298,10 @@ class Engine:
         return logits if self.history is None else self.aids(logits, self.history, ctx_len)
 
     def _sample_rows(self, probs: torch.Tensor) -> torch.Tensor:
-        """One token per slot from probs [n, V], each with its request's generator."""
+        """One token per slot from probs [n, V]: from the batch's generator, or
+        each from its request's own."""
+        if self.shared_rng is not None:
+            return torch.multinomial(probs, 1, generator=self.shared_rng)[:, 0]
         tok = probs.argmax(dim=-1)  # free slots: any token
         for s, act in enumerate(self.slots):
             if act is not None:
@@ -332,8 +371,14 @@ class Engine:
         return [row[: a + 1] for row, a in zip(out_list, n_list)]
 
     def _verify_sampling_rows(self, target_probs: torch.Tensor):
-        """verify_sampling on each active slot alone, with its request's seed and
-        offset (so its randomness does not depend on its slot or neighbours)."""
+        """verify_sampling on the whole batch with the batch's seed, or on each
+        active slot alone with its request's seed and offset (so its randomness
+        does not depend on its slot or neighbours)."""
+        if self.shared_rng is not None:
+            out = ops.verify_sampling(self.drafts, self.draft_probs, target_probs, self.shared_seed,
+                                      self.shared_offset)
+            self.shared_offset = (self.shared_offset + 1) % 2**32
+            return out
         n = torch.zeros(len(self.slots), dtype=torch.int32, device=self.device)
         out = torch.zeros(len(self.slots), self.k + 1, dtype=torch.int64, device=self.device)
         for s, act in enumerate(self.slots):

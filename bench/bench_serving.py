@@ -1,0 +1,150 @@
+"""Serving benchmark: continuous batching of many requests, autoregressive vs
+self-speculative, and against fixed batches.
+
+64 held-out stdlib prompts (64 tokens each) with ragged budgets (32..128 new
+tokens, cycling) and the model's EOS, decoded by `layerskip_kernels.Engine`
+with max_batch_size 1, 2, 4, 8, 16. Each configuration runs autoregressive and
+self-speculative (the model's recorded default E, k) side by side, interleaved,
+in one process. `fixed` runs the same requests as consecutive fixed batches of
+max_batch_size prompts (a batch ends with its slowest row: what generate()
+did before continuous batching).
+
+Per run: throughput (generated tokens / wall time), p50/p90 per-request latency
+(from the start of the run: every request is waiting at t = 0) and per-request
+tokens/s. Writes bench/results/serving.csv and serving.png.
+
+    python bench/bench_serving.py [--quick] [--dtype bfloat16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import RESULTS, metadata, print_table, write_csv  # noqa: E402
+
+import layerskip_kernels as lk  # noqa: E402
+from bench_e2e import load_prompts  # noqa: E402
+
+
+def budgets(n: int) -> list[int]:
+    return [32 + (i * 37) % 97 for i in range(n)]  # 32..128, ragged
+
+
+def run_engine(model, prompts, news, max_batch_size, exit_layer, k):
+    engine = lk.Engine(model, max_batch_size=max_batch_size, exit_layer=exit_layer, num_speculations=k)
+    for p, n in zip(prompts, news):
+        engine.add(p, max_new_tokens=n)
+    t0 = time.perf_counter()
+    outs = engine.run()
+    wall = time.perf_counter() - t0
+    lat = sorted(o.stats["latency_s"] for o in outs)
+    tokens = sum(len(o.tokens) for o in outs)
+    st = engine.stats
+    return dict(wall_s=wall, tokens=tokens, throughput_tok_s=tokens / wall,
+                p50_latency_s=statistics.median(lat), p90_latency_s=lat[int(0.9 * (len(lat) - 1))],
+                median_request_tok_s=statistics.median(o.stats["tokens_per_s"] for o in outs),
+                acceptance=st["accepted"] / st["drafted"] if st["drafted"] else None,
+                iterations=st["steps"]), [o.tokens for o in outs]
+
+
+def run_fixed(model, prompts, news, batch, exit_layer, k):
+    """Consecutive fixed batches: the next batch starts when the whole previous one is done."""
+    t0 = time.perf_counter()
+    tokens, lat, seqs = 0, [], []
+    for i in range(0, len(prompts), batch):
+        out = lk.generate(model, prompts[i:i + batch], max_new_tokens=max(news[i:i + batch]),
+                          exit_layer=exit_layer, num_speculations=k)
+        done = time.perf_counter() - t0
+        for s, n in zip(out.sequences, news[i:i + batch]):
+            seqs.append(s[:n])  # a fixed batch decodes to its largest budget; count each row's own
+            tokens += len(s[:n])
+            lat.append(done)
+    wall = time.perf_counter() - t0
+    lat.sort()
+    return dict(wall_s=wall, tokens=tokens, throughput_tok_s=tokens / wall,
+                p50_latency_s=statistics.median(lat), p90_latency_s=lat[int(0.9 * (len(lat) - 1))]), seqs
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--quick", action="store_true", help="16 prompts, batch sizes 1/4/8")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--out", default=os.path.join(RESULTS, "serving"))
+    args = ap.parse_args(argv)
+
+    path = args.model or lk.default_model_path()
+    model = lk.LlamaForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype))
+    d = model.config.extra.get("layerskip", {})
+    E, k = d.get("default_exit_layer", 4), d.get("default_num_speculations", 2)
+    n_prompts = 16 if args.quick else 64
+    prompts = load_prompts(os.path.join(path, "tokenizer.json"), n_prompts, 64)
+    news = budgets(len(prompts))
+    sizes = (1, 4, 8) if args.quick else (1, 2, 4, 8, 16)
+    meta = metadata()
+    print(f"{meta['cpu']}, {len(prompts)} requests, {sum(news)} max new tokens, E={E} k={k}, {args.dtype}")
+    with torch.inference_mode():  # warm-up (first calls allocate and pick kernels)
+        lk.generate(model, prompts[:2], max_new_tokens=8, exit_layer=E, num_speculations=k)
+        lk.generate(model, prompts[:2], max_new_tokens=8)
+
+    rows = []
+    for mbs in sizes:
+        res = {}
+        for mode, (e, kk) in (("autoregressive", (None, k)), ("self-speculative", (E, k))):
+            for sched, fn in (("continuous", run_engine), ("fixed", run_fixed)):
+                if sched == "fixed" and mbs == 1:
+                    continue  # one row at a time is the same schedule
+                r, seqs = fn(model, prompts, news, mbs, e, kk)
+                res[(mode, sched)] = (r, seqs)
+                rows.append({**meta, "max_batch_size": mbs, "mode": mode, "schedule": sched, "E": e or "",
+                             "k": kk if e else "", "requests": len(prompts), "dtype": args.dtype, **r})
+                print(f"B={mbs:2d} {mode:16s} {sched:10s}: {r['throughput_tok_s']:7.1f} tok/s  "
+                      f"p50 {r['p50_latency_s']:6.2f} s  p90 {r['p90_latency_s']:6.2f} s", flush=True)
+        ar = res[("autoregressive", "continuous")][0]["throughput_tok_s"]
+        for r in rows[-len(res):]:
+            r["speedup_vs_continuous_ar"] = r["throughput_tok_s"] / ar
+        spec_seqs, ar_seqs = res[("self-speculative", "continuous")][1], res[("autoregressive", "continuous")][1]
+        agree = sum(a == b for a, b in zip(spec_seqs, ar_seqs)) / len(ar_seqs)
+        for r in rows[-len(res):]:
+            r["requests_identical_to_ar"] = agree
+
+    write_csv(args.out + ".csv", rows)
+    print()
+    print_table(rows, ["max_batch_size", "mode", "schedule", "throughput_tok_s", "speedup_vs_continuous_ar",
+                       "p50_latency_s", "p90_latency_s", "acceptance", "requests_identical_to_ar"])
+    plot(args.out + ".png", rows, meta)
+    print(f"wrote {args.out}.csv and {args.out}.png")
+
+
+def plot(path, rows, meta):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for mode in ("autoregressive", "self-speculative"):
+        for sched, style in (("continuous", "-o"), ("fixed", "--x")):
+            pts = sorted((r["max_batch_size"], r["throughput_tok_s"]) for r in rows
+                         if r["mode"] == mode and r["schedule"] == sched)
+            if pts:
+                ax.plot(*zip(*pts), style, label=f"{mode}, {sched} batches")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("max_batch_size (active rows)")
+    ax.set_ylabel("generated tokens / s")
+    ax.set_title(f"Serving {rows[0]['requests']} requests on {meta['cpu']}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
