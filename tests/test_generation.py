@@ -255,6 +255,27 @@ def test_sampling_joint_distribution_of_four_tokens(small_vocab, mode, warp):
     assert pval > 1e-4, (stat, pval)
 
 
+def test_every_verify_sampling_call_draws_fresh_random_numbers(small_vocab, monkeypatch):
+    # The Philox (seed, offset) pair must never repeat within a generate():
+    # a repeated pair reuses the previous iteration's coins and race, which
+    # the joint test above only sees at low acceptance.
+    from layerskip_kernels import ops
+
+    model, _ = small_vocab
+    calls = []
+    real = ops.verify_sampling
+
+    def recording(draft_tokens, draft_probs, target_probs, seed, offset, *rest, **kw):
+        calls.append((seed, offset))
+        return real(draft_tokens, draft_probs, target_probs, seed, offset, *rest, **kw)
+
+    monkeypatch.setattr(ops, "verify_sampling", recording)
+    lk.generate(model, [[1, 4, 2], [3, 5]], max_new_tokens=12, exit_layer=1, num_speculations=1, do_sample=True,
+                seed=7, eos_token_id=[])
+    assert len(calls) >= 5  # several iterations (k = 1, 12 tokens)
+    assert len(set(calls)) == len(calls), calls
+
+
 def test_seeded_sampling_is_reproducible(small_vocab):
     model, _ = small_vocab
     run = lambda seed: lk.generate(model, [[1, 4, 2], [3, 5], [0, 1, 2, 3]], max_new_tokens=12, exit_layer=2, do_sample=True, seed=seed,
