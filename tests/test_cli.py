@@ -34,10 +34,26 @@ def test_info(capsys):
     assert "build_info" in out
 
 
+def expected_cli_text(tok, model, prompt, healing, **kw):
+    """What the CLI prints on stdout, from the same generation through the API."""
+    from layerskip_kernels.generation.token_healing import heal_prompt
+
+    ids = tok.encode(prompt).ids
+    h = heal_prompt(tok, ids) if healing else None
+    prefix = h.ids if h is not None and h.allowed is not None else ids
+    first = [h.allowed] if prefix is not ids else None
+    ref = lk.generate(model, [prefix], first_token_ids=first, **kw)
+    text = tok.decode(prefix + ref.sequences[0])
+    return prompt + text[len(tok.decode(ids)):] + "\n", ref
+
+
 @pytest.mark.parametrize("extra,E,k,sample", [
     (["--exit-layer", "2", "--num-speculations", "3"], 2, 3, {}),
     (["--exit-layer", "0"], None, 4, {}),
     (["--exit-layer", "1", "--sample", "--seed", "3", "--top-p", "0.9"], 1, 4, dict(do_sample=True, seed=3, top_p=0.9)),
+    (["--exit-layer", "2", "--no-token-healing"], 2, 4, {}),
+    (["--exit-layer", "1", "--repetition-penalty", "1.5", "--no-repeat-ngram-size", "2"], 1, 4,
+     dict(repetition_penalty=1.5, no_repeat_ngram_size=2)),
 ])
 def test_generate_streams_text_and_stats(tiny_with_tokenizer, capsys, extra, E, k, sample):
     from tokenizers import Tokenizer
@@ -49,9 +65,10 @@ def test_generate_streams_text_and_stats(tiny_with_tokenizer, capsys, extra, E, 
     # The same generation through the API (seeded sampling is reproducible).
     tok = Tokenizer.from_file(str(tiny_with_tokenizer / "tokenizer.json"))
     model = lk.LlamaForCausalLM.from_pretrained(tiny_with_tokenizer)
-    ref = lk.generate(model, [tok.encode("def add(").ids], max_new_tokens=7, exit_layer=E, num_speculations=k, **sample)
+    text, ref = expected_cli_text(tok, model, "def add(", "--no-token-healing" not in extra, max_new_tokens=7,
+                                  exit_layer=E, num_speculations=k, **sample)
     tokens = ref.sequences[0]
-    assert captured.out == "def add(" + tok.decode(tokens) + "\n"
+    assert captured.out == text
     mode = f"self-speculative E={E} k={k}" if E else "autoregressive"
     acc = "n/a" if E is None else f"{ref.stats['acceptance_rate']:.1%}"
     tps = f"{ref.stats['tokens_per_step']:.2f}"
@@ -87,8 +104,8 @@ def test_generate_with_default_model_offline():
     tok = Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
     model = lk.LlamaForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
     defaults = model.config.extra.get("layerskip", {})
-    ref = lk.generate(model, [tok.encode("import os\n").ids], max_new_tokens=16,
-                      exit_layer=defaults.get("default_exit_layer"),
-                      num_speculations=defaults.get("default_num_speculations", 4))
-    assert res.stdout == "import os\n" + tok.decode(ref.sequences[0]) + "\n"
+    text, ref = expected_cli_text(tok, model, "import os\n", True, max_new_tokens=16,
+                                  exit_layer=defaults.get("default_exit_layer"),
+                                  num_speculations=defaults.get("default_num_speculations", 4))
+    assert res.stdout == text
     assert "self-speculative" in res.stderr and f"{len(ref.sequences[0])} tokens" in res.stderr

@@ -7,6 +7,7 @@ echoed; a bad one ends in one `error: ...` line on stderr and exit status 2
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -23,6 +24,13 @@ def add_arguments(p) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="transformers' repetition penalty over prompt + output (default: 1.0, off)")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=0,
+                   help="never repeat an n-gram of prompt + output (default: 0, off)")
+    p.add_argument("--no-token-healing", action="store_true",
+                   help="keep the prompt's last token as encoded (default: back it up and let the first "
+                        "generated token complete it; see generation/token_healing.py)")
     p.add_argument("--backend", default=None, choices=["torch", "cpu", "triton", "cuda"])
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"])
     p.add_argument("--device", default="cpu")
@@ -63,6 +71,10 @@ def _check_flags(args):
         v.check_top_p(args.top_p, "--top-p")
         if args.seed is not None:
             v.check_seed(args.seed, "--seed")
+        v.check_int("--no-repeat-ngram-size", args.no_repeat_ngram_size, 0)
+        if not (math.isfinite(args.repetition_penalty) and args.repetition_penalty > 0):
+            raise ValueError(f"--repetition-penalty must be a finite number > 0 (1.0 disables it), "
+                             f"got {args.repetition_penalty!r}")
     except ValueError as e:
         raise _usage(str(e)) from None
     try:
@@ -167,25 +179,38 @@ def run(args) -> int:
     except _Refused as e:
         print(f"error: {e}", file=sys.stderr)
         return e.status
+    from .token_healing import heal_prompt
+
+    # Token healing: the model continues from the prompt minus its last token,
+    # whose text the first generated token must start with.
+    healing = None if args.no_token_healing else heal_prompt(tokenizer, ids)
+    prefix = ids if healing is None or healing.allowed is None else healing.ids
+    first = None if prefix is ids else [healing.allowed]
+    start = len(tokenizer.decode(ids))  # the completion is what follows the prompt's own text
     generated: list[int] = []
-    shown = [""]
+    shown = [start]
+
+    def completion():
+        text = tokenizer.decode(prefix + generated)
+        # Byte-level BPE may end mid-character: hold back an incomplete tail.
+        return None if text.endswith("\ufffd") or len(text) < start else text
 
     def stream(row, tokens):
         generated.extend(tokens)
-        text = tokenizer.decode(generated)
-        # Byte-level BPE may end mid-character: hold back an incomplete tail.
-        if text.endswith("\ufffd"):
-            return
-        sys.stdout.write(text[len(shown[0]):])
-        sys.stdout.flush()
-        shown[0] = text
+        text = completion()
+        if text is not None:
+            sys.stdout.write(text[shown[0]:])
+            sys.stdout.flush()
+            shown[0] = len(text)
 
     sys.stdout.write(args.prompt)
     with lk.use_backend(args.backend):
-        out = lk.generate(model, [ids], max_new_tokens=args.max_new_tokens, exit_layer=exit_layer,
+        out = lk.generate(model, [prefix], max_new_tokens=args.max_new_tokens, exit_layer=exit_layer,
                           num_speculations=k, do_sample=args.sample, temperature=args.temperature,
-                          top_k=args.top_k, top_p=args.top_p, seed=args.seed, streamer=stream)
-    tail = tokenizer.decode(generated)[len(shown[0]):]
+                          top_k=args.top_k, top_p=args.top_p, seed=args.seed, streamer=stream,
+                          repetition_penalty=args.repetition_penalty,
+                          no_repeat_ngram_size=args.no_repeat_ngram_size, first_token_ids=first)
+    tail = tokenizer.decode(prefix + generated)[shown[0]:]
     sys.stdout.write(tail + "\n")
     sys.stdout.flush()  # the text before the stats line on a shared terminal
     s = out.stats

@@ -246,8 +246,9 @@ class Engine:
             logits = self.aids(logits[:, None], TokenHistory(self.history.ids[sl]), lens[:, None])[:, 0]
         if self.do_sample:
             for i, a in enumerate(acts):
-                self.temperature[s0 + i], self.top_k[s0 + i], self.top_p[s0 + i] = \
-                    a.req.temperature, a.req.top_k, a.req.top_p
+                # Beyond float32's range a temperature flattens logits to zero all the same.
+                self.temperature[s0 + i] = min(a.req.temperature, torch.finfo(torch.float32).max)
+                self.top_k[s0 + i], self.top_p[s0 + i] = a.req.top_k, a.req.top_p
             probs = warp_probs(logits, self.temperature[sl], self.top_k[sl], self.top_p[sl])
             if self.shared_rng is not None:
                 tok = torch.multinomial(probs, 1, generator=self.shared_rng)[:, 0]
