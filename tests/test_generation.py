@@ -160,15 +160,16 @@ def test_no_layer_recomputes_a_position(tiny, E, k):
             h.remove()
     steps = out.stats["steps"]
     per_layer = [sum(S * B for i, S, B in calls if i == layer) for layer in range(L)]
-    # Prefill: every layer once over each prompt, alone in its cache slot. Each
-    # iteration: every layer processes k+1 positions per slot (the batch keeps
-    # its shape while rows finish: a free slot computes at position 0 and is
-    # discarded): drafts + last draft for layers < E, one verify pass for layers >= E.
-    prefill = sum(map(len, prompts))
+    # Prefill: every layer once over the right-padded prompts (the batch's free
+    # slots are filled in one call). Each iteration: every layer processes k+1
+    # positions per slot (the batch keeps its shape while rows finish: a free
+    # slot computes at position 0 and is discarded): drafts + last draft for
+    # layers < E, one verify pass for layers >= E.
+    prefill = len(prompts) * T
     for layer in range(L):
         assert per_layer[layer] == prefill + steps * len(prompts) * (k + 1), layer
     for layer in range(E):
-        assert sorted({S for i, S, B in calls if i == layer}) == sorted({1} | set(map(len, prompts)))
+        assert sorted({S for i, S, B in calls if i == layer}) == [1, T]
         assert sum(1 for i, S, B in calls if i == layer and S == 1 and B == len(prompts)) == (k + 1) * steps
     for layer in range(E, L):
         assert sum(1 for i, S, B in calls if i == layer and S == k + 1 and B == len(prompts)) == steps

@@ -45,6 +45,7 @@ from . import _utils
 
 # Rows of one M tile: beyond this, long prefills are tiled over several programs.
 MAX_BLOCK_M = 64
+MAX_BLOCK_M_HALF = 32  # 16-bit tiles on a GPU: see choose_tiles
 # A KV split below this many keys costs more in launch and merge than it saves.
 MIN_KEYS_PER_SPLIT = 256
 MAX_SPLITS = 64
@@ -345,6 +346,11 @@ def choose_tiles(M: int, D: int, dtype: torch.dtype, arch: int, interp: bool) ->
         # blocks; fp32 everywhere (its half-precision arithmetic is wrong).
         return Tiles(block_m, 64, 4, 1, native=False, precision="ieee")
     half = dtype != torch.float32
+    if half:
+        # 64-row 16-bit tiles spilled on sm_80 (108-660 B) and at D=128 on sm_90;
+        # every 32-row configuration compiled without spills. Above 32 query rows
+        # (S >= 9 with G = 4) a second M tile re-reads K/V, from L2.
+        block_m = min(block_m, MAX_BLOCK_M_HALF)
     # Per-thread registers grow with block_m * D (the fp32 accumulator, the
     # score tile and, on diagonal blocks, the count of non-finite values):
     # 8 warps from a [32, 128] / [64, 64] tile on, which 4 warps spilled.
