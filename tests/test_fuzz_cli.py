@@ -203,7 +203,7 @@ _FLAG_VALUES = {"--temperature": _FLOAT, "--top-p": _FLOAT, "--top-k": _INT, "--
                 "--exit-layer": _INT, "--num-speculations": _INT, "--max-new-tokens": st.integers(-3, 8)}
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=80, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_numeric_flags_fuzz(tiny, capsys, data):
     flag = data.draw(st.sampled_from(sorted(_FLAG_VALUES)))

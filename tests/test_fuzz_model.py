@@ -18,7 +18,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
@@ -33,7 +33,9 @@ from helpers import make_hf_checkpoint
 # overflows float32 for ordinary logits; greedy decoding is the limit anyway).
 MIN_TEMPERATURE = 1e-5
 
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# derandomize: CI runs the same examples every time (a failure is reproducible, never flaky).
+FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -253,7 +255,12 @@ def _is_int(v):
 
 
 def _is_real(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:  # an int beyond float's range
+        return False
 
 
 def _config_value_ok(key, v):
@@ -284,6 +291,9 @@ _KEYS = sorted(_UNTIED) + ["max_position_embeddings", "rms_norm_eps", "rope_thet
 
 @FUZZ
 @given(key=st.sampled_from(_KEYS), value=_ANY)
+# Found by this test: a JSON int past int64 reached torch as rms_norm_eps.
+@example(key="rms_norm_eps", value=2**64)
+@example(key="rope_theta", value=10**400)
 def test_config_values_fuzz(fresh, no_modules_built, key, value):
     no_modules_built.clear()  # one fixture instance serves every example
     model = fresh("untied")
@@ -602,7 +612,7 @@ def _arg_ok(name, v):
     raise AssertionError(name)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=st.sampled_from(["max_new_tokens", "exit_layer", "num_speculations", "temperature", "top_k", "top_p",
                              "seed", "eos_token_id", "max_cache_len"]), value=_ARG_VALUES)
 def test_generate_arguments_fuzz(tiny, name, value):

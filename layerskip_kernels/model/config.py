@@ -30,7 +30,12 @@ def _is_int(v) -> bool:
 
 
 def _is_real(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:  # an int beyond float's range
+        return False
 
 
 @dataclass
@@ -87,6 +92,8 @@ class LlamaConfig:
         # position and tiny values overflow float32 into NaN tables.
         if not (_is_real(self.rope_theta) and self.rope_theta >= 1):
             raise bad("rope_theta", "a finite number >= 1")
+        # JSON may give ints; the math takes floats (an int past int64 would overflow in torch).
+        self.rms_norm_eps, self.rope_theta = float(self.rms_norm_eps), float(self.rope_theta)
         if not isinstance(self.tie_word_embeddings, bool):
             raise bad("tie_word_embeddings", "true or false (a JSON boolean)")
         for key in ("bos_token_id", "pad_token_id"):
