@@ -154,6 +154,7 @@ class Engine:
 
     # --- run ------------------------------------------------------------------------
 
+    @torch.inference_mode()
     def run(self) -> list[RequestOutput]:
         """Decode every waiting request; outputs in the order they were added."""
         if not self.waiting:
