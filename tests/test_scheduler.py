@@ -141,3 +141,21 @@ def test_streamers_receive_each_request_in_order(models):
         engine.add(PROMPTS[i], max_new_tokens=BUDGETS[i], eos_token_id=[], streamer=got[i].extend)
     outs = engine.run()
     assert [got[i] for i in range(4)] == [o.tokens for o in outs]
+
+
+def test_memory_check_counts_slots_not_prompts(models, monkeypatch):
+    import layerskip_kernels.cache as cache_mod
+
+    model = models["low"]
+    cfg = model.config
+    one_row = lk.StaticKVCache.nbytes(cfg.num_hidden_layers, 1, cfg.num_key_value_heads, 30 + 3 + 1, cfg.head_dim,
+                                      torch.float32)
+    # Room for 4 rows of cache (and the RoPE tables), not for 40.
+    monkeypatch.setattr(cache_mod, "available_memory", lambda device: 4 * one_row + 2**16)
+    prompts = [[1, 2, 3]] * 40
+    with pytest.raises(ValueError, match="40 prompt"):
+        lk.generate(model, prompts, max_new_tokens=30)
+    out = lk.generate(model, prompts, max_new_tokens=30, max_batch_size=4, eos_token_id=[])
+    assert out.sequences == [alone(model, [1, 2, 3], 30, eos_token_id=[])] * 40
+    with pytest.raises(ValueError, match="max_batch_size"):
+        lk.generate(model, prompts, max_new_tokens=3, max_batch_size=0)

@@ -33,7 +33,7 @@ import torch
 from .processors import DecodingAids, check_decoding_aids
 from .scheduler import Engine, Request
 from .token_healing import check_first_token_ids
-from .validation import MAX_SPECULATIONS, check_int, validate_generate_args
+from .validation import MAX_SPECULATIONS, validate_generate_args
 
 __all__ = ["generate", "GenerationOutput", "MAX_SPECULATIONS"]
 
@@ -103,7 +103,8 @@ def generate(
     a = validate_generate_args(
         model, input_ids, attention_mask, max_new_tokens=max_new_tokens, exit_layer=exit_layer,
         num_speculations=num_speculations, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
-        eos_token_id=eos_token_id, seed=seed, streamer=streamer, max_cache_len=max_cache_len)
+        eos_token_id=eos_token_id, seed=seed, streamer=streamer, max_cache_len=max_cache_len,
+        max_batch_size=max_batch_size)
     prompts, exit_layer = a.prompts, a.exit_layer
     cfg = model.config
     check_decoding_aids(repetition_penalty, no_repeat_ngram_size)
@@ -111,7 +112,7 @@ def generate(
     check_first_token_ids(first_token_ids, len(prompts), cfg.vocab_size)
 
     B = len(prompts)
-    max_batch_size = B if max_batch_size is None else check_int("max_batch_size", max_batch_size, lo=1)
+    max_batch_size = B if max_batch_size is None else min(B, max_batch_size)  # checked above
     # One random stream for the batch (fully batched sampling); the Engine API
     # offers per-request seeds that do not depend on the batch.
     seed = int(torch.randint(0, 2**62, ()).item()) if a.seed is None else a.seed

@@ -189,7 +189,7 @@ def _eos_ids(value, V: int) -> list[int]:
 
 def validate_generate_args(model, input_ids, attention_mask, *, max_new_tokens, exit_layer, num_speculations,
                            do_sample, temperature, top_k, top_p, eos_token_id, seed, streamer,
-                           max_cache_len) -> GenerateArgs:
+                           max_cache_len, max_batch_size=None) -> GenerateArgs:
     """Check every argument of generate() and the memory the call needs; return them normalised."""
     cfg = model.config
     L, V = cfg.num_hidden_layers, cfg.vocab_size
@@ -224,7 +224,11 @@ def validate_generate_args(model, input_ids, attention_mask, *, max_new_tokens, 
             f"prompt length {longest} + max_new_tokens {max_new_tokens} exceeds the cache size "
             f"max_cache_len={max_cache_len}"
         )
-    _check_memory(model, len(prompts), longest, max_new_tokens, num_speculations if exit_layer else 0, do_sample)
+    if max_batch_size is not None:
+        max_batch_size = check_int("max_batch_size", max_batch_size, 1)
+    # The cache holds max_batch_size rows (continuous batching), not every prompt.
+    rows = len(prompts) if max_batch_size is None else min(len(prompts), max_batch_size)
+    _check_memory(model, rows, longest, max_new_tokens, num_speculations if exit_layer else 0, do_sample)
     return GenerateArgs(prompts, max_new_tokens, exit_layer, num_speculations, do_sample, temperature, top_k, top_p,
                         eos_ids, seed)
 
