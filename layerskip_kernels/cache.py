@@ -101,10 +101,6 @@ class StaticKVCache:
         """The [B, Hkv, T_max, D] views of layer `idx` (contiguous, no copy)."""
         return self.k[idx], self.v[idx]
 
-    def keep_rows(self, rows: torch.Tensor) -> "StaticKVCache":
-        """A cache holding only `rows` (int64 [B']), e.g. to drop finished sequences."""
-        return StaticKVCache(self.k[:, rows], self.v[:, rows], self.seqlens[rows])
-
 
 @dataclass
 class ExitQueryCache:

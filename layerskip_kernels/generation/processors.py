@@ -36,19 +36,9 @@ class TokenHistory:
 
     ids: torch.Tensor  # int64 [B, T_max]
 
-    @classmethod
-    def from_prompts(cls, prompts: list[list[int]], max_len: int, device) -> "TokenHistory":
-        ids = torch.zeros(len(prompts), max_len, dtype=torch.int64)
-        for b, p in enumerate(prompts):
-            ids[b, : len(p)] = torch.tensor(p, dtype=torch.int64)
-        return cls(ids.to(device))
-
     def write(self, pos: torch.Tensor, tokens: torch.Tensor) -> None:
         """tokens int64 [B] at positions pos [B] (one per row)."""
         self.ids.scatter_(1, pos.long()[:, None], tokens[:, None])
-
-    def keep_rows(self, rows: torch.Tensor) -> "TokenHistory":
-        return TokenHistory(self.ids[rows])
 
 
 @dataclass(frozen=True)

@@ -9,16 +9,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["warp_probs", "check_sampling_args"]
-
-
-def check_sampling_args(temperature: float, top_k: int, top_p: float) -> None:
-    if not (isinstance(temperature, (int, float)) and temperature > 0):
-        raise ValueError(f"temperature must be > 0 when sampling, got {temperature!r}")
-    if not (isinstance(top_k, int) and top_k >= 0):
-        raise ValueError(f"top_k must be an int >= 0 (0 disables it), got {top_k!r}")
-    if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+__all__ = ["warp_probs"]
 
 
 def warp_probs(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0) -> torch.Tensor:
