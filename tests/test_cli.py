@@ -52,6 +52,7 @@ def expected_cli_text(tok, model, prompt, healing, **kw):
     (["--exit-layer", "0"], None, 4, {}),
     (["--exit-layer", "1", "--sample", "--seed", "3", "--top-p", "0.9"], 1, 4, dict(do_sample=True, seed=3, top_p=0.9)),
     (["--exit-layer", "2", "--no-token-healing"], 2, 4, {}),
+    (["--exit-layer", "2", "--num-speculations", "3", "--compile"], 2, 3, {}),
     (["--exit-layer", "1", "--repetition-penalty", "1.5", "--no-repeat-ngram-size", "2"], 1, 4,
      dict(repetition_penalty=1.5, no_repeat_ngram_size=2)),
 ])
@@ -74,6 +75,8 @@ def test_generate_streams_text_and_stats(tiny_with_tokenizer, capsys, extra, E, 
     tps = f"{ref.stats['tokens_per_step']:.2f}"
     stats_line = (re.escape(f"[{mode}] {len(tokens)} tokens in ") + r"\d+\.\d\d s: \d+\.\d tokens/s, "
                   + re.escape(f"acceptance {acc}, {tps} tokens/iteration, backend cpu"))
+    if "--compile" in extra:
+        stats_line += r", compiled \(\+\d+\.\d s compiling\)"
     assert re.fullmatch(stats_line + "\n", captured.err), captured.err
 
 

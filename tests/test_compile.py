@@ -60,3 +60,84 @@ def test_draft_and_verify_steps_compile_fullgraph(model, backend):
         assert (le - lc).abs().max().item() <= 1e-4
         # The compiled steps wrote the same cache as the eager ones.
         assert (eager_cache.k - compiled_cache.k).abs().max().item() <= 1e-5
+
+
+# --------------------------------------------------------------------------- compiled engine (generation.steps)
+
+from helpers import damp_late_layers  # noqa: E402
+
+RAGGED = [[5, 6, 7, 8, 9, 10, 11], [3, 4], [12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22], [1, 2, 3]]
+BUDGETS = [40, 9, 25, 17]  # rows finish at different iterations
+
+
+@pytest.fixture(scope="module")
+def damped(tmp_path_factory):
+    """High acceptance (drafts run long, with rejections), so verify paths of every length run."""
+    path = tmp_path_factory.mktemp("compile_damped")
+    make_hf_checkpoint(path, "gqa_tied", num_hidden_layers=4, max_position_embeddings=512, edit=damp_late_layers(1))
+    return lk.LlamaForCausalLM.from_pretrained(path)
+
+
+def _engine_tokens(model, prompts, budgets, compile, **kw):
+    engine = lk.Engine(model, max_batch_size=len(prompts), compile=compile, **kw)
+    for p, n in zip(prompts, budgets):
+        engine.add(p, max_new_tokens=n, eos_token_id=[], seed=7)
+    return [o.tokens for o in engine.run()]
+
+
+@pytest.mark.parametrize("mode", [dict(exit_layer=None), dict(exit_layer=1, num_speculations=3),
+                                  dict(exit_layer=2, num_speculations=2)])
+@pytest.mark.parametrize("batch", [1, 4])
+def test_compiled_engine_equals_eager_greedy(damped, mode, batch):
+    prompts, budgets = RAGGED[:batch], BUDGETS[:batch]
+    eager = _engine_tokens(damped, prompts, budgets, False, **mode)
+    assert _engine_tokens(damped, prompts, budgets, True, **mode) == eager
+    assert [len(t) for t in eager] == budgets
+
+
+@pytest.mark.parametrize("mode", [dict(exit_layer=None), dict(exit_layer=2, num_speculations=3)])
+def test_compiled_engine_equals_eager_sampling(damped, mode):
+    kw = dict(mode, do_sample=True)
+    eager = _engine_tokens(damped, RAGGED, BUDGETS, False, **kw)
+    assert _engine_tokens(damped, RAGGED, BUDGETS, True, **kw) == eager
+    # generate(seed=...) (one random stream for the batch) too.
+    g = dict(max_new_tokens=20, do_sample=True, seed=3, eos_token_id=[], **mode)
+    assert lk.generate(damped, RAGGED, compile=True, **g).sequences == lk.generate(damped, RAGGED, **g).sequences
+
+
+def test_no_recompilation_and_no_graph_break_over_a_long_generation(damped):
+    """256 tokens, rows finishing at different times, then a second call with
+    another batch size and prompt lengths inside the same buckets: the graphs
+    of the first call (draft, early, verify) are all that is ever compiled."""
+    from torch._dynamo.utils import counters
+
+    from layerskip_kernels.generation import steps
+
+    torch._dynamo.reset()
+    steps._warm.clear()
+    counters.clear()
+    kw = dict(exit_layer=2, num_speculations=3, eos_token_id=[], compile=True)
+    out = lk.generate(damped, RAGGED, max_new_tokens=256, max_batch_size=4, **kw)
+    assert [len(s) for s in out.sequences] == [256] * 4
+    assert counters["stats"]["unique_graphs"] == 3
+    assert out.stats["compile_s"] > 0
+    engine = lk.Engine(damped, max_batch_size=3, compile=True, exit_layer=2, num_speculations=3)
+    for p, n in zip(RAGGED, (300, 31, 7, 120)):
+        engine.add(p[:5], max_new_tokens=n, eos_token_id=[])
+    assert [len(o.tokens) for o in engine.run()] == [300, 31, 7, 120]
+    assert counters["stats"]["unique_graphs"] == 3  # 3 slots -> bucket 4, cache 309 -> bucket 512
+    assert not counters["graph_break"] and not counters["recompiles"]
+    second = lk.generate(damped, RAGGED[:3], max_new_tokens=260, **kw)
+    assert second.stats["compile_s"] == 0  # the graphs were built and run once already
+    assert counters["stats"]["unique_graphs"] == 3
+
+
+@pytest.mark.parametrize("bad", [dict(exit_layer=4), dict(num_speculations=0, exit_layer=1), dict(temperature=0.0,
+                                 do_sample=True), dict(compile="yes")])
+def test_bad_input_raises_before_any_compiled_code_runs(damped, bad):
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    with pytest.raises(ValueError):
+        lk.generate(damped, RAGGED, max_new_tokens=4, **({"compile": True} | bad))
+    assert not counters["frames"] and not counters["stats"]

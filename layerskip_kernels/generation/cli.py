@@ -7,6 +7,7 @@ echoed; a bad one ends in one `error: ...` line on stderr and exit status 2
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import sys
@@ -31,6 +32,10 @@ def add_arguments(p) -> None:
     p.add_argument("--no-token-healing", action="store_true",
                    help="keep the prompt's last token as encoded (default: back it up and let the first "
                         "generated token complete it; see generation/token_healing.py)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="compile the decode steps with torch.compile (CUDA graphs on a GPU); off by default: "
+                        "on CPU the first compile costs more than it saves on a default-length generation "
+                        "(README); the compile time is printed apart from tokens/s")
     p.add_argument("--backend", default=None, choices=["torch", "cpu", "triton", "cuda"])
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"])
     p.add_argument("--device", default="cpu")
@@ -161,7 +166,7 @@ def _plan(args, path, tokenizer, model):
         v.validate_generate_args(
             model, [ids], None, max_new_tokens=args.max_new_tokens, exit_layer=exit_layer, num_speculations=k,
             do_sample=args.sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-            eos_token_id=None, seed=args.seed, streamer=None, max_cache_len=None)
+            eos_token_id=None, seed=args.seed, streamer=None, max_cache_len=None, compile=args.compile)
     except ValueError as e:
         raise _usage(str(e)) from None
     return exit_layer, k, ids
@@ -209,7 +214,8 @@ def run(args) -> int:
                           num_speculations=k, do_sample=args.sample, temperature=args.temperature,
                           top_k=args.top_k, top_p=args.top_p, seed=args.seed, streamer=stream,
                           repetition_penalty=args.repetition_penalty,
-                          no_repeat_ngram_size=args.no_repeat_ngram_size, first_token_ids=first)
+                          no_repeat_ngram_size=args.no_repeat_ngram_size, first_token_ids=first,
+                          compile=args.compile)
     tail = tokenizer.decode(prefix + generated)[shown[0]:]
     sys.stdout.write(tail + "\n")
     sys.stdout.flush()  # the text before the stats line on a shared terminal
@@ -217,7 +223,8 @@ def run(args) -> int:
     mode = f"self-speculative E={exit_layer} k={k}" if exit_layer else "autoregressive"
     acc = f"{s['acceptance_rate']:.1%}" if s["acceptance_rate"] is not None else "n/a"
     tps = f"{s['tokens_per_step']:.2f}" if s["tokens_per_step"] is not None else "n/a"
+    compiled = f", compiled (+{s['compile_s']:.1f} s compiling)" if args.compile else ""
     print(f"[{mode}] {s['new_tokens']} tokens in {s['time_s']:.2f} s: {s['tokens_per_s']:.1f} tokens/s, "
           f"acceptance {acc}, {tps} tokens/iteration, backend "
-          f"{args.backend or lk.backends.resolve(torch.device(args.device))}", file=sys.stderr)
+          f"{args.backend or lk.backends.resolve(torch.device(args.device))}{compiled}", file=sys.stderr)
     return 0

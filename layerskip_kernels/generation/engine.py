@@ -63,6 +63,7 @@ def generate(
     no_repeat_ngram_size: int = 0,
     first_token_ids=None,
     max_batch_size: int | None = None,
+    compile: bool = False,
 ) -> GenerationOutput:
     """Generate up to `max_new_tokens` tokens per row.
 
@@ -94,17 +95,23 @@ def generate(
         max_batch_size: rows decoded at once (default: all). With more prompts
             than that, finished rows are refilled by waiting prompts at once
             (continuous batching, see generation.scheduler.Engine).
+        compile: run the decode steps compiled with torch.compile (CUDA graphs on
+            a GPU; see generation.steps). Graphs are built once per model, exit
+            layer and shape bucket and reused by later calls; the time spent
+            building them is reported as stats["compile_s"], not in time_s.
+            Off by default: on CPU a first compile costs more than it saves on
+            generations shorter than a few thousand tokens (README).
 
     Returns:
         GenerationOutput(sequences, stats): per-row generated tokens (prompt
         excluded) and drafted, accepted, acceptance_rate, tokens_per_step, time_s,
-        tokens_per_s.
+        tokens_per_s, compile_s.
     """
     a = validate_generate_args(
         model, input_ids, attention_mask, max_new_tokens=max_new_tokens, exit_layer=exit_layer,
         num_speculations=num_speculations, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
         eos_token_id=eos_token_id, seed=seed, streamer=streamer, max_cache_len=max_cache_len,
-        max_batch_size=max_batch_size)
+        max_batch_size=max_batch_size, compile=compile)
     prompts, exit_layer = a.prompts, a.exit_layer
     cfg = model.config
     check_decoding_aids(repetition_penalty, no_repeat_ngram_size)
@@ -123,14 +130,16 @@ def generate(
 
     t0 = time.perf_counter()
     with torch.inference_mode():
-        engine = Engine(model, max_batch_size, exit_layer, a.num_speculations, a.do_sample, aids, seed=seed)
+        engine = Engine(model, max_batch_size, exit_layer, a.num_speculations, a.do_sample, aids, seed=seed,
+                        compile=compile)
         for b, p in enumerate(prompts):
             engine.add_request(Request(p, a.max_new_tokens, frozenset(a.eos_ids), seed, a.temperature, a.top_k,
                                        a.top_p, row_streamer(b),
                                        None if first_token_ids is None else first_token_ids[b]))
         for b, r in enumerate(engine.run()):
             out[b] = r.tokens
-    elapsed = time.perf_counter() - t0
+    compile_s = engine.steps.compile_s
+    elapsed = time.perf_counter() - t0 - compile_s  # decoding only
 
     s = engine.stats
     stats = dict(
@@ -143,5 +152,6 @@ def generate(
         new_tokens=s["new_tokens"],
         time_s=elapsed,
         tokens_per_s=s["new_tokens"] / elapsed if elapsed > 0 else None,
+        compile_s=compile_s,
     )
     return GenerationOutput(sequences=out, stats=stats)

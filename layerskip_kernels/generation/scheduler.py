@@ -37,6 +37,7 @@ import torch
 from .. import ops
 from ..cache import ExitQueryCache, StaticKVCache
 from .processors import DecodingAids, TokenHistory
+from .steps import StepFunctions, bucket
 from .token_healing import check_first_token_ids
 from .validation import validate_generate_args
 from .warping import warp_probs
@@ -108,12 +109,16 @@ class Engine:
         aids: repetition penalty / no-repeat n-grams for every request.
         seed: None (each request samples from its own seed) or one seed for the
             whole batch's random stream (see the module docstring).
+        compile: run the model passes of each step compiled (generation.steps):
+            the slot count and cache length are then rounded up to powers of two
+            (shape buckets) so that graphs are shared between runs and engines.
 
     Arguments are validated by the caller (`generate` or `validation`).
     """
 
     def __init__(self, model, max_batch_size: int, exit_layer: int | None = None, num_speculations: int = 4,
-                 do_sample: bool = False, aids: DecodingAids = DecodingAids(), seed: int | None = None):
+                 do_sample: bool = False, aids: DecodingAids = DecodingAids(), seed: int | None = None,
+                 compile: bool = False):
         self.model = model
         self.L = model.config.num_hidden_layers
         self.E = exit_layer
@@ -123,6 +128,7 @@ class Engine:
         self.max_batch_size = max_batch_size
         p = model.lm_head.weight
         self.device, self.dtype = p.device, p.dtype
+        self.steps = StepFunctions(compile, self.device)
         self.shared_seed = seed
         self.shared_rng = None if seed is None else torch.Generator(device=self.device).manual_seed(seed % 2**64)
         self.shared_offset = 0
@@ -160,9 +166,12 @@ class Engine:
         if not self.waiting:
             return []
         t_start = time.perf_counter()
-        n_slots = min(self.max_batch_size, len(self.waiting))
+        self.usable = min(self.max_batch_size, len(self.waiting))  # slots that take requests
         # Slack of k+1 positions: drafts may run past the last position kept.
         T_max = max(len(r.prompt) + r.max_new_tokens for _, r in self.waiting) + self.k + 1
+        n_slots = self.usable
+        if self.steps.compile:  # shape buckets; the extra slots idle at position 0
+            n_slots, T_max = bucket(n_slots), bucket(T_max, 256)
         self._allocate(n_slots, T_max)
         self.slots: list[_Active | None] = [None] * n_slots
         done: dict[int, RequestOutput] = {}
@@ -180,6 +189,12 @@ class Engine:
     def _allocate(self, n: int, T_max: int) -> None:
         m, dev = self.model, self.device
         self.cache = StaticKVCache.for_model(m, n, T_max)
+        m.rope(T_max, dev)  # grown here, never inside a compiled step
+        if self.steps.compile and dev.type == "cuda":
+            # Written in place by the captured graphs: static inputs (no copy per
+            # replay); a new cache re-records the CUDA graph, it does not recompile.
+            for t in (self.cache.k, self.cache.v):
+                torch._dynamo.mark_static_address(t, guard=False)
         self.alive = torch.zeros(n, dtype=torch.bool, device=dev)
         self.pending = torch.zeros(n, dtype=torch.int64, device=dev)
         self.history = TokenHistory(torch.zeros(n, T_max, dtype=torch.int64, device=dev)) if self.aids.active else None
@@ -201,11 +216,11 @@ class Engine:
         slots in one batched call (the whole batch at the start), each writing
         only its own rows of the cache."""
         while self.waiting:
-            free = [s for s, a in enumerate(self.slots) if a is None]
+            free = [s for s, a in enumerate(self.slots[: self.usable]) if a is None]
             if not free:
                 return
             run = [free[0]]
-            while len(run) < len(self.waiting) and run[-1] + 1 < len(self.slots) and self.slots[run[-1] + 1] is None:
+            while len(run) < len(self.waiting) and run[-1] + 1 < self.usable and self.slots[run[-1] + 1] is None:
                 run.append(run[-1] + 1)
             acts = []
             for s in run:
@@ -330,24 +345,22 @@ class Engine:
     # --- steps (one batched iteration over every slot) ------------------------------
 
     def _step_autoregressive(self) -> list[list[int]]:
-        m = self.model
-        h = m.forward_layers(m.embed(self.pending[:, None]), 0, self.L, self.cache)
-        logits = self._process(m.exit_head(h), self.cache.seqlens[:, None] + 1)[:, 0]
+        logits = self.steps.autoregressive(self.model, self.pending, self.cache)
+        logits = self._process(logits[:, None], self.cache.seqlens[:, None] + 1)[:, 0]
         tok, _ = self._choose(logits)
         self._advance(1, tok)
         self._count(drafted=0, accepted=[0] * len(self.slots))
         return [[t] for t in tok.tolist()]  # the one host read of the iteration
 
     def _step_speculative(self) -> list[list[int]]:
-        m, E, L, k = self.model, self.E, self.L, self.k
+        m, E, k = self.model, self.E, self.k
         base = self.cache.seqlens
         pos = self.draft_pos  # position of the token being fed, advanced in place
         pos.copy_(base)
         tok = self.pending
         for i in range(k):
-            h = m.forward_layers(m.embed(tok[:, None]), 0, E, self.cache, pos)
-            self.exitq.hidden[:, i] = h[:, 0]
-            logits = self._process(m.exit_head(h), pos[:, None] + 1)[:, 0]
+            self.exitq.hidden[:, i], logits = self.steps.draft(m, E, tok, self.cache, pos)
+            logits = self._process(logits[:, None], pos[:, None] + 1)[:, 0]
             tok, probs = self._choose(logits)
             if probs is not None:
                 self.draft_probs[:, i] = probs
@@ -357,9 +370,8 @@ class Engine:
                 self.history.write(pos, tok)
         # Verify: the last draft through the early layers, then all k+1 positions
         # through the remaining layers, reading the early layers' shared cache.
-        h = m.forward_layers(m.embed(tok[:, None]), 0, E, self.cache, pos)
-        self.exitq.hidden[:, k] = h[:, 0]
-        target_logits = m.exit_head(m.forward_layers(self.exitq.hidden, E, L, self.cache, base))  # [n, k+1, V]
+        self.exitq.hidden[:, k] = self.steps.early(m, E, tok, self.cache, pos)
+        target_logits = self.steps.verify(m, E, self.exitq.hidden, self.cache, base)  # [n, k+1, V]
         # Verify position i predicts position base+1+i from the pending token and drafts 0..i-1.
         target_logits = self._process(target_logits, base[:, None] + 1 + torch.arange(k + 1, device=self.device))
         if self.do_sample:

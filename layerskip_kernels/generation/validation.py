@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..cache import MAX_CACHE_LEN, StaticKVCache, check_fits
+from .steps import bucket
 
 __all__ = [
     "MAX_SPECULATIONS",
@@ -189,7 +190,7 @@ def _eos_ids(value, V: int) -> list[int]:
 
 def validate_generate_args(model, input_ids, attention_mask, *, max_new_tokens, exit_layer, num_speculations,
                            do_sample, temperature, top_k, top_p, eos_token_id, seed, streamer,
-                           max_cache_len, max_batch_size=None) -> GenerateArgs:
+                           max_cache_len, max_batch_size=None, compile=False) -> GenerateArgs:
     """Check every argument of generate() and the memory the call needs; return them normalised."""
     cfg = model.config
     L, V = cfg.num_hidden_layers, cfg.vocab_size
@@ -227,18 +228,23 @@ def validate_generate_args(model, input_ids, attention_mask, *, max_new_tokens, 
     if max_batch_size is not None:
         max_batch_size = check_int("max_batch_size", max_batch_size, 1)
     # The cache holds max_batch_size rows (continuous batching), not every prompt.
+    if not isinstance(compile, bool):
+        raise ValueError(f"compile must be a bool, got {compile!r}")
     rows = len(prompts) if max_batch_size is None else min(len(prompts), max_batch_size)
-    _check_memory(model, rows, longest, max_new_tokens, num_speculations if exit_layer else 0, do_sample)
+    _check_memory(model, rows, longest, max_new_tokens, num_speculations if exit_layer else 0, do_sample, compile)
     return GenerateArgs(prompts, max_new_tokens, exit_layer, num_speculations, do_sample, temperature, top_k, top_p,
                         eos_ids, seed)
 
 
-def _check_memory(model, B: int, longest: int, max_new_tokens: int, k: int, do_sample: bool) -> None:
+def _check_memory(model, B: int, longest: int, max_new_tokens: int, k: int, do_sample: bool,
+                  compile: bool = False) -> None:
     """The buffers one call allocates up front must fit the model's device."""
     cfg = model.config
     p = model.lm_head.weight
     # The engine's cache length: prompt + new tokens + k+1 positions of draft slack.
     T_max = longest + max_new_tokens + k + 1
+    if compile:  # the engine's shape buckets (steps.bucket)
+        B, T_max = bucket(B), bucket(T_max, 256)
     if T_max > MAX_CACHE_LEN:
         raise ValueError(f"prompt length {longest} + max_new_tokens {max_new_tokens} needs {T_max} cache "
                          f"positions, more than {MAX_CACHE_LEN} (positions are int32)")
