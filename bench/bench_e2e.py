@@ -26,6 +26,7 @@ from common import RESULTS, metadata, print_table, time_fn, write_csv  # noqa: E
 
 import layerskip_kernels as lk  # noqa: E402
 from layerskip_kernels.cache import StaticKVCache  # noqa: E402
+from layerskip_kernels.generation.steps import StepFunctions  # noqa: E402
 
 
 # --------------------------------------------------------------------------- setup
@@ -64,27 +65,29 @@ def tiny_random_model(path: str):
 # --------------------------------------------------------------------------- step costs
 
 
-def step_costs(model, B: int, context: int, E: int, k: int, reps: int = 30) -> dict:
-    """Median seconds of one autoregressive step, one draft step and one verify step."""
-    L = model.num_layers
+def step_costs(model, B: int, context: int, E: int, k: int, reps: int = 30, compile: bool = False) -> dict:
+    """Median seconds of one autoregressive step, one draft step and one verify
+    step (the engine's step functions, eager or compiled, plus the token choice)."""
+    sf = StepFunctions(compile, model.lm_head.weight.device)
     cache = StaticKVCache.for_model(model, B, context + k + 2)
     cache.seqlens.fill_(context)
-    tok = torch.zeros(B, 1, dtype=torch.long)
+    model.rope(cache.max_len, cache.k.device)
+    tok = torch.zeros(B, dtype=torch.long)
     hidden = torch.zeros(B, k + 1, model.config.hidden_size, dtype=model.lm_head.weight.dtype)
     drafts = torch.zeros(B, k, dtype=torch.long)
+    lens = cache.seqlens
 
     def ar():
-        model.exit_head(model.forward_layers(model.embed(tok), 0, L, cache)).argmax(-1)
+        sf.autoregressive(model, tok, cache).argmax(-1)
 
     def draft():
-        model.exit_head(model.forward_layers(model.embed(tok), 0, E, cache)).argmax(-1)
+        sf.draft(model, E, tok, cache, lens)[1].argmax(-1)
 
     def verify():
-        model.forward_layers(model.embed(tok), 0, E, cache)
-        logits = model.exit_head(model.forward_layers(hidden, E, L, cache))
-        lk.ops.verify_greedy(drafts, logits)
+        hidden[:, k] = sf.early(model, E, tok, cache, lens)
+        lk.ops.verify_greedy(drafts, sf.verify(model, E, hidden, cache, lens))
 
-    with torch.inference_mode():
+    with torch.inference_mode(), lk.ops.trusted_inputs():
         return {name: time_fn(fn, warmup=3, reps=reps)["median_s"] for name, fn in
                 (("ar", ar), ("draft", draft), ("verify", verify))}
 
@@ -124,12 +127,12 @@ def analytic_limit(a: float, k: int, c: float, v: float) -> float:
 # --------------------------------------------------------------------------- runs
 
 
-def run_ours(model, prompts, B, n_new, exit_layer, k):
+def run_ours(model, prompts, B, n_new, exit_layer, k, compile=False):
     """tokens/s and stats of lk.generate over all prompts in batches of B."""
     seqs, tokens, t, drafted, accepted, emitted_steps, row_steps = [], 0, 0.0, 0, 0, 0.0, 0
     for i in range(0, len(prompts), B):
         out = lk.generate(model, prompts[i:i + B], max_new_tokens=n_new, exit_layer=exit_layer, num_speculations=k,
-                          eos_token_id=[])
+                          eos_token_id=[], compile=compile)
         seqs += out.sequences
         tokens += out.stats["new_tokens"]
         t += out.stats["time_s"]
@@ -153,7 +156,8 @@ def run_paired(model, prompts, B, n_new, exit_layer, k, reps):
     return med(ars), med(specs)
 
 
-def run_hf(hf, prompts, B, n_new, early_exit=None):
+def run_hf(hf, prompts, B, n_new, early_exit=None, **generate_kw):
+    """transformers' generate over all prompts in batches of B; generate_kw go to it."""
     seqs, tokens, t = [], 0, 0.0
     for i in range(0, len(prompts), B):
         batch = prompts[i:i + B]
@@ -163,7 +167,7 @@ def run_hf(hf, prompts, B, n_new, early_exit=None):
         for b, p in enumerate(batch):  # left padding, as transformers expects for generation
             ids[b, T - len(p):] = torch.tensor(p)
             mask[b, T - len(p):] = 1
-        kw = dict(assistant_early_exit=early_exit) if early_exit else {}
+        kw = dict(generate_kw, **(dict(assistant_early_exit=early_exit) if early_exit else {}))
         t0 = time.perf_counter()
         with torch.inference_mode():
             out = hf.generate(ids, attention_mask=mask, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,

@@ -227,8 +227,9 @@ PLAIN = dict(temperature=1.0, top_k=0, top_p=1.0)
 WARPED = dict(temperature=0.7, top_k=4, top_p=0.9)
 
 
-@pytest.mark.parametrize("mode,warp", [("autoregressive", WARPED), ("k1", PLAIN), ("k2", PLAIN), ("k2", WARPED)],
-                         ids=["ar-warped", "k1-plain", "k2-plain", "k2-warped"])
+@pytest.mark.parametrize("mode,warp", [("autoregressive", WARPED), ("k1", PLAIN), ("k2", PLAIN), ("k2", WARPED),
+                                       ("adaptive", WARPED)],
+                         ids=["ar-warped", "k1-plain", "k2-plain", "k2-warped", "adaptive-warped"])
 def test_sampling_joint_distribution_of_four_tokens(small_vocab, mode, warp):
     # Four tokens span two or three speculative iterations: the bonus token, the
     # Philox offset advancing between iterations and the residual all matter.
@@ -236,14 +237,16 @@ def test_sampling_joint_distribution_of_four_tokens(small_vocab, mode, warp):
     model, hf = small_vocab
     prompt, n, N = [1, 4, 2], 4, 60_000
     V = model.config.vocab_size
-    exit_layer, k = {"autoregressive": (None, 1), "k1": (1, 1), "k2": (1, 2)}[mode]
+    exit_layer, k = {"autoregressive": (None, 1), "k1": (1, 1), "k2": (1, 2), "adaptive": (1, 3)}[mode]
+    # Adaptive: rows draft 0..3 tokens by confidence and their own acceptance.
+    speculation = "adaptive" if mode == "adaptive" else "static"
     # Ops on a 6-token vocabulary run several times faster on one thread than
     # on a contended thread pool.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         out = lk.generate(model, [prompt] * N, max_new_tokens=n, exit_layer=exit_layer, num_speculations=k,
-                          do_sample=True, seed=11, eos_token_id=[], **warp)
+                          do_sample=True, seed=11, eos_token_id=[], speculation=speculation, **warp)
     finally:
         torch.set_num_threads(threads)
     seqs = torch.tensor(out.sequences)

@@ -34,7 +34,7 @@ class HostRead(AssertionError):
 
 
 @contextlib.contextmanager
-def no_host_reads(log):
+def no_host_reads(log, allowed=ALLOWED):
     originals = {name: getattr(torch.Tensor, name) for name in READS}
 
     def guard(name):
@@ -42,7 +42,7 @@ def no_host_reads(log):
 
         def patched(self, *args, **kwargs):
             caller = sys._getframe(1).f_code.co_name
-            if (caller, name) not in ALLOWED:
+            if (caller, name) not in allowed:
                 raise HostRead(f"Tensor.{name} called from {caller}() inside a decode step")
             log.append((caller, name))
             return original(self, *args, **kwargs)
@@ -66,13 +66,13 @@ def model():
     return lk.LlamaForCausalLM(cfg).eval()
 
 
-def guard_steps(monkeypatch, log):
+def guard_steps(monkeypatch, log, allowed=ALLOWED):
     """Wraps the step functions of the engine so that each runs under no_host_reads."""
     for name in ("_step_autoregressive", "_step_speculative"):
         step = getattr(scheduler.Engine, name)
 
         def wrapped(self, _step=step):
-            with no_host_reads(log):
+            with no_host_reads(log, allowed):
                 return _step(self)
 
         monkeypatch.setattr(scheduler.Engine, name, wrapped)
@@ -94,8 +94,22 @@ def test_decode_steps_read_no_tensor_values(model, monkeypatch, backend, exit_la
     assert all(len(s) == 6 for s in out.sequences)
     steps = out.stats["steps"]
     assert steps >= 1 and log, "no decode step ran under the guard"
-    # Per step: the step's own read of its results (lengths and tokens).
-    assert len(log) <= 2 * steps, log
+    # Per step: the step's own read of its results (lengths and tokens, one tolist).
+    assert log == [("_step_" + ("autoregressive" if exit_layer is None else "speculative"), "tolist")] * steps, log
+
+
+@pytest.mark.parametrize("backend", [p for p in backend_params() if p.values[0] != "cuda"])
+def test_adaptive_drafting_reads_one_flag_per_draft_step(model, monkeypatch, backend):
+    """Adaptive drafting adds one documented read: after each draft step but the
+    last, whether any row still drafts (the batch stops drafting when none does)."""
+    log = []
+    guard_steps(monkeypatch, log, ALLOWED | {("_step_speculative", "__bool__")})
+    with lk.use_backend(backend):
+        out = lk.generate(model, [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11]], max_new_tokens=8, exit_layer=2,
+                          num_speculations=3, eos_token_id=[], speculation="adaptive")
+    steps = out.stats["steps"]
+    assert sum(1 for e in log if e[1] == "tolist") == steps
+    assert sum(1 for e in log if e[1] == "__bool__") <= steps * (3 - 1)
 
 
 def test_guard_catches_a_value_check(model, monkeypatch):

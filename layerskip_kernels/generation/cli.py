@@ -32,6 +32,9 @@ def add_arguments(p) -> None:
     p.add_argument("--no-token-healing", action="store_true",
                    help="keep the prompt's last token as encoded (default: back it up and let the first "
                         "generated token complete it; see generation/token_healing.py)")
+    p.add_argument("--speculation", default="static", choices=["static", "adaptive"],
+                   help="static: fixed exit layer and k; adaptive: per-row draft lengths (confidence stop, k from "
+                        "each row's acceptance, at most --num-speculations) and the exit layer chosen per iteration")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="compile the decode steps with torch.compile (CUDA graphs on a GPU); off by default: "
                         "on CPU the first compile costs more than it saves on a default-length generation "
@@ -166,7 +169,8 @@ def _plan(args, path, tokenizer, model):
         v.validate_generate_args(
             model, [ids], None, max_new_tokens=args.max_new_tokens, exit_layer=exit_layer, num_speculations=k,
             do_sample=args.sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-            eos_token_id=None, seed=args.seed, streamer=None, max_cache_len=None, compile=args.compile)
+            eos_token_id=None, seed=args.seed, streamer=None, max_cache_len=None, compile=args.compile,
+            speculation=args.speculation)
     except ValueError as e:
         raise _usage(str(e)) from None
     return exit_layer, k, ids
@@ -215,12 +219,14 @@ def run(args) -> int:
                           top_k=args.top_k, top_p=args.top_p, seed=args.seed, streamer=stream,
                           repetition_penalty=args.repetition_penalty,
                           no_repeat_ngram_size=args.no_repeat_ngram_size, first_token_ids=first,
-                          compile=args.compile)
+                          compile=args.compile, speculation=args.speculation)
     tail = tokenizer.decode(prefix + generated)[shown[0]:]
     sys.stdout.write(tail + "\n")
     sys.stdout.flush()  # the text before the stats line on a shared terminal
     s = out.stats
     mode = f"self-speculative E={exit_layer} k={k}" if exit_layer else "autoregressive"
+    if exit_layer and args.speculation == "adaptive":
+        mode = f"self-speculative adaptive E~{exit_layer} k<={k}"
     acc = f"{s['acceptance_rate']:.1%}" if s["acceptance_rate"] is not None else "n/a"
     tps = f"{s['tokens_per_step']:.2f}" if s["tokens_per_step"] is not None else "n/a"
     compiled = f", compiled (+{s['compile_s']:.1f} s compiling)" if args.compile else ""

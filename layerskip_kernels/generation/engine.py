@@ -64,6 +64,7 @@ def generate(
     first_token_ids=None,
     max_batch_size: int | None = None,
     compile: bool = False,
+    speculation: str = "static",
 ) -> GenerationOutput:
     """Generate up to `max_new_tokens` tokens per row.
 
@@ -101,6 +102,11 @@ def generate(
             building them is reported as stats["compile_s"], not in time_s.
             Off by default: on CPU a first compile costs more than it saves on
             generations shorter than a few thousand tokens (README).
+        speculation: "static" (LayerSkip: exit_layer and num_speculations fixed)
+            or "adaptive" (generation.policy.AdaptiveDrafting: each row stops
+            drafting at a low-confidence draft or at its own k chosen from its
+            acceptance, at most num_speculations; the exit layer is chosen per
+            iteration around exit_layer). Output is exact either way.
 
     Returns:
         GenerationOutput(sequences, stats): per-row generated tokens (prompt
@@ -111,7 +117,7 @@ def generate(
         model, input_ids, attention_mask, max_new_tokens=max_new_tokens, exit_layer=exit_layer,
         num_speculations=num_speculations, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
         eos_token_id=eos_token_id, seed=seed, streamer=streamer, max_cache_len=max_cache_len,
-        max_batch_size=max_batch_size, compile=compile)
+        max_batch_size=max_batch_size, compile=compile, speculation=speculation)
     prompts, exit_layer = a.prompts, a.exit_layer
     cfg = model.config
     check_decoding_aids(repetition_penalty, no_repeat_ngram_size)
@@ -131,7 +137,7 @@ def generate(
     t0 = time.perf_counter()
     with torch.inference_mode():
         engine = Engine(model, max_batch_size, exit_layer, a.num_speculations, a.do_sample, aids, seed=seed,
-                        compile=compile)
+                        compile=compile, speculation=speculation)
         for b, p in enumerate(prompts):
             engine.add_request(Request(p, a.max_new_tokens, frozenset(a.eos_ids), seed, a.temperature, a.top_k,
                                        a.top_p, row_streamer(b),
@@ -153,5 +159,8 @@ def generate(
         time_s=elapsed,
         tokens_per_s=s["new_tokens"] / elapsed if elapsed > 0 else None,
         compile_s=compile_s,
+        # Self-speculation: iterations and batched draft steps run at each exit layer.
+        iterations_by_exit=dict(s["iterations_by_exit"]),
+        draft_steps_by_exit=dict(s["draft_steps_by_exit"]),
     )
     return GenerationOutput(sequences=out, stats=stats)

@@ -36,6 +36,7 @@ import torch
 
 from .. import ops
 from ..cache import ExitQueryCache, StaticKVCache
+from .policy import make_policy
 from .processors import DecodingAids, TokenHistory
 from .steps import StepFunctions, bucket
 from .token_healing import check_first_token_ids
@@ -112,13 +113,17 @@ class Engine:
         compile: run the model passes of each step compiled (generation.steps):
             the slot count and cache length are then rounded up to powers of two
             (shape buckets) so that graphs are shared between runs and engines.
+        speculation: "static" (exit layer and k fixed), "adaptive" (per-row
+            draft lengths, confidence stop, exit layer chosen per iteration; k is
+            then the most drafts per iteration), or a policy object
+            (generation.policy).
 
     Arguments are validated by the caller (`generate` or `validation`).
     """
 
     def __init__(self, model, max_batch_size: int, exit_layer: int | None = None, num_speculations: int = 4,
                  do_sample: bool = False, aids: DecodingAids = DecodingAids(), seed: int | None = None,
-                 compile: bool = False):
+                 compile: bool = False, speculation="static"):
         self.model = model
         self.L = model.config.num_hidden_layers
         self.E = exit_layer
@@ -129,12 +134,14 @@ class Engine:
         p = model.lm_head.weight
         self.device, self.dtype = p.device, p.dtype
         self.steps = StepFunctions(compile, self.device)
+        self.policy = make_policy(speculation, model, exit_layer, self.k) if exit_layer is not None else None
         self.shared_seed = seed
         self.shared_rng = None if seed is None else torch.Generator(device=self.device).manual_seed(seed % 2**64)
         self.shared_offset = 0
         self.waiting: deque[tuple[int, Request]] = deque()
         self.next_id = 0
-        self.stats = dict(drafted=0, accepted=0, steps=0, row_steps=0, emitted=0, new_tokens=0)
+        self.stats = dict(drafted=0, accepted=0, steps=0, row_steps=0, emitted=0, new_tokens=0,
+                          iterations_by_exit={}, draft_steps_by_exit={})
 
     def add_request(self, request: Request) -> int:
         """Queue an already-validated request; returns its id (outputs come in id order)."""
@@ -203,6 +210,8 @@ class Engine:
             self.exitq = ExitQueryCache.allocate(n, self.k, H, self.dtype, dev)
             self.draft_pos = torch.zeros(n, dtype=torch.int32, device=dev)
             self.drafts = torch.zeros(n, self.k, dtype=torch.int64, device=dev)
+            self.draft_lens = torch.zeros(n, dtype=torch.int32, device=dev)
+            self.drafting = torch.zeros(n, dtype=torch.bool, device=dev)
             self.draft_probs = torch.zeros(n, self.k, V, dtype=torch.float32, device=dev) if self.do_sample else None
         if self.do_sample:  # each slot's own warping settings
             self.temperature = torch.ones(n, device=dev)
@@ -224,6 +233,8 @@ class Engine:
                 run.append(run[-1] + 1)
             acts = []
             for s in run:
+                if self.policy is not None:
+                    self.policy.reset_row(s)
                 rid, req = self.waiting.popleft()
                 acts.append(_Active(rid, req, self.device, t_start, own_rng=self.shared_rng is None))
                 self.slots[s] = acts[-1]
@@ -349,16 +360,24 @@ class Engine:
         logits = self._process(logits[:, None], self.cache.seqlens[:, None] + 1)[:, 0]
         tok, _ = self._choose(logits)
         self._advance(1, tok)
-        self._count(drafted=0, accepted=[0] * len(self.slots))
+        self._count(drafted=[0] * len(self.slots), accepted=[0] * len(self.slots))
         return [[t] for t in tok.tolist()]  # the one host read of the iteration
 
     def _step_speculative(self) -> list[list[int]]:
-        m, E, k = self.model, self.E, self.k
+        t0 = time.perf_counter()
+        m = self.model
+        plan = self.policy.plan(len(self.slots), self.device)
+        E, adaptive = plan.exit_layer, plan.row_caps is not None
         base = self.cache.seqlens
         pos = self.draft_pos  # position of the token being fed, advanced in place
         pos.copy_(base)
         tok = self.pending
-        for i in range(k):
+        lens, drafting = self.draft_lens, self.drafting
+        if adaptive:  # rows still drafting, and how many each has drafted
+            lens.zero_()
+            torch.logical_and(self.alive, plan.row_caps > 0, out=drafting)
+        n_steps = plan.num_drafts
+        for i in range(plan.num_drafts):
             self.exitq.hidden[:, i], logits = self.steps.draft(m, E, tok, self.cache, pos)
             logits = self._process(logits[:, None], pos[:, None] + 1)[:, 0]
             tok, probs = self._choose(logits)
@@ -368,48 +387,74 @@ class Engine:
             pos += 1
             if self.history is not None:
                 self.history.write(pos, tok)
-        # Verify: the last draft through the early layers, then all k+1 positions
+            if adaptive:
+                lens += drafting
+                conf = (probs if probs is not None else torch.softmax(logits.float(), dim=-1)).amax(dim=-1)
+                drafting &= (conf >= plan.threshold) & (lens < plan.row_caps)
+                # A host read per draft step, adaptive mode only: the batch stops
+                # drafting once no row drafts any more.
+                if i + 1 < plan.num_drafts and not bool(drafting.any()):
+                    n_steps = i + 1
+                    break
+        # Verify: the last draft through the early layers, then all positions
         # through the remaining layers, reading the early layers' shared cache.
-        self.exitq.hidden[:, k] = self.steps.early(m, E, tok, self.cache, pos)
-        target_logits = self.steps.verify(m, E, self.exitq.hidden, self.cache, base)  # [n, k+1, V]
-        # Verify position i predicts position base+1+i from the pending token and drafts 0..i-1.
-        target_logits = self._process(target_logits, base[:, None] + 1 + torch.arange(k + 1, device=self.device))
+        # A row that stopped drafting at d < n_steps had its position base+d
+        # through the early layers in draft step d; its later positions are scratch.
+        self.exitq.hidden[:, n_steps] = self.steps.early(m, E, tok, self.cache, pos)
+        hidden = self.exitq.hidden[:, : n_steps + 1]
+        target_logits = self.steps.verify(m, E, hidden, self.cache, base)  # [n, n_steps+1, V]
+        if self.history is not None:
+            # Verify position i predicts position base+1+i from the pending token and drafts 0..i-1.
+            target_logits = self._process(target_logits, base[:, None] + 1 + torch.arange(n_steps + 1, device=self.device))
+        draft_lens = lens if adaptive else None
+        drafts = self.drafts[:, :n_steps]
         if self.do_sample:
-            n, out = self._verify_sampling_rows(warp_probs(target_logits, self.temperature, self.top_k, self.top_p))
+            target_probs = warp_probs(target_logits, self.temperature, self.top_k, self.top_p)
+            n, out = self._verify_sampling_rows(drafts, self.draft_probs[:, :n_steps], target_probs, draft_lens)
         else:
-            n, out = ops.verify_greedy(self.drafts, target_logits)
+            n, out = ops.verify_greedy(drafts, target_logits, draft_lens=draft_lens)
         self._advance(n + 1, out.gather(1, n.long()[:, None])[:, 0])
-        # The one host read of the iteration: accepted lengths and tokens.
-        n_list, out_list = n.tolist(), out.tolist()
-        self._count(drafted=k, accepted=n_list)
+        # The one host read of the iteration: accepted lengths, tokens (and draft lengths).
+        cols = [n.long()[:, None], out] + ([lens.long()[:, None]] if adaptive else [])
+        rows = torch.cat(cols, dim=1).tolist()
+        n_list = [r[0] for r in rows]
+        out_list = [r[1 : n_steps + 2] for r in rows]
+        drafted = [r[-1] for r in rows] if adaptive else [n_steps] * len(self.slots)
+        active = [s for s, a in enumerate(self.slots) if a is not None]
+        self.policy.observe(plan, drafted, n_list, active, time.perf_counter() - t0)
+        by_exit, steps_by_exit = self.stats["iterations_by_exit"], self.stats["draft_steps_by_exit"]
+        by_exit[E] = by_exit.get(E, 0) + 1
+        steps_by_exit[E] = steps_by_exit.get(E, 0) + n_steps
+        self._count(drafted=drafted, accepted=n_list)
         return [row[: a + 1] for row, a in zip(out_list, n_list)]
 
-    def _verify_sampling_rows(self, target_probs: torch.Tensor):
+    def _verify_sampling_rows(self, drafts, draft_probs, target_probs, draft_lens):
         """verify_sampling on the whole batch with the batch's seed, or on each
         active slot alone with its request's seed and offset (so its randomness
         does not depend on its slot or neighbours)."""
         if self.shared_rng is not None:
-            out = ops.verify_sampling(self.drafts, self.draft_probs, target_probs, self.shared_seed,
-                                      self.shared_offset)
+            out = ops.verify_sampling(drafts, draft_probs, target_probs, self.shared_seed, self.shared_offset,
+                                      draft_lens=draft_lens)
             self.shared_offset = (self.shared_offset + 1) % 2**32
             return out
         n = torch.zeros(len(self.slots), dtype=torch.int32, device=self.device)
-        out = torch.zeros(len(self.slots), self.k + 1, dtype=torch.int64, device=self.device)
+        out = torch.zeros(len(self.slots), drafts.shape[1] + 1, dtype=torch.int64, device=self.device)
         for s, act in enumerate(self.slots):
             if act is None:
                 continue
-            n[s:s + 1], out[s:s + 1] = ops.verify_sampling(self.drafts[s:s + 1], self.draft_probs[s:s + 1],
-                                                           target_probs[s:s + 1], act.req.seed, act.offset)
+            row = slice(s, s + 1)
+            n[row], out[row] = ops.verify_sampling(drafts[row], draft_probs[row], target_probs[row], act.req.seed,
+                                                   act.offset, draft_lens=None if draft_lens is None else draft_lens[row])
             act.offset = (act.offset + 1) % 2**32
         return n, out
 
-    def _count(self, drafted: int, accepted: list[int]) -> None:
+    def _count(self, drafted: list[int], accepted: list[int]) -> None:
         active = [(s, a) for s, a in enumerate(self.slots) if a is not None]
         self.stats["steps"] += 1
         self.stats["row_steps"] += len(active)
         for s, act in active:
             act.iterations += 1
-            act.drafted += drafted
+            act.drafted += drafted[s]
             act.accepted += accepted[s]
-            self.stats["drafted"] += drafted
+            self.stats["drafted"] += drafted[s]
             self.stats["accepted"] += accepted[s]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..cache import MAX_CACHE_LEN, StaticKVCache, check_fits
+from .policy import SPECULATION_MODES
 from .steps import bucket
 
 __all__ = [
@@ -190,7 +191,8 @@ def _eos_ids(value, V: int) -> list[int]:
 
 def validate_generate_args(model, input_ids, attention_mask, *, max_new_tokens, exit_layer, num_speculations,
                            do_sample, temperature, top_k, top_p, eos_token_id, seed, streamer,
-                           max_cache_len, max_batch_size=None, compile=False) -> GenerateArgs:
+                           max_cache_len, max_batch_size=None, compile=False,
+                           speculation="static") -> GenerateArgs:
     """Check every argument of generate() and the memory the call needs; return them normalised."""
     cfg = model.config
     L, V = cfg.num_hidden_layers, cfg.vocab_size
@@ -230,6 +232,12 @@ def validate_generate_args(model, input_ids, attention_mask, *, max_new_tokens, 
     # The cache holds max_batch_size rows (continuous batching), not every prompt.
     if not isinstance(compile, bool):
         raise ValueError(f"compile must be a bool, got {compile!r}")
+    if isinstance(speculation, str):
+        if speculation not in SPECULATION_MODES:
+            raise ValueError(f"speculation must be one of {SPECULATION_MODES} or a drafting policy, got {speculation!r}")
+    elif not all(callable(getattr(speculation, f, None)) for f in ("plan", "reset_row", "observe")):
+        raise ValueError(f"speculation must be one of {SPECULATION_MODES} or an object with plan, reset_row and "
+                         f"observe (generation.policy), got {speculation!r}")
     rows = len(prompts) if max_batch_size is None else min(len(prompts), max_batch_size)
     _check_memory(model, rows, longest, max_new_tokens, num_speculations if exit_layer else 0, do_sample, compile)
     return GenerateArgs(prompts, max_new_tokens, exit_layer, num_speculations, do_sample, temperature, top_k, top_p,

@@ -1,0 +1,210 @@
+"""Compiled decode steps (generation/steps.py) against eager ones and against
+transformers, side by side in one run on the default model, bf16, greedy,
+held-out stdlib prompts.
+
+Writes three CSVs (and one PNG) under bench/results/:
+
+  compile_e2e.csv    tokens/s of ours eager/compiled autoregressive and
+                     self-speculative, transformers greedy, assistant_early_exit
+                     (batch 1) and transformers with a static cache + torch.compile;
+                     each engine's repetitions interleaved with the others.
+  compile_steps.csv  one autoregressive / draft / verify step, eager and compiled,
+                     in ms and as a multiple of its weight-streaming time (bytes
+                     of the weights it reads / this machine's copy bandwidth, the
+                     physical limit of a memory-bound step); c and v as the
+                     analytic limit uses them.
+  compile_cost.csv   one-time compile seconds per step function and shape bucket,
+                     in a fresh process with an empty inductor cache ("cold") and
+                     again in a second process ("warm", inductor's on-disk cache),
+                     and `layerskip generate` wall time with and without --compile.
+
+    python bench/bench_compile.py [--quick] [--note "quiet machine ..."]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_e2e import (acceptance_from_tokens_per_step, analytic_limit, load_prompts, run_hf,  # noqa: E402
+                       run_ours, step_costs, token_agreement)
+from common import RESULTS, copy_bandwidth_gbs, metadata, plot_bars, print_table, write_csv  # noqa: E402
+
+import layerskip_kernels as lk  # noqa: E402
+
+
+def weight_bytes(model, E: int) -> dict[str, int]:
+    """Bytes of weights one step reads: the linear layers of the layers it runs and
+    the LM head (the embedding reads one row per token: negligible)."""
+    per_layer = [sum(p.numel() * p.element_size() for p in layer.parameters()) for layer in model.model.layers]
+    head = model.lm_head.weight.numel() * model.lm_head.weight.element_size()
+    L = model.num_layers
+    return dict(ar=sum(per_layer) + head, draft=sum(per_layer[:E]) + head,
+                verify=sum(per_layer) + head)  # verify: layers [0, E) for one token, [E, L) for k+1, one head
+
+
+_COMPILE_PROBE = r"""
+import json, sys, time, torch
+import layerskip_kernels as lk
+from layerskip_kernels.generation import steps
+m = lk.LlamaForCausalLM.from_pretrained(dtype=torch.bfloat16)
+E, k, B, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+prompts = [[5 + b, 6, 7, 8] for b in range(B)]
+res = {}
+for name, e in (("autoregressive", None), ("self-speculative", E)):
+    out = lk.generate(m, prompts, max_new_tokens=n, exit_layer=e, num_speculations=k, eos_token_id=[], compile=True)
+    res[name] = out.stats["compile_s"]
+res["per_step"] = steps.compile_stats
+print(json.dumps(res))
+"""
+
+
+def compile_costs(E: int, k: int, batch_sizes, meta) -> list[dict]:
+    """Cold and warm compile seconds per step function and shape bucket (fresh processes)."""
+    rows = []
+    with tempfile.TemporaryDirectory() as cache_dir:
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache_dir)
+        for B in batch_sizes:
+            for state in ("cold", "warm"):  # the first process fills the on-disk cache, the second reads it
+                res = subprocess.run([sys.executable, "-c", _COMPILE_PROBE, str(E), str(k), str(B), "32"],
+                                     capture_output=True, text=True, env=env, timeout=1200, check=True)
+                got = json.loads(res.stdout.strip().splitlines()[-1])
+                for step, s in got["per_step"].items():
+                    rows.append(dict(meta, kind="compile", batch_bucket=B, cache_bucket=256, state=state, what=step,
+                                     seconds=s))
+    return rows
+
+
+def cli_costs(meta, n_new: int = 128) -> list[dict]:
+    """`layerskip generate` (README's first command) wall time, eager vs --compile,
+    with inductor's cache as this machine has it (warm after compile_costs...)."""
+    rows = []
+    prompt = "def fibonacci(n):\n"
+    for flags in ([], ["--compile"]):
+        t0 = time.perf_counter()
+        res = subprocess.run([sys.executable, "-m", "layerskip_kernels.cli", "generate", "--prompt", prompt,
+                              "--max-new-tokens", str(n_new)] + flags, capture_output=True, text=True, timeout=1200,
+                             check=True)
+        wall = time.perf_counter() - t0
+        stats = res.stderr.strip().splitlines()[-1]
+        rows.append(dict(meta, kind="cli", what="layerskip generate " + " ".join(flags), seconds=wall,
+                         stats_line=stats))
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--prompt-tokens", type=int, default=64)
+    ap.add_argument("--num-prompts", type=int, default=8)
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-cost", action="store_true", help="skip the compile-cost and CLI subprocess runs")
+    ap.add_argument("--note", default="", help="conditions of the run, written on every row")
+    ap.add_argument("--out", default=os.path.join(RESULTS, "compile"))
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.num_prompts, args.max_new_tokens, args.reps = 2, 32, 1
+    import transformers
+
+    path = lk.default_model_path()
+    model = lk.LlamaForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
+    defaults = model.config.extra["layerskip"]
+    E, k = defaults["default_exit_layer"], defaults["default_num_speculations"]
+    prompts = load_prompts(os.path.join(path, "tokenizer.json"), max(args.num_prompts, max(args.batch_sizes)),
+                           args.prompt_tokens)
+    hf = transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+    cc = transformers.CompileConfig(fullgraph=True, mode="default")
+    cc._compile_all_devices = True  # transformers compiles only on CUDA unless told
+    hf_static = dict(cache_implementation="static", compile_config=cc)
+    meta = dict(metadata(), model=os.path.basename(os.path.normpath(path)), dtype="bfloat16", exit_layer=E, k=k,
+                max_new_tokens=args.max_new_tokens, prompt_tokens=args.prompt_tokens, note=args.note)
+
+    engines = {
+        "ours autoregressive (eager)": lambda ps, B: run_ours(model, ps, B, args.max_new_tokens, None, k),
+        "ours self-speculative (eager)": lambda ps, B: run_ours(model, ps, B, args.max_new_tokens, E, k),
+        "ours autoregressive (compiled)": lambda ps, B: run_ours(model, ps, B, args.max_new_tokens, None, k, True),
+        "ours self-speculative (compiled)": lambda ps, B: run_ours(model, ps, B, args.max_new_tokens, E, k, True),
+        "transformers greedy": lambda ps, B: run_hf(hf, ps, B, args.max_new_tokens),
+        f"transformers assistant_early_exit={E}": lambda ps, B: run_hf(hf, ps, B, args.max_new_tokens, early_exit=E),
+        "transformers static cache + torch.compile": lambda ps, B: run_hf(hf, ps, B, args.max_new_tokens,
+                                                                          **hf_static),
+    }
+    e2e = []
+    for B in args.batch_sizes:
+        ps = prompts[: max(B, args.num_prompts if B == 1 else B)]
+        names = [n for n in engines if B == 1 or "early_exit" not in n]  # transformers: batch 1 only
+        for n in names:  # warm-up: compiles (reported below, not timed here) and lazy initialization
+            engines[n](ps[:B], B)
+        runs = {n: [] for n in names}
+        for _ in range(args.reps):
+            for n in names:
+                runs[n].append(engines[n](ps, B))
+        med = {n: sorted(r, key=lambda x: x["tokens_per_s"])[len(r) // 2] for n, r in runs.items()}
+        ref = med["ours autoregressive (eager)"]["sequences"]
+        for n in names:
+            r = med[n]
+            row = dict(meta, kind="e2e", batch=B, engine=n, tokens_per_s=r["tokens_per_s"],
+                       same_tokens_as_ours_ar=token_agreement(r["sequences"], ref))
+            if "acceptance" in r and "self-speculative" in n:
+                row.update(acceptance=r["acceptance"], tokens_per_step=r["tokens_per_step"])
+            e2e.append(row)
+        tps = {n: med[n]["tokens_per_s"] for n in names}
+        for row in e2e[-len(names):]:
+            row["x_transformers_greedy"] = row["tokens_per_s"] / tps["transformers greedy"]
+            if B == 1:
+                row["x_assistant_early_exit"] = row["tokens_per_s"] / tps[f"transformers assistant_early_exit={E}"]
+            row["x_ours_ar_same_mode"] = row["tokens_per_s"] / tps[
+                "ours autoregressive (compiled)" if "compiled" in row["engine"] else "ours autoregressive (eager)"]
+    print_table(e2e, ["batch", "engine", "tokens_per_s", "acceptance", "x_ours_ar_same_mode", "x_transformers_greedy",
+                      "x_assistant_early_exit", "same_tokens_as_ours_ar"])
+    write_csv(args.out + "_e2e.csv", e2e)
+    plot_bars(args.out + "_e2e.png", e2e, label=lambda r: f"batch {r['batch']}", series="engine", value="tokens_per_s",
+              ylabel="tokens/s (all rows)", title=f"{meta['model']} bf16 E={E} k={k}, CPU {meta['cpu'][:30]}")
+
+    bw = copy_bandwidth_gbs()
+    wb = weight_bytes(model, E)
+    steps_rows = []
+    context = args.prompt_tokens + args.max_new_tokens // 2
+    for B in args.batch_sizes:
+        for compiled in (False, True):
+            c = step_costs(model, B, context, E, k, compile=compiled)
+            for step in ("ar", "draft", "verify"):
+                stream_s = wb[step] / (bw * 1e9)
+                steps_rows.append(dict(meta, kind="step", batch=B, compiled=compiled, step=step, ms=c[step] * 1e3,
+                                       weight_mb=wb[step] / 1e6, copy_gbs=bw, x_weight_streaming=c[step] / stream_s,
+                                       ratio_to_ar=c[step] / c["ar"]))
+    # Analytic limit with each mode's c and v and the measured acceptance.
+    for row in e2e:
+        if "acceptance" in row and row["batch"] in args.batch_sizes:
+            compiled = "compiled" in row["engine"]
+            cv = {r["step"]: r["ratio_to_ar"] for r in steps_rows if r["batch"] == row["batch"]
+                  and r["compiled"] == compiled}
+            a = acceptance_from_tokens_per_step(row["tokens_per_step"], k)
+            row.update(c=cv["draft"], v=cv["verify"], a=a, analytic_limit=analytic_limit(a, k, cv["draft"],
+                                                                                         cv["verify"]))
+            row["fraction_of_limit"] = row["x_ours_ar_same_mode"] / row["analytic_limit"]
+    write_csv(args.out + "_e2e.csv", e2e)
+    print_table(steps_rows, ["batch", "compiled", "step", "ms", "weight_mb", "x_weight_streaming", "ratio_to_ar"])
+    write_csv(args.out + "_steps.csv", steps_rows)
+    print_table([r for r in e2e if "c" in r], ["batch", "engine", "a", "c", "v", "analytic_limit",
+                                                 "fraction_of_limit"])
+
+    if not args.no_cost:
+        cost = compile_costs(E, k, args.batch_sizes, meta) + cli_costs(meta)
+        print_table(cost, ["kind", "batch_bucket", "state", "what", "seconds", "stats_line"])
+        write_csv(args.out + "_cost.csv", cost)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
