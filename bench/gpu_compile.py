@@ -214,18 +214,23 @@ def _attention_cases():
 
 
 def _acceptance_cases():
+    """(op, meta, args, variant): each op without and with per-row draft lengths
+    (the kernels specialize on whether draft_lens is given)."""
     import torch
 
     for B, k, V in ACCEPT_SHAPES:
         draft = torch.zeros(B, k, dtype=torch.int64)
+        lens = torch.zeros(B, dtype=torch.int32)
         for dtype in (torch.bfloat16, torch.float32):
             logits = torch.empty(B, k + 1, V, dtype=dtype)
             meta = {"dtype": str(dtype).removeprefix("torch."), "D": "", "S": k + 1, "B": B, "V": V}
-            yield "verify_greedy", meta, (draft, logits)
+            yield "verify_greedy", meta, (draft, logits), "verify_greedy"
+            yield "verify_greedy", meta, (draft, logits, lens), "verify_greedy+draft_lens"
         probs_t = torch.empty(B, k + 1, V)
         probs_d = torch.empty(B, k, V)
         meta = {"dtype": "float32", "D": "", "S": k + 1, "B": B, "V": V}
-        yield "verify_sampling", meta, (draft, probs_d, probs_t, 0, 0)
+        yield "verify_sampling", meta, (draft, probs_d, probs_t, 0, 0), "verify_sampling"
+        yield "verify_sampling", meta, (draft, probs_d, probs_t, 0, 0, lens), "verify_sampling+draft_lens"
 
 
 def compile_triton(cache: _Cache) -> list[dict]:
@@ -260,10 +265,10 @@ def compile_triton(cache: _Cache) -> list[dict]:
                 attention.draft_verify_attention(*args, **kw)
                 variant = "single_pass" if kw["num_splits"] == 1 else "split_kv"
                 record(launches, dict(meta, arch=arch), variant)
-            for op, meta, args in _acceptance_cases():
+            for op, meta, args, variant in _acceptance_cases():
                 launches.clear()
                 getattr(acceptance, op)(*args)
-                record(launches, dict(meta, arch=arch), op)
+                record(launches, dict(meta, arch=arch), variant)
         print(f"gpu_compile: triton sm_{arch}: {sum(r['arch'] == arch for r in rows)} kernel rows", flush=True)
     return rows
 

@@ -149,9 +149,12 @@ inline void check_cache_seqlens_values(const at::Tensor& cache_seqlens, int64_t 
 }
 
 // Shared by verify_greedy and verify_sampling: draft_tokens [B, k] int64 with
-// ids in [0, V), `target` [B, k+1, V].
+// ids in [0, V), `target` [B, k+1, V], draft_lens none or int32 [B] in [0, k].
+// Ids are checked only where a row drafted (i < draft_lens[b]): the entries
+// past a row's length are never used and may hold anything.
 inline void check_draft_tokens(const at::Tensor& draft_tokens, const at::Tensor& target,
-                               const char* target_name) {
+                               const char* target_name,
+                               const c10::optional<at::Tensor>& draft_lens) {
   TORCH_CHECK(draft_tokens.dim() == 2, "draft_tokens must be [B, k], got ", draft_tokens.sizes());
   TORCH_CHECK(draft_tokens.scalar_type() == at::kLong, "draft_tokens must be int64, got ",
               draft_tokens.scalar_type());
@@ -162,20 +165,44 @@ inline void check_draft_tokens(const at::Tensor& draft_tokens, const at::Tensor&
               target_name, " must be [B=", B, ", k+1=", k + 1, ", V], got ", target.sizes());
   TORCH_CHECK(draft_tokens.device() == target.device(), "draft_tokens must be on ",
               target.device(), " like ", target_name, ", got ", draft_tokens.device());
+  if (draft_lens.has_value()) {
+    const at::Tensor& lens = *draft_lens;
+    TORCH_CHECK(lens.dim() == 1 && lens.size(0) == B, "draft_lens must be [B=", B, "], got ",
+                lens.sizes());
+    TORCH_CHECK(lens.scalar_type() == at::kInt, "draft_lens must be int32, got ",
+                lens.scalar_type());
+    TORCH_CHECK(lens.device() == target.device(), "draft_lens must be on ", target.device(),
+                " like ", target_name, ", got ", lens.device());
+  }
   // Values are read on CPU only (no host sync on CUDA: there an id outside
-  // [0, V) is rejected by the kernels, see docs/ops_boundary.md).
+  // [0, V) is rejected by the kernels, and draft_lens is clamped into [0, k]
+  // on the device; see docs/ops_boundary.md). Read through the strides:
+  // `contiguous()` copies a strided or expanded tensor into the order below.
   if (!draft_tokens.is_cpu()) return;
+  at::Tensor lens;
+  if (draft_lens.has_value()) lens = draft_lens->contiguous();
+  const int32_t* len = lens.defined() ? lens.data_ptr<int32_t>() : nullptr;
+  if (len != nullptr)
+    for (int64_t b = 0; b < B; ++b)
+      TORCH_CHECK(len[b] >= 0 && len[b] <= k, "draft_lens[", b, "] must be in [0, k=", k,
+                  "], got ", len[b]);
   const int64_t V = target.size(2);
   const at::Tensor d = draft_tokens.contiguous();
   const int64_t* p = d.data_ptr<int64_t>();
-  for (int64_t i = 0; i < d.numel(); ++i)
-    TORCH_CHECK(p[i] >= 0 && p[i] < V, "draft_tokens must be token ids in [0, V=", V,
-                "), got ", p[i], " at flat index ", i);
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t drafted = len == nullptr ? k : len[b];
+    for (int64_t i = 0; i < drafted; ++i) {
+      const int64_t id = p[b * k + i];
+      TORCH_CHECK(id >= 0 && id < V, "draft_tokens must be token ids in [0, V=", V, "), got ", id,
+                  " at [", b, ", ", i, "]");
+    }
+  }
 }
 
 inline void check_sampling_args(const at::Tensor& draft_tokens, const at::Tensor& draft_probs,
-                                const at::Tensor& target_probs, int64_t offset) {
-  check_draft_tokens(draft_tokens, target_probs, "target_probs");
+                                const at::Tensor& target_probs, int64_t offset,
+                                const c10::optional<at::Tensor>& draft_lens) {
+  check_draft_tokens(draft_tokens, target_probs, "target_probs", draft_lens);
   TORCH_CHECK(target_probs.scalar_type() == at::kFloat, "target_probs must be float32, got ",
               target_probs.scalar_type());
   TORCH_CHECK(draft_probs.scalar_type() == at::kFloat, "draft_probs must be float32, got ",

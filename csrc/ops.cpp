@@ -57,40 +57,47 @@ at::Tensor attention_impl(const at::Tensor& q, at::Tensor& k_cache, at::Tensor& 
   }
 }
 
-void check_greedy(const at::Tensor& draft_tokens, const at::Tensor& target_logits) {
-  check_draft_tokens(draft_tokens, target_logits, "target_logits");
+void check_greedy(const at::Tensor& draft_tokens, const at::Tensor& target_logits,
+                  const c10::optional<at::Tensor>& draft_lens) {
+  check_draft_tokens(draft_tokens, target_logits, "target_logits", draft_lens);
   TORCH_CHECK(is_float_dtype(target_logits.scalar_type()),
               "target_logits must be float32, float16 or bfloat16, got ",
               target_logits.scalar_type());
 }
 
 std::tuple<at::Tensor, at::Tensor> greedy_cpu(const at::Tensor& draft_tokens,
-                                              const at::Tensor& target_logits) {
-  check_greedy(draft_tokens, target_logits);
-  return cpu::verify_greedy(draft_tokens, target_logits);
+                                              const at::Tensor& target_logits,
+                                              const c10::optional<at::Tensor>& draft_lens) {
+  check_greedy(draft_tokens, target_logits, draft_lens);
+  return cpu::verify_greedy(draft_tokens, target_logits, draft_lens);
 }
 
 std::tuple<at::Tensor, at::Tensor> sampling_cpu(const at::Tensor& draft_tokens,
                                                 const at::Tensor& draft_probs,
                                                 const at::Tensor& target_probs, int64_t seed,
-                                                int64_t offset) {
-  check_sampling_args(draft_tokens, draft_probs, target_probs, offset);
-  return cpu::verify_sampling(draft_tokens, draft_probs, target_probs, seed, offset);
+                                                int64_t offset,
+                                                const c10::optional<at::Tensor>& draft_lens) {
+  check_sampling_args(draft_tokens, draft_probs, target_probs, offset, draft_lens);
+  return cpu::verify_sampling(draft_tokens, draft_probs, target_probs, seed, offset, draft_lens);
 }
 
 #ifdef LAYERSKIP_WITH_CUDA
+// No value read of draft_lens here (a host sync): the kernels clamp it into
+// [0, k] on the device.
 std::tuple<at::Tensor, at::Tensor> greedy_cuda(const at::Tensor& draft_tokens,
-                                               const at::Tensor& target_logits) {
-  check_greedy(draft_tokens, target_logits);
-  return cuda::verify_greedy(draft_tokens, target_logits);
+                                               const at::Tensor& target_logits,
+                                               const c10::optional<at::Tensor>& draft_lens) {
+  check_greedy(draft_tokens, target_logits, draft_lens);
+  return cuda::verify_greedy(draft_tokens, target_logits, draft_lens);
 }
 
 std::tuple<at::Tensor, at::Tensor> sampling_cuda(const at::Tensor& draft_tokens,
                                                  const at::Tensor& draft_probs,
                                                  const at::Tensor& target_probs, int64_t seed,
-                                                 int64_t offset) {
-  check_sampling_args(draft_tokens, draft_probs, target_probs, offset);
-  return cuda::verify_sampling(draft_tokens, draft_probs, target_probs, seed, offset);
+                                                 int64_t offset,
+                                                 const c10::optional<at::Tensor>& draft_lens) {
+  check_sampling_args(draft_tokens, draft_probs, target_probs, offset, draft_lens);
+  return cuda::verify_sampling(draft_tokens, draft_probs, target_probs, seed, offset, draft_lens);
 }
 #endif
 
@@ -145,10 +152,12 @@ TORCH_LIBRARY(layerskip, m) {
       "draft_verify_attention(Tensor q, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k_new, "
       "Tensor v_new, Tensor cache_seqlens, Tensor? cos=None, Tensor? sin=None, "
       "float? softmax_scale=None) -> Tensor");
-  m.def("verify_greedy(Tensor draft_tokens, Tensor target_logits) -> (Tensor, Tensor)");
+  m.def(
+      "verify_greedy(Tensor draft_tokens, Tensor target_logits, Tensor? draft_lens=None) -> "
+      "(Tensor, Tensor)");
   m.def(
       "verify_sampling(Tensor draft_tokens, Tensor draft_probs, Tensor target_probs, int seed, "
-      "int offset) -> (Tensor, Tensor)");
+      "int offset, Tensor? draft_lens=None) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(layerskip, CPU, m) {

@@ -33,10 +33,12 @@ SCHEMAS = {
         "Tensor v_new, Tensor cache_seqlens, Tensor? cos=None, Tensor? sin=None, "
         "float? softmax_scale=None) -> Tensor"
     ),
-    "verify_greedy": "verify_greedy(Tensor draft_tokens, Tensor target_logits) -> (Tensor, Tensor)",
+    "verify_greedy": (
+        "verify_greedy(Tensor draft_tokens, Tensor target_logits, Tensor? draft_lens=None) -> (Tensor, Tensor)"
+    ),
     "verify_sampling": (
         "verify_sampling(Tensor draft_tokens, Tensor draft_probs, Tensor target_probs, int seed, "
-        "int offset) -> (Tensor, Tensor)"
+        "int offset, Tensor? draft_lens=None) -> (Tensor, Tensor)"
     ),
 }
 
@@ -103,10 +105,10 @@ def trusted_inputs():
     """Skip the checks that read tensor values, for a caller that guarantees them.
 
     The functions of this module check shapes, dtypes and devices on every call,
-    and by default also the values: cache_seqlens bounds, draft token ids in
-    [0, V), no NaN in probabilities. Reading values is a host sync on GPU (one
-    per layer per decode step). Inside this context those value checks are
-    skipped; `generate` enters it around its decode loop because it validates
+    and by default also the values: cache_seqlens bounds, draft_lens in [0, k],
+    draft token ids in [0, V), no NaN in probabilities. Reading values is a host
+    sync on GPU (one per layer per decode step). Inside this context those value
+    checks are skipped; `generate` enters it around its decode loop because it validates
     lengths and tokens once per call and owns them afterwards.
 
     A violated guarantee still never touches memory outside a tensor (the
@@ -131,10 +133,11 @@ def _read_values() -> bool:
 # --------------------------------------------------------------------------- checks
 
 # _VALUE_CHECKS_NOTE: shape/dtype/device/layout checks always run. Checks of
-# values (cache_seqlens bounds, token ids in [0, V), NaN probabilities) read
-# tensor contents, i.e. a host sync on GPU; they run in eager mode and are
-# skipped inside trusted_inputs() and while torch.compile traces (a graph cannot
-# branch on data). The compiled cpu ops re-check cache_seqlens bounds and token
+# values (cache_seqlens bounds, draft_lens in [0, k], token ids in [0, V), NaN
+# probabilities; the last two only where a row drafted) read tensor contents,
+# i.e. a host sync on GPU; they run in eager mode and are skipped inside
+# trusted_inputs() and while torch.compile traces (a graph cannot branch on
+# data). The compiled cpu ops re-check cache_seqlens bounds, draft_lens and token
 # ids themselves (no sync on CPU), and the CUDA and Triton kernels never touch
 # memory outside a tensor whatever the values (docs/ops_boundary.md).
 
@@ -263,7 +266,11 @@ def _check_attention(q, k_cache, v_cache, k_new, v_new, cache_seqlens, cos, sin,
         raise ValueError(f"cache_seqlens + S = {hi} + {S} exceeds the cache length T_max={T_max}")
 
 
-def _check_draft_tokens(draft_tokens, target, target_name):
+def _check_draft_tokens(draft_tokens, target, target_name, draft_lens):
+    """Checks draft_tokens [B, k] and draft_lens against `target` [B, k+1, V].
+
+    Returns bool [B, k], position i of row b drafted (i < draft_lens[b]), when
+    values are read and draft_lens is given, else None."""
     if draft_tokens.dim() != 2:
         raise ValueError(f"draft_tokens must be [B, k], got {tuple(draft_tokens.shape)}")
     if draft_tokens.dtype != torch.int64:
@@ -274,22 +281,40 @@ def _check_draft_tokens(draft_tokens, target, target_name):
     if target.dim() != 3 or target.shape[0] != B or target.shape[1] != k + 1 or target.shape[2] < 1:
         raise ValueError(f"{target_name} must be [B={B}, k+1={k + 1}, V], got {tuple(target.shape)}")
     _same_device(target, draft_tokens, "draft_tokens", target_name)
+    if draft_lens is not None:
+        if not isinstance(draft_lens, torch.Tensor):
+            raise ValueError(f"draft_lens must be an int32 tensor [B] or None, got {type(draft_lens).__name__}")
+        if draft_lens.shape != (B,):
+            raise ValueError(f"draft_lens must be [B={B}], got {tuple(draft_lens.shape)}")
+        if draft_lens.dtype != torch.int32:
+            raise ValueError(f"draft_lens must be int32, got {draft_lens.dtype}")
+        _same_device(target, draft_lens, "draft_lens", target_name)
     V = target.shape[2]
     if not _read_values() or not B:
-        return  # see _VALUE_CHECKS_NOTE
+        return None  # see _VALUE_CHECKS_NOTE
+    drafted = None
+    if draft_lens is not None:
+        lo, hi = (int(x) for x in torch.aminmax(draft_lens))
+        if lo < 0 or hi > k:
+            raise ValueError(f"draft_lens must be in [0, k={k}], got {lo if lo < 0 else hi}")
+        drafted = reference._drafted(draft_lens, k, draft_tokens.device)
+    # Ids past a row's draft length are never used: they may hold anything.
     outside = (draft_tokens < 0) | (draft_tokens >= V)
+    if drafted is not None:
+        outside &= drafted
     if bool(outside.any()):
         raise ValueError(f"draft_tokens must be token ids in [0, V={V}), got {int(draft_tokens[outside][0])}")
+    return drafted
 
 
-def _check_greedy(draft_tokens, target_logits):
-    _check_draft_tokens(draft_tokens, target_logits, "target_logits")
+def _check_greedy(draft_tokens, target_logits, draft_lens):
+    _check_draft_tokens(draft_tokens, target_logits, "target_logits", draft_lens)
     if target_logits.dtype not in _FLOATS:
         raise ValueError(f"target_logits must be float32, float16 or bfloat16, got {target_logits.dtype}")
 
 
-def _check_sampling(draft_tokens, draft_probs, target_probs, seed, offset):
-    _check_draft_tokens(draft_tokens, target_probs, "target_probs")
+def _check_sampling(draft_tokens, draft_probs, target_probs, seed, offset, draft_lens):
+    drafted = _check_draft_tokens(draft_tokens, target_probs, "target_probs", draft_lens)
     for t, name in ((target_probs, "target_probs"), (draft_probs, "draft_probs")):
         if t.dtype != torch.float32:
             raise ValueError(f"{name} must be float32, got {t.dtype}")
@@ -305,9 +330,17 @@ def _check_sampling(draft_tokens, draft_probs, target_probs, seed, offset):
     if not _read_values():
         return  # see _VALUE_CHECKS_NOTE
     # A NaN probability would make every comparison false and bias the output
-    # silently; the scan costs one extra read of both tensors.
+    # silently; the scan costs one extra read of both tensors. With draft_lens,
+    # only what the op uses: draft positions i < d, target positions i <= d.
+    used = {}
+    if drafted is not None:
+        used["draft_probs"] = drafted
+        used["target_probs"] = torch.cat([torch.ones_like(drafted[:, :1]), drafted], dim=1)
     for t, name in ((target_probs, "target_probs"), (draft_probs, "draft_probs")):
-        if bool(torch.isnan(t).any()):
+        nan = torch.isnan(t)
+        if name in used:
+            nan &= used[name][:, :, None]
+        if bool(nan.any()):
             raise ValueError(f"{name} contains NaN")
 
 
@@ -366,15 +399,20 @@ def draft_verify_attention(
         return fn(q, k_cache, v_cache, k_new, v_new, cache_seqlens, cos, sin, softmax_scale)
 
 
-def verify_greedy(draft_tokens: torch.Tensor, target_logits: torch.Tensor):
+def verify_greedy(draft_tokens: torch.Tensor, target_logits: torch.Tensor,
+                  draft_lens: torch.Tensor | None = None):
     """Greedy acceptance of k drafted tokens per row against the target's argmax.
 
     Args:
-        draft_tokens: int64 [B, k], ids in [0, V).
+        draft_tokens: int64 [B, k], ids in [0, V) (at positions < draft_lens[b]).
         target_logits: [B, k+1, V] fp32/fp16/bf16.
+        draft_lens: int32 [B] in [0, k], or None (k for every row). Row b drafted
+            only draft_tokens[b, :draft_lens[b]]: acceptance stops there, and when
+            all of them are accepted the bonus token is the argmax at position
+            draft_lens[b]. Entries past a row's length are never used.
 
     Returns:
-        (num_accepted int32 [B] in 0..k, out_tokens int64 [B, k+1]):
+        (num_accepted int32 [B] in 0..draft_lens[b], out_tokens int64 [B, k+1]):
         out_tokens[b, :num_accepted[b] + 1] are the accepted drafts followed by the
         target's argmax at the first mismatch (or the bonus token); -1 after.
 
@@ -382,11 +420,15 @@ def verify_greedy(draft_tokens: torch.Tensor, target_logits: torch.Tensor):
         >>> logits = torch.zeros(1, 3, 5); logits[0, [0, 1, 2], [2, 4, 1]] = 1
         >>> verify_greedy(torch.tensor([[2, 3]]), logits)
         (tensor([1], dtype=torch.int32), tensor([[ 2,  4, -1]]))
+        >>> verify_greedy(torch.tensor([[2, 4]]), logits)  # both drafts match: bonus token 1
+        (tensor([2], dtype=torch.int32), tensor([[2, 4, 1]]))
+        >>> verify_greedy(torch.tensor([[2, 4]]), logits, torch.tensor([1], dtype=torch.int32))
+        (tensor([1], dtype=torch.int32), tensor([[ 2,  4, -1]]))
     """
-    _check_greedy(draft_tokens, target_logits)
+    _check_greedy(draft_tokens, target_logits, draft_lens)
     fn = _impl("verify_greedy", backends.resolve(target_logits.device))
     with torch.no_grad():
-        return fn(draft_tokens, target_logits)
+        return fn(draft_tokens, target_logits, draft_lens)
 
 
 def verify_sampling(
@@ -395,6 +437,7 @@ def verify_sampling(
     target_probs: torch.Tensor,
     seed: int,
     offset: int,
+    draft_lens: torch.Tensor | None = None,
 ):
     """Lossless speculative sampling (Leviathan et al. 2023; Chen et al. 2023).
 
@@ -405,6 +448,12 @@ def verify_sampling(
         seed: Philox key, an int in [-2^63, 2^63) (SEED_RANGE, the same on every
             backend); offset: Philox counter offset in [0, 2^32), advanced by
             the caller per call. The counter layout is in reference.py.
+        draft_lens: int32 [B] in [0, k], or None (k for every row). Row b drafted
+            only draft_tokens[b, :draft_lens[b]] (with draft_probs[b, :draft_lens[b]]);
+            when all of them are accepted the bonus token is sampled from
+            target_probs[b, draft_lens[b]]. Entries of draft_tokens/draft_probs
+            past a row's length, and of target_probs past position draft_lens[b],
+            are never used. reference.py says which random numbers each row uses.
 
     Returns:
         (num_accepted, out_tokens) as in verify_greedy; the emitted tokens are
@@ -415,7 +464,7 @@ def verify_sampling(
         >>> verify_sampling(torch.tensor([[3]]), q, p, seed=0, offset=0)[0]
         tensor([1], dtype=torch.int32)
     """
-    _check_sampling(draft_tokens, draft_probs, target_probs, seed, offset)
+    _check_sampling(draft_tokens, draft_probs, target_probs, seed, offset, draft_lens)
     fn = _impl("verify_sampling", backends.resolve(target_probs.device))
     with torch.no_grad():
-        return fn(draft_tokens, draft_probs, target_probs, seed, offset)
+        return fn(draft_tokens, draft_probs, target_probs, seed, offset, draft_lens)

@@ -17,6 +17,19 @@ A 32-bit word x becomes u = ((x >> 9) + 0.5) * 2^-23, exact in fp32 and inside
 [2^-24, 1 - 2^-24] (never 0 or 1). Position i runs over 0..k: the race at i < k
 samples the residual after a rejection there, the race at i = k the bonus token.
 
+Per-row draft lengths: with draft_lens (int32 [B]), row b drafted only
+d = draft_lens[b] tokens. The accept coins of positions i < d are the ones
+above (same counters); positions i >= d are never drafted, so acceptance stops
+at d at the latest. The race that emits row b's token runs at its position
+a = num_accepted[b] with that position's counters (2*a): the residual race when
+a < d, the bonus race over p when a = d (counters 2*d, not 2*k). Without
+draft_lens (or with d = k everywhere) this is exactly the layout above. Entries
+of draft_tokens / draft_probs at positions >= d, and of target_* past position
+d, never affect the output (they may hold anything, out-of-range ids and NaN
+included). Lengths outside [0, k] act as if
+clamped into it (the checks of ops.py and the CPU op refuse them; the CUDA and
+Triton kernels clamp on the device, with the same result as here).
+
 Draft token d_i is accepted iff q_i(d_i) > 0 and u * q_i(d_i) < p_i(d_i), evaluated
 in double (exact, since u and q have 24-bit significands): probability min(1, p/q).
 
@@ -143,13 +156,25 @@ def _emit(draft_tokens: torch.Tensor, num_accepted: torch.Tensor, last_token: to
     return torch.where(idx == a, last_token.long()[:, None], out)
 
 
+def _drafted(draft_lens: torch.Tensor | None, positions: int, device) -> torch.Tensor | None:
+    """bool [B, positions]: position i of row b was drafted (i < draft_lens[b]); None without lengths."""
+    if draft_lens is None:
+        return None
+    return torch.arange(positions, device=device)[None, :] < draft_lens.to(device=device, dtype=torch.int64)[:, None]
+
+
 def verify_greedy(
     draft_tokens: torch.Tensor,  # int64 [B, k]
     target_logits: torch.Tensor,  # [B, k+1, V]
+    draft_lens: torch.Tensor | None = None,  # int32 [B] in 0..k; None: k for every row
 ) -> tuple[torch.Tensor, torch.Tensor]:  # int32 [B], int64 [B, k+1]
     k = draft_tokens.shape[1]
     target = target_logits.argmax(dim=-1)  # [B, k+1], ties to the lowest index
-    num_accepted = _accept_prefix(draft_tokens == target[:, :k])
+    matches = draft_tokens == target[:, :k]
+    drafted = _drafted(draft_lens, k, draft_tokens.device)
+    if drafted is not None:
+        matches &= drafted  # acceptance stops at the row's draft length
+    num_accepted = _accept_prefix(matches)
     last = target.gather(1, num_accepted.long()[:, None])[:, 0]
     return num_accepted, _emit(draft_tokens, num_accepted, last)
 
@@ -231,15 +256,21 @@ def verify_sampling(
     target_probs: torch.Tensor,  # fp32 [B, k+1, V]
     seed: int,
     offset: int,
+    draft_lens: torch.Tensor | None = None,  # int32 [B] in 0..k; None: k for every row
 ) -> tuple[torch.Tensor, torch.Tensor]:  # int32 [B], int64 [B, k+1]
     B, k = draft_tokens.shape
     V = target_probs.shape[-1]
     coins, race_u = sampling_uniforms(B, k, V, seed, offset, device=target_probs.device)
+    drafted = _drafted(draft_lens, k + 1, target_probs.device)  # [B, k+1]
 
     d = draft_tokens[:, :, None]
+    if drafted is not None:
+        d = torch.where(drafted[:, :k, None], d, 0)  # ids past a row's length may be anything
     p_d = target_probs[:, :k].gather(2, d)[..., 0]  # [B, k]
     q_d = draft_probs.gather(2, d)[..., 0]
     accepted = (q_d > 0) & (coins.double() * q_d.double() < p_d.double())
+    if drafted is not None:
+        accepted &= drafted[:, :k]
     num_accepted = _accept_prefix(accepted)
 
     # Weights of the race at every position: the residual at i < k, p itself at k.
@@ -247,6 +278,9 @@ def verify_sampling(
     empty = ~(residual > 0).any(dim=-1, keepdim=True)
     residual = torch.where(empty, target_probs[:, :k], residual)
     weights = torch.cat([residual, target_probs[:, k:]], dim=1)  # [B, k+1, V]
+    if drafted is not None:
+        # A row's bonus race runs at its own length d, over p.
+        weights = torch.where(drafted[..., None], weights, target_probs)
     sampled = _race(weights, race_u)  # [B, k+1]
     last = sampled.gather(1, num_accepted.long()[:, None])[:, 0]
     return num_accepted, _emit(draft_tokens, num_accepted, last)

@@ -44,6 +44,56 @@ def sampling_case(B, k, V, seed):
     return draft, q, p
 
 
+def draft_lens_for(B, k, seed=0):
+    """int32 [B] per-row draft lengths: 0 and k on rows 0 and 1 (shifted by
+    `seed`), the lengths in between on the others, all different while B <= k + 1."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.cat([torch.tensor([0, k]), torch.randperm(k - 1, generator=g) + 1])
+    return order[(torch.arange(B) + seed) % (k + 1)].to(torch.int32)
+
+
+def accepting_even_rows(draft, *dists, seed=0):
+    """(draft, logits) or (draft, q, p) with the even rows drafting what the
+    target accepts at every position (greedy: its argmax; sampling: q = p and
+    drafts sampled from it, since u * p < p for any coin), so that rows of
+    every draft length accept all their drafts and emit the bonus token."""
+    draft = draft.clone()
+    if len(dists) == 1:
+        (logits,) = dists
+        draft[::2] = logits[::2, : draft.shape[1]].argmax(-1)
+        return draft, logits
+    q, p = dists
+    k, V = draft.shape[1], p.shape[-1]
+    q = q.clone()
+    q[::2] = p[::2, :k]
+    g = torch.Generator().manual_seed(seed)
+    draft[::2] = torch.multinomial(q[::2].reshape(-1, V), 1, generator=g).reshape(-1, k)
+    return draft, q, p
+
+
+def garbage_past_lens(lens, draft, *, q=None, p=None, logits=None, variant=0):
+    """Copies whose entries past each row's draft length d hold garbage, which
+    must not change the output. Variant 0: ids outside [0, V) at positions >= d,
+    NaN draft probabilities at positions >= d, NaN target probabilities /
+    logits at positions > d. Variant 1: the ids stay (valid, so a kernel that
+    reads past d may accept them) and the values are -1, a finite garbage that
+    changes any race that wrongly uses it. Variant 2: nothing changes (on rows
+    from accepting_even_rows the drafts past d would be accepted too).
+    Returns (draft, then the given tensors among q, p, logits)."""
+    V = (p if p is not None else logits).shape[-1]
+    ids = (-1, V, 2**62, -(2**63), 2**63 - 1)
+    draft = draft.clone()
+    given = [(t.clone(), first) for t, first in ((q, 0), (p, 1), (logits, 1)) if t is not None]
+    for b, d in enumerate(lens.tolist()):
+        if variant == 0:
+            for i in range(d, draft.shape[1]):
+                draft[b, i] = ids[(b + i) % len(ids)]
+        for t, first in given:
+            if variant < 2:
+                t[b, d + first :] = float("nan") if variant == 0 else -1.0
+    return (draft, *[t for t, _ in given])
+
+
 def run(backend, fn, *args):
     device = backend_device(backend)
     args = [a.to(device) if isinstance(a, torch.Tensor) else a for a in args]
@@ -187,10 +237,11 @@ def test_cpu_results_do_not_depend_on_thread_count(backend):
 
 
 @pytest.mark.parametrize("backend", ALL)
-@pytest.mark.parametrize("k", [1, 3])
-@pytest.mark.parametrize("V", [5, 16])
-def test_sampling_distribution(backend, k, V):
-    """Emitted tokens at every position follow the target distribution."""
+@pytest.mark.parametrize("k,V,ragged", [(1, 5, False), (1, 16, False), (3, 5, False), (3, 16, False), (3, 16, True)])
+def test_sampling_distribution(backend, k, V, ragged):
+    """Emitted tokens at every position follow the target distribution, also
+    with per-row draft lengths 0..k (ragged: the bonus token of a row of
+    length d is sampled at position d)."""
     chi2 = pytest.importorskip("scipy.stats").chi2
     N = 100_000 if backend != "triton" else 20_000
     g = torch.Generator().manual_seed(100 * k + V)
@@ -199,7 +250,10 @@ def test_sampling_distribution(backend, k, V):
     p = p1.expand(N, k + 1, V).contiguous()
     q = q1.expand(N, k, V).contiguous()
     draft = torch.multinomial(q.reshape(N * k, V), 1, replacement=True, generator=g).reshape(N, k)
-    n, out = run(backend, ops.verify_sampling, draft, q, p, 1234 + V, k)
+    lens = (torch.arange(N) % (k + 1)).to(torch.int32) if ragged else None
+    n, out = run(backend, ops.verify_sampling, draft, q, p, 1234 + V, k, lens)
+    if ragged:
+        assert (n <= lens).all() and (n == lens).any() and (n < lens).any()
     for j in range(k + 1):
         rows = n >= j  # position j is emitted
         tokens = out[rows, j]
@@ -208,10 +262,141 @@ def test_sampling_distribution(backend, k, V):
         stat = ((counts - expected) ** 2 / expected).sum().item()
         pval = chi2.sf(stat, V - 1)
         assert pval > 1e-4, f"position {j}: chi2={stat:.1f}, p={pval:.2g}"
-    # The acceptance rate matches its expectation sum_v min(p, q) at position 0.
-    rate0 = (n >= 1).double().mean().item()
+    # The acceptance rate matches its expectation sum_v min(p, q) at position 0
+    # (over the rows that drafted there).
+    drafted0 = n >= 0 if lens is None else lens >= 1
+    rate0 = (n[drafted0] >= 1).double().mean().item()
     expect0 = torch.minimum(p1[0], q1[0]).sum().item()
-    assert abs(rate0 - expect0) < 5 * (expect0 * (1 - expect0) / N) ** 0.5
+    assert abs(rate0 - expect0) < 5 * (expect0 * (1 - expect0) / int(drafted0.sum())) ** 0.5
+
+
+# --------------------------------------------------------------------------- per-row draft lengths
+
+
+@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_greedy_draft_lens_parity(backend, dtype):
+    # Lengths 0..k, all different where B allows, even rows accepting all their
+    # drafts; what lies past each row's length (garbage_past_lens's variants)
+    # is neither checked nor used.
+    for i, (B, k, V) in enumerate(grid(backend)):
+        draft, logits = accepting_even_rows(*greedy_case(B, k, V, dtype, seed=i))
+        lens = draft_lens_for(B, k, seed=i)
+        n_ref, out_ref = reference.verify_greedy(draft, logits, lens)
+        assert (n_ref <= lens).all() and (n_ref[::2] == lens[::2]).all()
+        bad_draft, bad_logits = garbage_past_lens(lens, draft, logits=logits, variant=i % 3)
+        n, out = run(backend, ops.verify_greedy, bad_draft, bad_logits, lens)
+        assert torch.equal(n, n_ref) and torch.equal(out, out_ref), (B, k, V, lens)
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_sampling_draft_lens_parity(backend):
+    for i, (B, k, V) in enumerate(grid(backend)):
+        draft, q, p = accepting_even_rows(*sampling_case(B, k, V, seed=i), seed=i)
+        lens = draft_lens_for(B, k, seed=i)
+        bad_draft, bad_q, bad_p = garbage_past_lens(lens, draft, q=q, p=p, variant=i % 3)
+        for seed, offset in ((i, 0), (-3, 2**32 - 1)):
+            n_ref, out_ref = reference.verify_sampling(draft, q, p, seed, offset, lens)
+            assert (n_ref <= lens).all() and (n_ref[::2] == lens[::2]).all()
+            n, out = run(backend, ops.verify_sampling, bad_draft, bad_q, bad_p, seed, offset, lens)
+            assert torch.equal(n, n_ref) and torch.equal(out, out_ref), (B, k, V, seed, offset, lens)
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_draft_lens_equal_to_k_is_bit_identical(backend):
+    for i, (B, k, V) in enumerate(grid(backend)[::3]):
+        full = torch.full((B,), k, dtype=torch.int32)
+        draft, logits = greedy_case(B, k, V, torch.bfloat16, seed=i)
+        expect = reference.verify_greedy(draft, logits)
+        for lens in (None, full):
+            got = run(backend, ops.verify_greedy, draft, logits, lens)
+            assert all(torch.equal(a, b) for a, b in zip(got, expect)), (B, k, V, lens)
+        draft, q, p = sampling_case(B, k, V, seed=i)
+        expect = reference.verify_sampling(draft, q, p, 5, 6)
+        for lens in (None, full):
+            got = run(backend, ops.verify_sampling, draft, q, p, 5, 6, lens)
+            assert all(torch.equal(a, b) for a, b in zip(got, expect)), (B, k, V, lens)
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_draft_lens_is_a_shorter_draft(backend):
+    # The contract spelled out: a row of length d behaves as if k were d. Its
+    # coins are those of positions 0..d-1, its bonus token (all d accepted) is
+    # the race over p at position d with that position's counters (2*d). Even
+    # rows draft from the target itself, so they accept everything and emit
+    # a bonus token; odd rows stop early.
+    B, k, V = 12, 5, 40
+    draft, q, p = accepting_even_rows(*sampling_case(B, k, V, seed=3), seed=4)
+    gdraft, logits = accepting_even_rows(*greedy_case(B, k, V, torch.float32, seed=3))
+    lens = draft_lens_for(B, k, seed=1)
+    n, out = run(backend, ops.verify_sampling, draft, q, p, 11, 2, lens)
+    gn, gout = run(backend, ops.verify_greedy, gdraft, logits, lens)
+    _, race_u = reference.sampling_uniforms(B, k, V, 11, 2)
+    bonus = reference._race(p, race_u)  # [B, k+1]: the race over p at every position
+    for b in range(0, B, 2):
+        d = int(lens[b])
+        assert int(n[b]) == d and int(out[b, d]) == int(bonus[b, d]), (b, d)
+        assert int(gn[b]) == d and int(gout[b, d]) == int(logits[b, d].argmax()), (b, d)
+    for d in range(1, k + 1):
+        rows = lens == d
+        short = run(backend, ops.verify_sampling, draft[:, :d], q[:, :d], p[:, : d + 1], 11, 2)
+        gshort = run(backend, ops.verify_greedy, gdraft[:, :d], logits[:, : d + 1])
+        for got, want in ((n, short[0]), (out[:, : d + 1], short[1]), (gn, gshort[0]), (gout[:, : d + 1], gshort[1])):
+            assert torch.equal(got[rows], want[rows]), d
+        assert (out[rows, d + 1 :] == -1).all() and (gout[rows, d + 1 :] == -1).all()
+
+
+def bad_draft_lens(B, k):
+    """(pattern the error must match, draft_lens) for a batch of B rows, k drafts."""
+    return [
+        (r"draft_lens.*int32", torch.full((B,), k, dtype=torch.int64)),
+        (r"draft_lens.*int32", torch.full((B,), k, dtype=torch.float32)),
+        (rf"draft_lens.*B={B}", torch.full((B + 1,), k, dtype=torch.int32)),
+        (rf"draft_lens.*B={B}", torch.full((B, 1), k, dtype=torch.int32)),
+        (rf"draft_lens.*B={B}", torch.tensor(k, dtype=torch.int32)),
+        (rf"draft_lens.*k={k}", torch.tensor([0] * (B - 1) + [k + 1], dtype=torch.int32)),
+        (rf"draft_lens.*k={k}", torch.tensor([-1] + [k] * (B - 1), dtype=torch.int32)),
+        (rf"draft_lens.*k={k}", torch.tensor([2**31 - 1] * B, dtype=torch.int32)),
+    ]
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_bad_draft_lens(backend):
+    device = backend_device(backend)
+    B, k, V = 3, 4, 20
+    d, l = greedy_case(B, k, V, torch.float32, 0)
+    sd, q, p = sampling_case(B, k, V, 0)
+    cases = bad_draft_lens(B, k) + [
+        ("draft_lens must be an int32 tensor", [k] * B),
+        ("draft_lens must be on", torch.full((B,), k, dtype=torch.int32, device="meta")),
+    ]
+    with lk.use_backend(backend):
+        for pattern, lens in cases:
+            if isinstance(lens, torch.Tensor) and lens.device.type != "meta":
+                lens = lens.to(device)
+            with pytest.raises(ValueError, match=pattern):
+                ops.verify_greedy(d.to(device), l.to(device), lens)
+            with pytest.raises(ValueError, match=pattern):
+                ops.verify_sampling(sd.to(device), q.to(device), p.to(device), 0, 0, lens)
+
+
+@pytest.mark.parametrize("backend", [p for p in backend_params() if p.values[0] in ("cpu", "cuda")])
+def test_bad_draft_lens_raw_ops(backend):
+    # torch.ops.layerskip.* directly: shape and dtype are refused on every
+    # device; values on CPU only (on CUDA the kernels clamp them instead:
+    # docs/ops_boundary.md).
+    device = backend_device(backend)
+    B, k, V = 3, 4, 20
+    d, l = greedy_case(B, k, V, torch.float32, 0)
+    sd, q, p = sampling_case(B, k, V, 0)
+    for pattern, lens in bad_draft_lens(B, k):
+        if device == "cuda" and "k=" in pattern:
+            continue
+        lens = lens.to(device)
+        with pytest.raises(RuntimeError, match=pattern):
+            torch.ops.layerskip.verify_greedy(d.to(device), l.to(device), lens)
+        with pytest.raises(RuntimeError, match=pattern):
+            torch.ops.layerskip.verify_sampling(sd.to(device), q.to(device), p.to(device), 0, 0, lens)
 
 
 # --------------------------------------------------------------------------- bad input
@@ -294,7 +479,10 @@ def test_uniforms_layout():
 
 
 def test_opcheck_acceptance():
+    lens = torch.tensor([0, 2], dtype=torch.int32)
     d, l = greedy_case(2, 3, 10, torch.float32, 0)
     torch.library.opcheck(torch.ops.layerskip.verify_greedy.default, (d, l))
+    torch.library.opcheck(torch.ops.layerskip.verify_greedy.default, (d, l, lens))
     d, q, p = sampling_case(2, 3, 10, 0)
     torch.library.opcheck(torch.ops.layerskip.verify_sampling.default, (d, q, p, 1, 2))
+    torch.library.opcheck(torch.ops.layerskip.verify_sampling.default, (d, q, p, 1, 2, lens))

@@ -334,10 +334,13 @@ def acceptance_case(draw):
     B = draw(st.integers(1, 4))
     k = draw(st.integers(1, 4))
     V = draw(st.sampled_from([1, 2, 5, 17, 64]))
+    # Per-row draft lengths (None: k for every row), contiguous or strided.
+    lens = draw(st.one_of(st.none(), st.lists(st.integers(0, k), min_size=B, max_size=B)))
     return dict(B=B, k=k, V=V, layout=draw(st.sampled_from(["contiguous", "spread", "transposed"])),
                 hidden=draw(st.sampled_from([-1, V, 2**62])), seed=draw(st.integers(0, 2**16)),
                 rng_seed=draw(st.sampled_from([0, 1, 2**63 - 1, -(2**63), 12345])),
-                offset=draw(st.sampled_from([0, 7, 2**32 - 1])))
+                offset=draw(st.sampled_from([0, 7, 2**32 - 1])),
+                lens=lens, lens_layout=draw(st.sampled_from(["contiguous", "strided"])))
 
 
 def acceptance_inputs(c):
@@ -358,21 +361,65 @@ def strided_tokens(drafts: torch.Tensor, hidden: int) -> torch.Tensor:
     return view
 
 
+def acceptance_lens(c, hidden: int = 0) -> torch.Tensor | None:
+    """c["lens"] as int32 [B] (strided over `hidden` values when c asks), or None."""
+    if c.get("lens") is None:
+        return None
+    if c.get("lens_layout") == "strided":
+        return hidden_lens(c["lens"], hidden)
+    return torch.tensor(c["lens"], dtype=torch.int32)
+
+
+def past_lens_garbage(c, drafts, q, p, logits):
+    """Copies holding garbage past each row's draft length d: the out-of-range
+    id c["hidden"] at positions >= d, NaN draft probabilities at positions >= d,
+    NaN target probabilities / logits at positions > d."""
+    drafts, q, p, logits = drafts.clone(), q.clone(), p.clone(), logits.clone()
+    for b, d in enumerate(c["lens"] or []):
+        drafts[b, d:] = c["hidden"]
+        q[b, d:] = float("nan")
+        p[b, d + 1 :] = float("nan")
+        logits[b, d + 1 :] = float("nan")
+    return drafts, q, p, logits
+
+
 @pytest.mark.parametrize("entry", ENTRIES, ids=ENTRY_IDS)
 @FUZZ
 @given(c=acceptance_case())
 def test_acceptance_valid_layouts(entry, c):
     # Non-contiguous drafts (whose gaps hold out-of-range ids), logits and
-    # probabilities, seeds at both int64 ends: bit-exact with the reference.
+    # probabilities, seeds at both int64 ends, per-row draft lengths (strided
+    # ones with gaps holding a length past k) with garbage past each row's
+    # length: bit-exact with the reference on the clean inputs.
     drafts, q, p, logits = acceptance_inputs(c)
+    lens = acceptance_lens(c, hidden=c["k"] + 1)
+    dirty = past_lens_garbage(c, drafts, q, p, logits)
     lay = c["layout"]
-    sd = strided_tokens(drafts, c["hidden"])
-    n, out = call(entry, "verify_greedy", sd, noncontig(logits, lay))
-    rn, rout = reference.verify_greedy(drafts, logits)
+    sd = strided_tokens(dirty[0], c["hidden"])
+    n, out = call(entry, "verify_greedy", sd, noncontig(dirty[3], lay), lens)
+    rn, rout = reference.verify_greedy(drafts, logits, lens)
     assert torch.equal(n, rn) and torch.equal(out, rout)
-    n, out = call(entry, "verify_sampling", sd, noncontig(q, lay), noncontig(p, lay), c["rng_seed"], c["offset"])
-    rn, rout = reference.verify_sampling(drafts, q, p, c["rng_seed"], c["offset"])
+    n, out = call(entry, "verify_sampling", sd, noncontig(dirty[1], lay), noncontig(dirty[2], lay), c["rng_seed"],
+                  c["offset"], lens)
+    rn, rout = reference.verify_sampling(drafts, q, p, c["rng_seed"], c["offset"], lens)
     assert torch.equal(n, rn) and torch.equal(out, rout)
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=ENTRY_IDS)
+@FUZZ
+@given(c=acceptance_case(), bad=st.sampled_from([-1, -(2**31), 1, 2**31 - 1]), row=st.integers(0, 3))
+def test_acceptance_bad_draft_lens(entry, c, bad, row):
+    # One row's draft length outside [0, k], possibly in a strided tensor whose
+    # gaps hold valid lengths: a clear error naming draft_lens.
+    lens = list(c["lens"] or [c["k"]] * c["B"])
+    lens[row % c["B"]] = bad if bad < 0 else min(c["k"] + bad, 2**31 - 1)
+    c = dict(c, lens=lens)
+    drafts, q, p, logits = acceptance_inputs(c)
+    t = acceptance_lens(c, hidden=0)
+    with pytest.raises(error_types(entry), match="draft_lens"):
+        call(entry, "verify_greedy", drafts, logits, t)
+    with pytest.raises(error_types(entry), match="draft_lens"):
+        call(entry, "verify_sampling", drafts, q, p, 0, 0, t)
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=ENTRY_IDS)
@@ -420,11 +467,12 @@ def test_nan_probabilities_raw_ops_match_reference(c, n_nan, where):
     # otherwise need): NaN has the reference's defined meaning instead (a NaN at
     # a drafted id rejects it, a NaN weight never wins a race).
     drafts, q, p, _ = acceptance_inputs(c)
+    lens = acceptance_lens(c)
     g = torch.Generator().manual_seed(where)
     for t in (q, p):
         t.view(-1)[torch.randint(0, t.numel(), (n_nan,), generator=g)] = float("nan")
-    rn, rout = reference.verify_sampling(drafts, q, p, c["rng_seed"], c["offset"])
-    n, out = torch.ops.layerskip.verify_sampling(drafts, q, p, c["rng_seed"], c["offset"])
+    rn, rout = reference.verify_sampling(drafts, q, p, c["rng_seed"], c["offset"], lens)
+    n, out = torch.ops.layerskip.verify_sampling(drafts, q, p, c["rng_seed"], c["offset"], lens)
     assert torch.equal(n, rn) and torch.equal(out, rout)
 
 
@@ -456,12 +504,30 @@ def test_trusted_inputs_nan_and_bad_ids(backend):
         assert ((out >= -1) & (out < c["V"])).all(), f"{name}: emitted {out}"
 
 
+@pytest.mark.parametrize("backend", [b for b in OPS_BACKENDS if b != "cpu"])
+def test_trusted_inputs_draft_lens_out_of_range(backend):
+    # Inside ops.trusted_inputs() draft_lens is not read on the host: a length
+    # outside [0, k] acts as the nearest one inside (the kernels clamp it on the
+    # device, the reference's masks do the same), never a read past a tensor.
+    c = dict(B=4, k=3, V=17, seed=6, rng_seed=2, offset=9)
+    drafts, q, p, logits = acceptance_inputs(c)
+    lens = torch.tensor([-5, 7, 2**31 - 1, -(2**31)], dtype=torch.int32)
+    clamped = lens.clamp(0, c["k"])
+    for name, args in (("verify_greedy", (drafts, logits)), ("verify_sampling", (drafts, q, p, 3, 1))):
+        with ops.trusted_inputs():
+            n, out = call(("ops", backend), name, *args, lens)
+        rn, rout = getattr(reference, name)(*args, clamped)
+        assert torch.equal(n, rn) and torch.equal(out, rout), name
+
+
 @pytest.mark.parametrize("entry", ENTRIES, ids=ENTRY_IDS)
 def test_acceptance_zero_sizes(entry):
     drafts = torch.zeros(0, 3, dtype=torch.int64)
     n, out = call(entry, "verify_greedy", drafts, torch.zeros(0, 4, 5))
     assert n.shape == (0,) and out.shape == (0, 4)
     n, out = call(entry, "verify_sampling", drafts, torch.zeros(0, 3, 5), torch.zeros(0, 4, 5), 0, 0)
+    assert n.shape == (0,) and out.shape == (0, 4)
+    n, out = call(entry, "verify_greedy", drafts, torch.zeros(0, 4, 5), torch.zeros(0, dtype=torch.int32))
     assert n.shape == (0,) and out.shape == (0, 4)
     for name, args in (("draft_tokens", (torch.zeros(2, 0, dtype=torch.int64), torch.zeros(2, 1, 5))),
                        ("target_logits", (torch.zeros(2, 1, dtype=torch.int64), torch.zeros(2, 2, 0)))):

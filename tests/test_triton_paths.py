@@ -18,7 +18,7 @@ import torch
 from layerskip_kernels import reference
 
 from conftest import backend_device, backend_params
-from test_acceptance_ops import greedy_case, sampling_case
+from test_acceptance_ops import draft_lens_for, garbage_past_lens, greedy_case, sampling_case
 from test_attention_ops import check_error, make_case, reference_runs
 
 pytestmark = pytest.mark.parametrize("backend", [p for p in backend_params() if p.values[0] == "triton"])
@@ -225,6 +225,13 @@ def test_greedy_vocab_slices(backend, dtype, V, block_v, vocab_splits):
     n_ref, out_ref = reference.verify_greedy(draft, logits)
     n, out = _kernels().verify_greedy(draft.to(device), logits.to(device), block_v=block_v, vocab_splits=vocab_splits)
     assert torch.equal(n.cpu(), n_ref) and torch.equal(out.cpu(), out_ref)
+    # Per-row draft lengths 0..k over the same slices, garbage past them.
+    lens = draft_lens_for(6, 4, seed=V)
+    n_ref, out_ref = reference.verify_greedy(draft, logits, lens)
+    bad_draft, bad_logits = garbage_past_lens(lens, draft, logits=logits)
+    n, out = _kernels().verify_greedy(bad_draft.to(device), bad_logits.to(device), lens.to(device), block_v=block_v,
+                                      vocab_splits=vocab_splits)
+    assert torch.equal(n.cpu(), n_ref) and torch.equal(out.cpu(), out_ref), lens
 
 
 @pytest.mark.parametrize("V,block_v,vocab_splits", [(37, 8, 4), (101, 16, 3), (64, 4, 16)])
@@ -239,6 +246,12 @@ def test_sampling_vocab_slices(backend, V, block_v, vocab_splits):
                 draft.to(device), q.to(device), p.to(device), seed, offset, block_v=block_v, vocab_splits=vocab_splits
             )
             assert torch.equal(n.cpu(), n_ref) and torch.equal(out.cpu(), out_ref), (k, seed, offset)
+        # Per-row draft lengths 0..k, garbage past them.
+        lens = draft_lens_for(5, k, seed=V)
+        n_ref, out_ref = reference.verify_sampling(draft, q, p, 3, 4, lens)
+        bad = [t.to(device) for t in garbage_past_lens(lens, draft, q=q, p=p)]
+        n, out = kernels.verify_sampling(*bad, 3, 4, lens.to(device), block_v=block_v, vocab_splits=vocab_splits)
+        assert torch.equal(n.cpu(), n_ref) and torch.equal(out.cpu(), out_ref), (k, lens)
 
 
 def test_sampling_races_only_at_the_first_rejection(backend):

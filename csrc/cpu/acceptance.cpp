@@ -9,6 +9,11 @@
 // drafted ids, which fixes the first rejected position a of each row first;
 // only the race at a decides the emitted token, so only that position's
 // probabilities are streamed (the races at other positions are never used).
+//
+// Per-row draft lengths d = draft_lens[b]: the coins stop at d, the race at
+// a = d is the bonus race over p, and greedy scans no position past d: no
+// draft token or draft probability at a position >= d is read, and no target
+// row past position d.
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
@@ -32,6 +37,19 @@ int64_t pieces_for(int64_t n, int64_t rows, int64_t min_piece) {
   const int64_t want = (4 * static_cast<int64_t>(at::get_num_threads()) + rows - 1) / std::max<int64_t>(rows, 1);
   const int64_t most = std::max<int64_t>(1, n / min_piece);
   return std::max<int64_t>(1, std::min(want, most));
+}
+
+// Draft length of every row: draft_lens clamped into [0, k] (ops.cpp refuses
+// other values before; the clamp keeps every index inside the tensors all the
+// same), k for every row without draft_lens.
+std::vector<int64_t> row_draft_lens(const c10::optional<at::Tensor>& draft_lens, int64_t B,
+                                    int64_t k) {
+  std::vector<int64_t> lens(B, k);
+  if (!draft_lens.has_value()) return lens;
+  const at::Tensor t = draft_lens->contiguous();
+  const int32_t* p = t.data_ptr<int32_t>();
+  for (int64_t b = 0; b < B; ++b) lens[b] = std::clamp<int64_t>(p[b], 0, k);
+  return lens;
 }
 
 // Emits drafts[:a], then `last` at a, then -1.
@@ -79,9 +97,10 @@ ArgmaxPart argmax_range(const T* x, int64_t v0, int64_t v1) {
   return best;
 }
 
+// lens: the draft length of every row; positions past it are not scanned.
 template <typename T>
-void greedy_kernel(const int64_t* drafts, const T* logits, int64_t B, int64_t k, int64_t V,
-                   int32_t* num_accepted, int64_t* out) {
+void greedy_kernel(const int64_t* drafts, const T* logits, const int64_t* lens, int64_t B,
+                   int64_t k, int64_t V, int32_t* num_accepted, int64_t* out) {
   const int64_t rows = B * (k + 1);
   const int64_t pieces = pieces_for(V, rows, 16384);
   const int64_t piece = (V + pieces - 1) / pieces;
@@ -90,6 +109,7 @@ void greedy_kernel(const int64_t* drafts, const T* logits, int64_t B, int64_t k,
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads_for(tasks))
   for (int64_t t = 0; t < tasks; ++t) {
     const int64_t row = t / pieces, c = t % pieces;
+    if (row % (k + 1) > lens[row / (k + 1)]) continue;  // never emitted: parts[t] stays unused
     const int64_t v0 = std::min(V, c * piece), v1 = std::min(V, v0 + piece);
     parts[t] = argmax_range(logits + row * V, v0, v1);
   }
@@ -106,7 +126,7 @@ void greedy_kernel(const int64_t* drafts, const T* logits, int64_t B, int64_t k,
     const int64_t* d = drafts + b * k;
     const int64_t* tgt = target.data() + b * (k + 1);
     int64_t a = 0;
-    while (a < k && d[a] == tgt[a]) ++a;
+    while (a < lens[b] && d[a] == tgt[a]) ++a;
     num_accepted[b] = static_cast<int32_t>(a);
     emit_row(d, k, a, tgt[a], out + b * (k + 1));
   }
@@ -195,14 +215,16 @@ void race_range(const float* p, const float* q, int64_t V, int64_t v0, int64_t v
   }
 }
 
-void sampling_kernel(const int64_t* drafts, const float* dprobs, const float* tprobs, int64_t B,
-                     int64_t k, int64_t V, const SamplingKey& key, int32_t* num_accepted,
-                     int64_t* out) {
-  // Accept coins: O(k) reads per row.
+// lens: the draft length d of every row; the coins stop at d, and the race at
+// a = d (all accepted) is the bonus race over p at that position.
+void sampling_kernel(const int64_t* drafts, const float* dprobs, const float* tprobs,
+                     const int64_t* lens, int64_t B, int64_t k, int64_t V, const SamplingKey& key,
+                     int32_t* num_accepted, int64_t* out) {
+  // Accept coins: O(d) reads per row.
   std::vector<int64_t> first_reject(B);
   for (int64_t b = 0; b < B; ++b) {
     int64_t a = 0;
-    while (a < k) {
+    while (a < lens[b]) {
       const int64_t d = drafts[b * k + a];
       const float p_d = tprobs[(b * (k + 1) + a) * V + d];
       const float q_d = dprobs[(b * k + a) * V + d];
@@ -225,7 +247,7 @@ void sampling_kernel(const int64_t* drafts, const float* dprobs, const float* tp
     const int64_t v0 = std::min(V, c * piece), v1 = std::min(V, v0 + piece);
     const int64_t a = first_reject[b];
     const float* p = tprobs + (b * (k + 1) + a) * V;
-    if (a < k) {
+    if (a < lens[b]) {
       race_range<true>(p, dprobs + (b * k + a) * V, V, v0, v1, key, static_cast<uint32_t>(b),
                        static_cast<uint32_t>(a), part_r[t], part_p[t]);
     } else {
@@ -243,8 +265,8 @@ void sampling_kernel(const int64_t* drafts, const float* dprobs, const float* tp
       if (pp.key > p.key) p = pp;
     }
     const int64_t a = first_reject[b];
-    // At a < k a residual with no positive entry falls back to the race over p.
-    const int64_t token = (a < k && r.key < 0.0) ? p.idx : r.idx;
+    // At a < d a residual with no positive entry falls back to the race over p.
+    const int64_t token = (a < lens[b] && r.key < 0.0) ? p.idx : r.idx;
     num_accepted[b] = static_cast<int32_t>(a);
     emit_row(drafts + b * k, k, a, token, out + b * (k + 1));
   }
@@ -253,16 +275,18 @@ void sampling_kernel(const int64_t* drafts, const float* dprobs, const float* tp
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> verify_greedy(const at::Tensor& draft_tokens,
-                                                 const at::Tensor& target_logits) {
+                                                 const at::Tensor& target_logits,
+                                                 const c10::optional<at::Tensor>& draft_lens) {
   const at::Tensor drafts = draft_tokens.contiguous();
   const at::Tensor logits = target_logits.contiguous();
   const int64_t B = drafts.size(0), k = drafts.size(1), V = logits.size(2);
   at::Tensor num_accepted = at::empty({B}, drafts.options().dtype(at::kInt));
   at::Tensor out_tokens = at::empty({B, k + 1}, drafts.options());
   if (B == 0) return {num_accepted, out_tokens};
+  const std::vector<int64_t> lens = row_draft_lens(draft_lens, B, k);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "verify_greedy", [&] {
-    greedy_kernel<scalar_t>(drafts.data_ptr<int64_t>(), logits.data_ptr<scalar_t>(), B, k, V,
-                            num_accepted.data_ptr<int32_t>(), out_tokens.data_ptr<int64_t>());
+    greedy_kernel<scalar_t>(drafts.data_ptr<int64_t>(), logits.data_ptr<scalar_t>(), lens.data(), B,
+                            k, V, num_accepted.data_ptr<int32_t>(), out_tokens.data_ptr<int64_t>());
   });
   return {num_accepted, out_tokens};
 }
@@ -270,7 +294,8 @@ std::tuple<at::Tensor, at::Tensor> verify_greedy(const at::Tensor& draft_tokens,
 std::tuple<at::Tensor, at::Tensor> verify_sampling(const at::Tensor& draft_tokens,
                                                    const at::Tensor& draft_probs,
                                                    const at::Tensor& target_probs, int64_t seed,
-                                                   int64_t offset) {
+                                                   int64_t offset,
+                                                   const c10::optional<at::Tensor>& draft_lens) {
   const at::Tensor drafts = draft_tokens.contiguous();
   const at::Tensor q = draft_probs.contiguous();
   const at::Tensor p = target_probs.contiguous();
@@ -281,8 +306,9 @@ std::tuple<at::Tensor, at::Tensor> verify_sampling(const at::Tensor& draft_token
   const uint64_t s = static_cast<uint64_t>(seed);
   const SamplingKey key{static_cast<uint32_t>(s & 0xffffffffu), static_cast<uint32_t>(s >> 32),
                         static_cast<uint32_t>(offset)};
-  sampling_kernel(drafts.data_ptr<int64_t>(), q.data_ptr<float>(), p.data_ptr<float>(), B, k, V, key,
-                  num_accepted.data_ptr<int32_t>(), out_tokens.data_ptr<int64_t>());
+  const std::vector<int64_t> lens = row_draft_lens(draft_lens, B, k);
+  sampling_kernel(drafts.data_ptr<int64_t>(), q.data_ptr<float>(), p.data_ptr<float>(), lens.data(),
+                  B, k, V, key, num_accepted.data_ptr<int32_t>(), out_tokens.data_ptr<int64_t>());
   return {num_accepted, out_tokens};
 }
 

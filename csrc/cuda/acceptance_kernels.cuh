@@ -8,6 +8,13 @@
 // there (as a token the draft gave probability 0), and the residual race at
 // that position reads q at no id in particular: it is the race over
 // max(p - q, 0) as for any rejection.
+//
+// Per-row draft lengths (draft_lens, int32 [B], or nullptr for k everywhere)
+// are not read on the host either: each kernel clamps draft_lens[b] into
+// [0, k] (row_draft_len), so any value keeps every index inside the tensors
+// and gives the reference's result for the clamped length. No draft token or
+// draft probability at a position >= the row's length is read (greedy does
+// not even scan the target rows past it).
 #pragma once
 #include <stdint.h>
 
@@ -89,15 +96,26 @@ __device__ __forceinline__ SplitRange split_range(int split, int64_t groups_per_
   return {begin, min(begin + groups_per_split, groups)};
 }
 
+// Draft length of row b: draft_lens[b] clamped into [0, k]; k without draft_lens.
+__device__ __forceinline__ int row_draft_len(const int32_t* draft_lens, int64_t b, int k) {
+  if (draft_lens == nullptr) return k;
+  const int32_t d = draft_lens[b];
+  return d < 0 ? 0 : (d > k ? k : static_cast<int>(d));
+}
+
 // ---------------------------------------------------------------------------- greedy
 
-// One CTA per (row-position rp = b * (k+1) + i, vocabulary split).
+// One CTA per (row-position rp = b * (k+1) + i, vocabulary split). Positions
+// past the row's draft length are never emitted: their CTAs return at once.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    greedy_argmax_kernel(const T* __restrict__ logits, int64_t V, int64_t groups,
-                         int64_t groups_per_split, int nsplit, ArgmaxPartial* __restrict__ ws) {
+    greedy_argmax_kernel(const T* __restrict__ logits, const int32_t* __restrict__ draft_lens,
+                         int k, int64_t V, int64_t groups, int64_t groups_per_split, int nsplit,
+                         ArgmaxPartial* __restrict__ ws) {
   const int64_t rp = blockIdx.x / nsplit;
   const int split = static_cast<int>(blockIdx.x % nsplit);
+  // The whole CTA leaves together, before any barrier.
+  if (rp % (k + 1) > row_draft_len(draft_lens, rp / (k + 1), k)) return;
   const T* row = logits + rp * V;
   const bool vec = is_aligned(row, 4 * sizeof(T));
   const SplitRange range = split_range(split, groups_per_split, groups);
@@ -161,14 +179,16 @@ __device__ __forceinline__ void emit_row(const int64_t* draft, int64_t b, int k,
 }
 
 __global__ void greedy_finalize_kernel(const int64_t* __restrict__ draft,
+                                       const int32_t* __restrict__ draft_lens,
                                        const ArgmaxPartial* __restrict__ ws, int64_t B, int k,
                                        int nsplit, int32_t* __restrict__ num_accepted,
                                        int64_t* __restrict__ out_tokens) {
   const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (b >= B) return;
   const int64_t rp0 = b * (k + 1);
+  const int d = row_draft_len(draft_lens, b, k);
   int a = 0;
-  while (a < k && draft[b * k + a] == greedy_target(ws, rp0 + a, nsplit)) ++a;
+  while (a < d && draft[b * k + a] == greedy_target(ws, rp0 + a, nsplit)) ++a;
   emit_row(draft, b, k, a, greedy_target(ws, rp0 + a, nsplit), num_accepted, out_tokens);
 }
 
@@ -187,44 +207,48 @@ __device__ __forceinline__ bool sampling_accepts(const int64_t* draft, const flo
                          p_d, q_d);
 }
 
-// First rejected position of row b (k when all are accepted), from warp 0:
-// lane j decides position j (+ 32 per round) and a ballot finds the first
-// rejection, so the k coins cost one round of loads instead of k in a row.
+// First rejected position of row b among its d drafts (d when all are
+// accepted), from warp 0: lane j decides position j (+ 32 per round) and a
+// ballot finds the first rejection, so the d coins cost one round of loads
+// instead of d in a row.
 __device__ __forceinline__ int first_rejection(const int64_t* draft, const float* draft_probs,
-                                               const float* target_probs, int64_t b, int k,
+                                               const float* target_probs, int64_t b, int k, int d,
                                                int64_t V, const SamplingKey& key, int lane) {
-  for (int base = 0; base < k; base += 32) {
+  for (int base = 0; base < d; base += 32) {
     const int i = base + lane;
     const bool reject =
-        i < k && !sampling_accepts(draft, draft_probs, target_probs, b, k, i, V, key);
+        i < d && !sampling_accepts(draft, draft_probs, target_probs, b, k, i, V, key);
     const unsigned mask = __ballot_sync(kFullMask, reject);
     if (mask != 0u) return base + __ffs(static_cast<int>(mask)) - 1;
   }
-  return k;
+  return d;
 }
 
 // One CTA per (row b, vocabulary split). The coins come first (as the cpu
 // backend does): only the race at the row's first rejected position a
 // decides the emitted token, so it is the only one run, over the residual
-// max(p - q, 0) at a < k and over p (the fallback when the residual is all
-// zero, and the bonus token at a = k) with the same uniforms.
+// max(p - q, 0) at a < d (the row's draft length) and over p (the fallback
+// when the residual is all zero, and the bonus token at a = d) with the same
+// uniforms.
 __global__ void __launch_bounds__(kThreads)
     sampling_race_kernel(const int64_t* __restrict__ draft, const float* __restrict__ draft_probs,
-                         const float* __restrict__ target_probs, int64_t V, int k, int64_t groups,
+                         const float* __restrict__ target_probs,
+                         const int32_t* __restrict__ draft_lens, int64_t V, int k, int64_t groups,
                          int64_t groups_per_split, int nsplit, SamplingKey key,
                          RacePartial* __restrict__ ws) {
   const int64_t b = blockIdx.x / nsplit;
   const int split = static_cast<int>(blockIdx.x % nsplit);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 
+  const int d = row_draft_len(draft_lens, b, k);
   __shared__ int s_pos;
   if (warp == 0) {
-    const int a = first_rejection(draft, draft_probs, target_probs, b, k, V, key, lane);
+    const int a = first_rejection(draft, draft_probs, target_probs, b, k, d, V, key, lane);
     if (lane == 0) s_pos = a;
   }
   __syncthreads();
   const int i = s_pos;
-  const bool has_q = i < k;
+  const bool has_q = i < d;
   const float* p_row = target_probs + (b * (k + 1) + i) * V;
   const float* q_row = draft_probs + (b * k + (has_q ? i : 0)) * V;
   const bool vec = is_aligned(p_row, 16) && is_aligned(q_row, 16);
@@ -306,9 +330,11 @@ __global__ void sampling_finalize_kernel(const int64_t* __restrict__ draft,
     if (race_better(part.key_p, part.idx_p, key_p, idx_p)) key_p = part.key_p, idx_p = part.idx_p;
     any_res = any_res || part.any_res;
   }
-  // A race without candidates (all weights zero) gives id 0, like argmax over
-  // the reference's all -1 keys.
-  const int winner = a < k && any_res ? idx_res : idx_p;
+  // any_res is set only by a residual race (a < the row's draft length): the
+  // residual's winner then, else the race over p (the fallback, or the bonus
+  // token). A race without candidates (all weights zero) gives id 0, like
+  // argmax over the reference's all -1 keys.
+  const int winner = any_res ? idx_res : idx_p;
   emit_row(draft, b, k, a, winner == kNone ? 0 : winner, num_accepted, out_tokens);
 }
 

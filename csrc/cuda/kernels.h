@@ -15,15 +15,18 @@ at::Tensor draft_verify_attention(const at::Tensor& q, at::Tensor& k_cache, at::
                                   const c10::optional<at::Tensor>& cos,
                                   const c10::optional<at::Tensor>& sin, double softmax_scale);
 
-// draft_tokens: int64 [B, k]; target_logits: [B, k+1, V] fp32/fp16/bf16.
-// Returns (num_accepted int32 [B], out_tokens int64 [B, k+1]).
+// draft_tokens: int64 [B, k]; target_logits: [B, k+1, V] fp32/fp16/bf16;
+// draft_lens: int32 [B] (row b drafted draft_tokens[b, :draft_lens[b]]) or
+// none (k for every row). Returns (num_accepted int32 [B], out_tokens int64 [B, k+1]).
 std::tuple<at::Tensor, at::Tensor> verify_greedy(const at::Tensor& draft_tokens,
-                                                 const at::Tensor& target_logits);
+                                                 const at::Tensor& target_logits,
+                                                 const c10::optional<at::Tensor>& draft_lens);
 
 // draft_probs: fp32 [B, k, V]; target_probs: fp32 [B, k+1, V].
 std::tuple<at::Tensor, at::Tensor> verify_sampling(const at::Tensor& draft_tokens,
                                                    const at::Tensor& draft_probs,
                                                    const at::Tensor& target_probs, int64_t seed,
-                                                   int64_t offset);
+                                                   int64_t offset,
+                                                   const c10::optional<at::Tensor>& draft_lens);
 
 }  // namespace layerskip::cuda

@@ -20,13 +20,15 @@ def draft_verify_attention(q, k_cache, v_cache, k_new, v_new, cache_seqlens, cos
                 num_splits=num_splits, block_n=block_n, min_keys_per_split=min_keys_per_split)
 
 
-def verify_greedy(draft_tokens, target_logits, *, block_v=None, vocab_splits=None):
+def verify_greedy(draft_tokens, target_logits, draft_lens=None, *, block_v=None, vocab_splits=None):
     from .acceptance import verify_greedy as impl
 
-    return impl(draft_tokens, target_logits, block_v=block_v, vocab_splits=vocab_splits)
+    return impl(draft_tokens, target_logits, draft_lens, block_v=block_v, vocab_splits=vocab_splits)
 
 
-def verify_sampling(draft_tokens, draft_probs, target_probs, seed, offset, *, block_v=None, vocab_splits=None):
+def verify_sampling(draft_tokens, draft_probs, target_probs, seed, offset, draft_lens=None, *, block_v=None,
+                    vocab_splits=None):
     from .acceptance import verify_sampling as impl
 
-    return impl(draft_tokens, draft_probs, target_probs, seed, offset, block_v=block_v, vocab_splits=vocab_splits)
+    return impl(draft_tokens, draft_probs, target_probs, seed, offset, draft_lens, block_v=block_v,
+                vocab_splits=vocab_splits)

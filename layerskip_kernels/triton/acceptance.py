@@ -25,6 +25,13 @@ When V is small a program takes several rows (or pairs), so that thousands of
 rows (the statistical tests; batched decoding of a tiny vocabulary) are not
 thousands of programs. Random numbers follow the counter layout in the
 docstring of reference.py. Launchers read no tensor value on the host.
+
+Per-row draft lengths (draft_lens): each kernel clamps draft_lens[b] into
+[0, K] on the device (`_draft_len`), so any value stays inside the tensors.
+Row b's coins stop at its length d, its race at a = d is the bonus race over
+p, and greedy scans no position past d: no draft token or draft probability
+at a position >= d is read. Without draft_lens (HAS_LENS = False) the kernels
+are the plain k-for-every-row ones.
 """
 
 from __future__ import annotations
@@ -63,20 +70,37 @@ def _philox_uniform(x):
 
 
 @triton.jit
+def _draft_len(lens_ptr, b, mask, K, HAS_LENS: tl.constexpr):
+    """Draft length of rows b: draft_lens[b] clamped into [0, K]; K without draft_lens."""
+    if HAS_LENS:
+        d = tl.load(lens_ptr + b, mask=mask, other=0)
+        return tl.minimum(tl.maximum(d, 0), K)
+    else:
+        return tl.zeros_like(b) + K
+
+
+@triton.jit
 def _argmax_partial_kernel(
     logits_ptr,  # [B, K1, V] fp32/fp16/bf16
+    lens_ptr,  # int32 [B]: draft lengths (read only when HAS_LENS)
     part_val_ptr,  # fp32 [B * K1, NUM_SPLITS]: max of each slice (NaN if the slice holds one)
     part_id_ptr,  # int64 [B * K1, NUM_SPLITS]: its lowest id (the first NaN's)
     stride_b, stride_k, stride_v,
     K1, V, n_rows, NUM_SPLITS, CHUNK,  # n_rows = B * K1; slice j is ids [j * CHUNK, (j + 1) * CHUNK)
+    HAS_LENS: tl.constexpr,
     BLOCK_R: tl.constexpr,  # (row, position) pairs per program: > 1 only for small V
     BLOCK_V: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     split = tl.program_id(1)
     row_ok = rows[:, None] < n_rows
-    b = (rows // K1).to(tl.int64)[:, None]
+    b32 = rows // K1
+    b = b32.to(tl.int64)[:, None]
     i = (rows % K1).to(tl.int64)[:, None]
+    if HAS_LENS:
+        # Positions past a row's draft length are never emitted: not scanned
+        # (their partials are written but never read).
+        row_ok = row_ok & (i <= _draft_len(lens_ptr, b32, rows < n_rows, K1 - 1, HAS_LENS)[:, None])
     base = logits_ptr + b * stride_b + i * stride_k
     v_lo = split.to(tl.int64) * CHUNK
     v_hi = tl.minimum(v_lo + CHUNK, V)
@@ -113,12 +137,14 @@ def _emit(draft, n, last, i):
 @triton.jit
 def _greedy_finalize_kernel(
     draft_tokens_ptr,  # int64 [B, K]
+    lens_ptr,  # int32 [B]: draft lengths (read only when HAS_LENS)
     part_val_ptr,  # fp32 [B * (K + 1), NUM_SPLITS]
     part_id_ptr,  # int64 [B * (K + 1), NUM_SPLITS]
     num_ptr,  # int32 [B]
     out_ptr,  # int64 [B, K + 1]
     stride_xb, stride_xk,
     B, K, NUM_SPLITS, V,
+    HAS_LENS: tl.constexpr,
     BLOCK_B: tl.constexpr,  # rows per program
     BLOCK_K: tl.constexpr,  # >= K + 1 positions
     BLOCK_S: tl.constexpr,  # >= NUM_SPLITS
@@ -127,7 +153,8 @@ def _greedy_finalize_kernel(
     b_ok = b < B
     b64 = b.to(tl.int64)[:, None]
     i = tl.arange(0, BLOCK_K)[None, :]
-    in_k = b_ok[:, None] & (i < K)
+    d = _draft_len(lens_ptr, b, b_ok, K, HAS_LENS)[:, None]
+    in_k = b_ok[:, None] & (i < d)
     # Argmax of every position from its slices: the first NaN slice, else the
     # largest value, ties to the lowest slice (its ids are the lower ones).
     j = tl.arange(0, BLOCK_S)[None, None, :]
@@ -143,7 +170,7 @@ def _greedy_finalize_kernel(
 
     draft = tl.load(draft_tokens_ptr + b64 * stride_xb + i * stride_xk, mask=in_k, other=0)
     rejected = in_k & (draft != winners)
-    n = tl.min(tl.where(rejected, i, K), 1)[:, None]
+    n = tl.min(tl.where(rejected, i, d), 1)[:, None]
     last = tl.sum(tl.where(i == n, winners, 0), 1)[:, None]
     tl.store(num_ptr + b, tl.reshape(n, [BLOCK_B]).to(tl.int32), mask=b_ok)
     tl.store(out_ptr + b64 * (K + 1) + i, _emit(draft, n, last, i), mask=b_ok[:, None] & (i <= K))
@@ -154,12 +181,14 @@ def _sampling_coins_kernel(
     draft_tokens_ptr,  # int64 [B, K]
     target_ptr,  # fp32 [B, K + 1, V]
     draft_ptr,  # fp32 [B, K, V]
-    num_ptr,  # int32 [B]: out, the first rejected position (K if none)
+    lens_ptr,  # int32 [B]: draft lengths d (read only when HAS_LENS)
+    num_ptr,  # int32 [B]: out, the first rejected position (d if none)
     stride_xb, stride_xk,
     stride_tb, stride_tk, stride_tv,
     stride_db, stride_dk, stride_dv,
-    B, K,
+    B, K, V,
     k0, k1, offset,
+    HAS_LENS: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_K: tl.constexpr,  # >= K
 ):
@@ -167,10 +196,14 @@ def _sampling_coins_kernel(
     b_ok = b < B
     b64 = b.to(tl.int64)[:, None]
     i = tl.arange(0, BLOCK_K)[None, :]
-    in_k = b_ok[:, None] & (i < K)
+    d = _draft_len(lens_ptr, b, b_ok, K, HAS_LENS)[:, None]
+    in_k = b_ok[:, None] & (i < d)
     draft = tl.load(draft_tokens_ptr + b64 * stride_xb + i * stride_xk, mask=in_k, other=0)
-    q_d = tl.load(draft_ptr + b64 * stride_db + i * stride_dk + draft * stride_dv, mask=in_k, other=0.0)
-    p_d = tl.load(target_ptr + b64 * stride_tb + i * stride_tk + draft * stride_tv, mask=in_k, other=0.0)
+    # An id outside [0, V) (unchecked inside trusted_inputs) is read nowhere:
+    # q_d = 0 rejects it, as the CUDA kernel does.
+    id_ok = in_k & (draft >= 0) & (draft < V)
+    q_d = tl.load(draft_ptr + b64 * stride_db + i * stride_dk + draft * stride_dv, mask=id_ok, other=0.0)
+    p_d = tl.load(target_ptr + b64 * stride_tb + i * stride_tk + draft * stride_tv, mask=id_ok, other=0.0)
     zero = tl.zeros([BLOCK_B, BLOCK_K], tl.uint32)
     x0, x1, x2, x3 = _philox4x32_10(
         zero,
@@ -183,7 +216,7 @@ def _sampling_coins_kernel(
     u = _philox_uniform(x0)
     # u * q is exact in double (two 24-bit significands): P(accept) = min(1, p/q).
     accepted = (q_d > 0) & (u.to(tl.float64) * q_d.to(tl.float64) < p_d.to(tl.float64))
-    n = tl.min(tl.where(in_k & ~accepted, i, K), 1)
+    n = tl.min(tl.where(in_k & ~accepted, i, d), 1)
     tl.store(num_ptr + b, n.to(tl.int32), mask=b_ok)
 
 
@@ -191,6 +224,7 @@ def _sampling_coins_kernel(
 def _race_partial_kernel(
     target_ptr,  # fp32 [B, K + 1, V]
     draft_ptr,  # fp32 [B, K, V]
+    lens_ptr,  # int32 [B]: draft lengths (read only when HAS_LENS)
     num_ptr,  # int32 [B]: the position of each row's race
     part_key_ptr,  # fp64 [B, NUM_SPLITS, 2]: leader's key of the residual race, of the race over p
     part_id_ptr,  # int64 [B, NUM_SPLITS, 2]: leader's id
@@ -199,6 +233,7 @@ def _race_partial_kernel(
     stride_db, stride_dk, stride_dv,
     B, K, V, NUM_SPLITS, CHUNK,  # slice j is ids [j * CHUNK, (j + 1) * CHUNK), CHUNK % 4 == 0
     k0, k1, offset,  # Philox key words and counter word 3, each in [0, 2^32)
+    HAS_LENS: tl.constexpr,
     BLOCK_R: tl.constexpr,  # rows per program: > 1 only for small V
     BLOCK_G: tl.constexpr,  # groups of 4 vocabulary ids (one Philox call each)
 ):
@@ -213,7 +248,7 @@ def _race_partial_kernel(
     b = rows[:, None, None]
     t_base = target_ptr + b.to(tl.int64) * stride_tb + i.to(tl.int64) * stride_tk
     d_base = draft_ptr + b.to(tl.int64) * stride_db + i.to(tl.int64) * stride_dk
-    has_draft = row_ok & (i < K)
+    has_draft = row_ok & (i < _draft_len(lens_ptr, rows, rows < B, K, HAS_LENS)[:, None, None])
     key0 = k0.to(tl.uint32)
     key1 = k1.to(tl.uint32)
     ctr1 = (2 * i).to(tl.uint32)
@@ -226,8 +261,9 @@ def _race_partial_kernel(
 
     # Two races share one pass and one set of uniforms: over the residual
     # max(p - q, 0) and over p itself (the fallback when the residual is zero
-    # everywhere, which is only known once every slice is done). At i = K there
-    # is no draft distribution: q loads as 0, so the residual race is over p.
+    # everywhere, which is only known once every slice is done). At i = d (the
+    # row's draft length) there is no draft distribution: q loads as 0, so the
+    # residual race is over p.
     best_r = tl.full([BLOCK_R, BLOCK_G, 4], -1.0, tl.float64)
     best_p = tl.full([BLOCK_R, BLOCK_G, 4], -1.0, tl.float64)
     id_r = v_lo + tl.zeros([BLOCK_R, BLOCK_G, 4], tl.int64) + (g * 4 + word)
@@ -343,9 +379,16 @@ def _check_tiles(block_v, vocab_splits):
         raise ValueError(f"vocab_splits must be a positive int or None, got {vocab_splits!r}")
 
 
+def _lens_arg(draft_lens: torch.Tensor | None, fallback: torch.Tensor) -> torch.Tensor:
+    # Without draft_lens the kernels never read the pointer (HAS_LENS = False);
+    # any int32 tensor of the device stands in.
+    return fallback if draft_lens is None else draft_lens.contiguous()
+
+
 def verify_greedy(
     draft_tokens: torch.Tensor,  # int64 [B, k]
     target_logits: torch.Tensor,  # [B, k+1, V]
+    draft_lens: torch.Tensor | None = None,  # int32 [B]; None: k for every row
     *,
     block_v: int | None = None,  # tests force GPU-sized tiles under the interpreter
     vocab_splits: int | None = None,
@@ -364,16 +407,18 @@ def verify_greedy(
     part_val = torch.empty((n_rows, splits), dtype=torch.float32, device=dev)
     part_id = torch.empty((n_rows, splits), dtype=torch.int64, device=dev)
     block_b = _rows_per_program(B, k, splits, dev)
+    lens = _lens_arg(draft_lens, num)
+    has_lens = draft_lens is not None
     with _utils.device_guard(dev):
         _argmax_partial_kernel[(triton.cdiv(n_rows, block_r), splits)](
-            target_logits, part_val, part_id, *target_logits.stride(),
+            target_logits, lens, part_val, part_id, *target_logits.stride(),
             k + 1, V, n_rows, splits, chunk,
-            BLOCK_R=block_r, BLOCK_V=block_v,
+            HAS_LENS=has_lens, BLOCK_R=block_r, BLOCK_V=block_v,
         )
         _greedy_finalize_kernel[(triton.cdiv(B, block_b),)](
-            draft_tokens, part_val, part_id, num, out, *draft_tokens.stride(),
+            draft_tokens, lens, part_val, part_id, num, out, *draft_tokens.stride(),
             B, k, splits, V,
-            BLOCK_B=block_b, BLOCK_K=_utils.next_pow2(k + 1), BLOCK_S=_utils.next_pow2(splits),
+            HAS_LENS=has_lens, BLOCK_B=block_b, BLOCK_K=_utils.next_pow2(k + 1), BLOCK_S=_utils.next_pow2(splits),
         )
     return num, out
 
@@ -384,6 +429,7 @@ def verify_sampling(
     target_probs: torch.Tensor,  # fp32 [B, k+1, V]
     seed: int,
     offset: int,
+    draft_lens: torch.Tensor | None = None,  # int32 [B]; None: k for every row
     *,
     block_v: int | None = None,
     vocab_splits: int | None = None,
@@ -407,18 +453,20 @@ def verify_sampling(
     part_any = torch.empty((B, splits), dtype=torch.int32, device=dev)
     block_b = _rows_per_program(B, k, splits, dev)
     grid_b = (triton.cdiv(B, block_b),)
+    lens = _lens_arg(draft_lens, num)
+    has_lens = draft_lens is not None
     with _utils.device_guard(dev):
         _sampling_coins_kernel[grid_b](
-            draft_tokens, target_probs, draft_probs, num,
+            draft_tokens, target_probs, draft_probs, lens, num,
             *draft_tokens.stride(), *target_probs.stride(), *draft_probs.stride(),
-            B, k, k0, k1, int(offset),
-            BLOCK_B=block_b, BLOCK_K=_utils.next_pow2(k),
+            B, k, V, k0, k1, int(offset),
+            HAS_LENS=has_lens, BLOCK_B=block_b, BLOCK_K=_utils.next_pow2(k),
         )
         _race_partial_kernel[(triton.cdiv(B, block_r), splits)](
-            target_probs, draft_probs, num, part_key, part_id, part_any,
+            target_probs, draft_probs, lens, num, part_key, part_id, part_any,
             *target_probs.stride(), *draft_probs.stride(),
             B, k, V, splits, chunk, k0, k1, int(offset),
-            BLOCK_R=block_r, BLOCK_G=block_v // 4,
+            HAS_LENS=has_lens, BLOCK_R=block_r, BLOCK_G=block_v // 4,
         )
         _sampling_finalize_kernel[grid_b](
             draft_tokens, num, part_key, part_id, part_any, out, *draft_tokens.stride(),

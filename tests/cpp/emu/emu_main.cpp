@@ -7,7 +7,8 @@
 //     each case with the automatic plan and with 3 forced key splits (merge,
 //     empty splits), with the scalar K/V path on every third case, and q as a
 //     strided view over a NaN-filled buffer.
-//   acceptance: num_accepted and out_tokens identical to the reference.
+//   acceptance: num_accepted and out_tokens identical to the reference, with
+//     and without per-row draft lengths (a case's optional "lens" tensor).
 // Every buffer has NaN/0xA5 guard bytes on both sides, checked after each run:
 // a write outside a tensor fails the case.
 //
@@ -266,17 +267,17 @@ void attention_case(const Case& c, int index, std::string* info) {
 // ------------------------------------------------------------------ acceptance
 
 template <typename T>
-void run_greedy(const Case& c, Buffer& draft, int64_t B, int64_t k, int64_t V, Buffer& n,
-                Buffer& out) {
+void run_greedy(const Case& c, Buffer& draft, const int32_t* lens, int64_t B, int64_t k, int64_t V,
+                Buffer& n, Buffer& out) {
   using namespace layerskip::cuda::acceptance;
   Buffer logits = upload(c.at("logits"));
   const Launch l = plan(B, k, V, B * (k + 1), 2);
   Buffer ws(l.grid * sizeof(ArgmaxPartial));
   ls_emu::launch(greedy_argmax_kernel<T>, dim3(static_cast<unsigned>(l.grid)), dim3(kThreads), 0,
-                 logits.as<const T>(), V, l.groups, l.groups_per_split, l.nsplit,
-                 ws.as<ArgmaxPartial>());
+                 logits.as<const T>(), lens, static_cast<int>(k), V, l.groups, l.groups_per_split,
+                 l.nsplit, ws.as<ArgmaxPartial>());
   ls_emu::launch(greedy_finalize_kernel, dim3(static_cast<unsigned>(ceil_div<int64_t>(B, 32))),
-                 dim3(32), 0, draft.as<const int64_t>(), ws.as<const ArgmaxPartial>(), B,
+                 dim3(32), 0, draft.as<const int64_t>(), lens, ws.as<const ArgmaxPartial>(), B,
                  static_cast<int>(k), l.nsplit, n.as<int32_t>(), out.as<int64_t>());
   expect(logits.guards_intact() && ws.guards_intact(), "write outside a buffer");
 }
@@ -286,17 +287,23 @@ void acceptance_case(const Case& c, std::string* info) {
   const Tensor& d = c.at("draft");
   const int64_t B = d.shape[0], k = d.shape[1];
   Buffer draft = upload(d);
+  // Per-row draft lengths, or nullptr (k for every row) as the op passes without them.
+  const bool has_lens = c.count("lens") != 0;
+  Buffer lens_buf = has_lens ? upload(c.at("lens")) : Buffer(0);
+  const int32_t* lens = has_lens ? lens_buf.as<const int32_t>() : nullptr;
+  const std::string lens_info = has_lens ? " lens" : "";
   Buffer n(B * sizeof(int32_t)), out(B * (k + 1) * sizeof(int64_t));
   memset(n.data(), 0x7F, B * sizeof(int32_t));
   memset(out.data(), 0x7F, B * (k + 1) * sizeof(int64_t));
   if (c.at("kind").scalar() == 0) {
     const Tensor& logits = c.at("logits");
     const int64_t V = logits.shape[2];
-    *info = "greedy B=" + std::to_string(B) + " k=" + std::to_string(k) + " V=" + std::to_string(V);
+    *info = "greedy B=" + std::to_string(B) + " k=" + std::to_string(k) + " V=" + std::to_string(V) +
+            lens_info;
     switch (logits.code) {
-      case kF32: run_greedy<float>(c, draft, B, k, V, n, out); break;
-      case kF16: run_greedy<c10::Half>(c, draft, B, k, V, n, out); break;
-      case kBF16: run_greedy<c10::BFloat16>(c, draft, B, k, V, n, out); break;
+      case kF32: run_greedy<float>(c, draft, lens, B, k, V, n, out); break;
+      case kF16: run_greedy<c10::Half>(c, draft, lens, B, k, V, n, out); break;
+      case kBF16: run_greedy<c10::BFloat16>(c, draft, lens, B, k, V, n, out); break;
       default: throw Failure{"logits dtype"};
     }
   } else {
@@ -305,11 +312,12 @@ void acceptance_case(const Case& c, std::string* info) {
     const uint64_t seed = static_cast<uint64_t>(*c.at("seed").as<int64_t>());
     const SamplingKey key{static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32),
                           static_cast<uint32_t>(*c.at("offset").as<int64_t>())};
-    *info = "sampling B=" + std::to_string(B) + " k=" + std::to_string(k) + " V=" + std::to_string(V);
+    *info = "sampling B=" + std::to_string(B) + " k=" + std::to_string(k) + " V=" + std::to_string(V) +
+            lens_info;
     const Launch l = plan(B, k, V, B, 2);
     Buffer ws(l.grid * sizeof(RacePartial));
     ls_emu::launch(sampling_race_kernel, dim3(static_cast<unsigned>(l.grid)), dim3(kThreads), 0,
-                   draft.as<const int64_t>(), q.as<const float>(), p.as<const float>(), V,
+                   draft.as<const int64_t>(), q.as<const float>(), p.as<const float>(), lens, V,
                    static_cast<int>(k), l.groups, l.groups_per_split, l.nsplit, key,
                    ws.as<RacePartial>());
     ls_emu::launch(sampling_finalize_kernel, dim3(static_cast<unsigned>(ceil_div<int64_t>(B, 32))),
@@ -317,7 +325,8 @@ void acceptance_case(const Case& c, std::string* info) {
                    static_cast<int>(k), l.nsplit, n.as<int32_t>(), out.as<int64_t>());
     expect(q.guards_intact() && p.guards_intact() && ws.guards_intact(), "write outside a buffer");
   }
-  expect(draft.guards_intact() && n.guards_intact() && out.guards_intact(),
+  expect(draft.guards_intact() && n.guards_intact() && out.guards_intact() &&
+             lens_buf.guards_intact(),
          "write outside a buffer");
   const Tensor& n_ref = c.at("n");
   const Tensor& out_ref = c.at("out");

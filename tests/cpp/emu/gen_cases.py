@@ -5,8 +5,11 @@ The grids are the ones the cpu backend passes in tests/test_attention_ops.py
 and tests/test_acceptance_ops.py (imported from there, so the emulation follows
 the tests), plus the cases only the emulation can run: values the CUDA op must
 survive without a host check (cache_seqlens < 0 or past T_max, draft token ids
-outside [0, V)), more than one query tile per kv head (G*S > 128), and the
-segfault regression of the first H100 run (D = 16).
+outside [0, V), draft_lens outside [0, k]), more than one query tile per kv
+head (G*S > 128), and the segfault regression of the first H100 run (D = 16).
+Acceptance cases with per-row draft lengths (lengths 0..k, all different where
+B allows, garbage past each row's length) carry a "lens" tensor; the others run
+the op's default (no draft_lens: a null pointer).
 
 Usage: python gen_cases.py OUT_DIR. One file per case, a flat list of named
 tensors: b"LSEMU1\\n", then per tensor: name (NUL-terminated), dtype code (u8),
@@ -108,7 +111,7 @@ def acceptance_cases():
         for i, (B, k, V) in enumerate(grid):
             draft, logits = acc_tests.greedy_case(B, k, V, dt, seed=i)
             n, out = reference.verify_greedy(draft, logits)
-            cases.append({"kind": scalar(0, torch.int64), "draft": draft, "logits": logits, "n": n, "out": out})
+            cases.append(greedy_tensors(draft, logits, n, out))
     for i, (B, k, V) in enumerate(grid):
         draft, q, p = acc_tests.sampling_case(B, k, V, seed=i)
         for seed, offset in ((i, 0), (2**40 + i, 7), (-3, 2**32 - 1)):
@@ -118,7 +121,7 @@ def acceptance_cases():
     draft, logits = acc_tests.greedy_case(4, 4, 50, torch.float32, seed=3)
     draft[0, 0], draft[2, 1], draft[3, 2] = -1, 50, 2**62
     n, out = reference.verify_greedy(draft, logits)
-    cases.append({"kind": scalar(0, torch.int64), "draft": draft, "logits": logits, "n": n, "out": out})
+    cases.append(greedy_tensors(draft, logits, n, out))
     # Sampling rejects there as for a token of draft probability 0: the
     # reference sees id 0 with p(0) = 0 (certain rejection, same residual).
     B, k, V = 4, 4, 50
@@ -132,11 +135,57 @@ def acceptance_cases():
     # the reference's output is the expected one as it stands.
     n, out = reference.verify_sampling(draft, q, p, 11, 3)
     cases.append(sampling_tensors(bad, q, p, 11, 3, n, out))
+    return cases + draft_lens_cases()
+
+
+def draft_lens_cases():
+    """Per-row draft lengths on the test grid, as the parity tests run them:
+    even rows accept all their drafts, expected outputs come from the
+    reference on clean inputs, and the kernels run on inputs with garbage past
+    each row's length (every variant of garbage_past_lens)."""
+    cases = []
+    grid = acc_tests.grid("cuda")
+    for i, (B, k, V) in enumerate(grid):
+        lens = acc_tests.draft_lens_for(B, k, seed=i)
+        for variant in (0, 1, 2):
+            dt = acc_tests.DTYPES[(i + variant) % len(acc_tests.DTYPES)]
+            draft, logits = acc_tests.accepting_even_rows(*acc_tests.greedy_case(B, k, V, dt, seed=i))
+            n, out = reference.verify_greedy(draft, logits, lens)
+            bad_draft, bad_logits = acc_tests.garbage_past_lens(lens, draft, logits=logits, variant=variant)
+            cases.append(greedy_tensors(bad_draft, bad_logits, n, out, lens))
+            draft, q, p = acc_tests.accepting_even_rows(*acc_tests.sampling_case(B, k, V, seed=i), seed=i)
+            n, out = reference.verify_sampling(draft, q, p, 2**40 + i, 7, lens)
+            bad_draft, bad_q, bad_p = acc_tests.garbage_past_lens(lens, draft, q=q, p=p, variant=variant)
+            cases.append(sampling_tensors(bad_draft, bad_q, bad_p, 2**40 + i, 7, n, out, lens))
+    # Lengths equal to k: the op's default result, bit for bit.
+    B, k, V = 5, 4, 1000
+    full = torch.full((B,), k, dtype=torch.int32)
+    draft, logits = acc_tests.greedy_case(B, k, V, torch.bfloat16, seed=21)
+    cases.append(greedy_tensors(draft, logits, *reference.verify_greedy(draft, logits), full))
+    draft, q, p = acc_tests.sampling_case(B, k, V, seed=21)
+    cases.append(sampling_tensors(draft, q, p, 5, 6, *reference.verify_sampling(draft, q, p, 5, 6), full))
+    # Lengths outside [0, k] (not read on the host by the CUDA op): clamped on
+    # the device, so the reference's result for the clamped lengths.
+    B, k, V = 4, 3, 64
+    lens = torch.tensor([-3, k + 5, 2**31 - 1, -(2**31)], dtype=torch.int32)
+    clamped = lens.clamp(0, k)
+    draft, logits = acc_tests.accepting_even_rows(*acc_tests.greedy_case(B, k, V, torch.float32, seed=22))
+    draft[1] = logits[1, :k].argmax(-1)  # a row clamped to k that accepts everything
+    cases.append(greedy_tensors(draft, logits, *reference.verify_greedy(draft, logits, clamped), lens))
+    draft, q, p = acc_tests.accepting_even_rows(*acc_tests.sampling_case(B, k, V, seed=22), seed=22)
+    cases.append(sampling_tensors(draft, q, p, 1, 2, *reference.verify_sampling(draft, q, p, 1, 2, clamped), lens))
     return cases
 
 
-def sampling_tensors(draft, q, p, seed, offset, n, out):
-    return {
+def greedy_tensors(draft, logits, n, out, lens=None):
+    t = {"kind": scalar(0, torch.int64), "draft": draft, "logits": logits, "n": n, "out": out}
+    if lens is not None:
+        t["lens"] = lens
+    return t
+
+
+def sampling_tensors(draft, q, p, seed, offset, n, out, lens=None):
+    t = {
         "kind": scalar(1, torch.int64),
         "draft": draft,
         "q": q,
@@ -146,6 +195,9 @@ def sampling_tensors(draft, q, p, seed, offset, n, out):
         "n": n,
         "out": out,
     }
+    if lens is not None:
+        t["lens"] = lens
+    return t
 
 
 def main(out_dir):
