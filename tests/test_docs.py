@@ -39,3 +39,13 @@ def test_doc_block_runs(i):
     assert "assert " in BLOCKS[i] or checks, f"block {i} asserts nothing and has no check here"
     for fn in checks:
         fn(ns)
+
+
+def test_doc_lists_the_op_schemas():
+    # The schemas the doc shows other engines are ops.SCHEMAS (which
+    # tests/test_attention_ops.py compares with the compiled registration).
+    from layerskip_kernels import ops
+
+    text = open(DOC).read()
+    for name, schema in ops.SCHEMAS.items():
+        assert f"\nlayerskip::{schema}\n" in text, f"{name}: docs/engines.md lists another schema"
