@@ -37,8 +37,8 @@ def budgets(n: int) -> list[int]:
     return [32 + (i * 37) % 97 for i in range(n)]  # 32..128, ragged
 
 
-def run_engine(model, prompts, news, max_batch_size, exit_layer, k):
-    engine = lk.Engine(model, max_batch_size=max_batch_size, exit_layer=exit_layer, num_speculations=k)
+def run_engine(model, prompts, news, max_batch_size, exit_layer, k, **engine_kw):
+    engine = lk.Engine(model, max_batch_size=max_batch_size, exit_layer=exit_layer, num_speculations=k, **engine_kw)
     for p, n in zip(prompts, news):
         engine.add(p, max_new_tokens=n)
     t0 = time.perf_counter()
@@ -54,13 +54,13 @@ def run_engine(model, prompts, news, max_batch_size, exit_layer, k):
                 iterations=st["steps"]), [o.tokens for o in outs]
 
 
-def run_fixed(model, prompts, news, batch, exit_layer, k):
+def run_fixed(model, prompts, news, batch, exit_layer, k, **generate_kw):
     """Consecutive fixed batches: the next batch starts when the whole previous one is done."""
     t0 = time.perf_counter()
     tokens, lat, seqs = 0, [], []
     for i in range(0, len(prompts), batch):
         out = lk.generate(model, prompts[i:i + batch], max_new_tokens=max(news[i:i + batch]),
-                          exit_layer=exit_layer, num_speculations=k)
+                          exit_layer=exit_layer, num_speculations=k, **generate_kw)
         done = time.perf_counter() - t0
         for s, n in zip(out.sequences, news[i:i + batch]):
             seqs.append(s[:n])  # a fixed batch decodes to its largest budget; count each row's own
@@ -77,8 +77,13 @@ def main(argv=None):
     ap.add_argument("--model", default=None)
     ap.add_argument("--quick", action="store_true", help="16 prompts, batch sizes 1/4/8")
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default: 1 2 4 8 16")
+    ap.add_argument("--compile", action="store_true", help="compiled decode steps (generation/steps.py)")
+    ap.add_argument("--speculation", default="static", choices=["static", "adaptive"])
+    ap.add_argument("--note", default="", help="conditions of the run, written on every row")
     ap.add_argument("--out", default=os.path.join(RESULTS, "serving"))
     args = ap.parse_args(argv)
+    kw = dict(compile=args.compile)
 
     path = args.model or lk.default_model_path()
     model = lk.LlamaForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype))
@@ -87,12 +92,13 @@ def main(argv=None):
     n_prompts = 16 if args.quick else 64
     prompts = load_prompts(os.path.join(path, "tokenizer.json"), n_prompts, 64)
     news = budgets(len(prompts))
-    sizes = (1, 4, 8) if args.quick else (1, 2, 4, 8, 16)
-    meta = metadata()
+    sizes = args.batch_sizes or ((1, 4, 8) if args.quick else (1, 2, 4, 8, 16))
+    meta = dict(metadata(), compiled=args.compile, speculation=args.speculation, note=args.note)
     print(f"{meta['cpu']}, {len(prompts)} requests, {sum(news)} max new tokens, E={E} k={k}, {args.dtype}")
     with torch.inference_mode():  # warm-up (first calls allocate and pick kernels)
-        lk.generate(model, prompts[:2], max_new_tokens=8, exit_layer=E, num_speculations=k)
-        lk.generate(model, prompts[:2], max_new_tokens=8)
+        for mbs in sizes:  # and compiles every shape bucket the runs use (reported by bench_compile.py)
+            run_engine(model, prompts[:mbs], [48] * mbs, mbs, E, k, speculation=args.speculation, **kw)
+            run_engine(model, prompts[:mbs], [8] * mbs, mbs, None, k, **kw)
 
     rows = []
     for mbs in sizes:
@@ -101,7 +107,8 @@ def main(argv=None):
             for sched, fn in (("continuous", run_engine), ("fixed", run_fixed)):
                 if sched == "fixed" and mbs == 1:
                     continue  # one row at a time is the same schedule
-                r, seqs = fn(model, prompts, news, mbs, e, kk)
+                spec = dict(speculation=args.speculation) if e else {}
+                r, seqs = fn(model, prompts, news, mbs, e, kk, **kw, **spec)
                 res[(mode, sched)] = (r, seqs)
                 rows.append({**meta, "max_batch_size": mbs, "mode": mode, "schedule": sched, "E": e or "",
                              "k": kk if e else "", "requests": len(prompts), "dtype": args.dtype, **r})

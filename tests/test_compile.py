@@ -141,3 +141,20 @@ def test_bad_input_raises_before_any_compiled_code_runs(damped, bad):
     with pytest.raises(ValueError):
         lk.generate(damped, RAGGED, max_new_tokens=4, **({"compile": True} | bad))
     assert not counters["frames"] and not counters["stats"]
+
+
+def test_compiled_adaptive_drafting_equals_eager_without_recompiling(damped):
+    """Adaptive plans vary the draft length every iteration: compiled steps still
+    verify k+1 positions (draft_lens masks the rest), so the graphs are one
+    draft, early and verify per exit layer the policy uses."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    kw = dict(max_new_tokens=60, exit_layer=2, num_speculations=5, eos_token_id=[], speculation="adaptive")
+    eager = lk.generate(damped, RAGGED, **kw)
+    compiled = lk.generate(damped, RAGGED, compile=True, **kw)
+    assert compiled.sequences == eager.sequences
+    exits = set(compiled.stats["iterations_by_exit"])
+    assert counters["stats"]["unique_graphs"] == 3 * len(exits)
+    assert not counters["graph_break"]

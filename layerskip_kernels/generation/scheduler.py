@@ -401,16 +401,20 @@ class Engine:
         # A row that stopped drafting at d < n_steps had its position base+d
         # through the early layers in draft step d; its later positions are scratch.
         self.exitq.hidden[:, n_steps] = self.steps.early(m, E, tok, self.cache, pos)
-        hidden = self.exitq.hidden[:, : n_steps + 1]
-        target_logits = self.steps.verify(m, E, hidden, self.cache, base)  # [n, n_steps+1, V]
+        # Compiled steps verify all k+1 positions whatever n_steps (one graph, no
+        # recompilation); positions past a row's draft length are scratch and
+        # draft_lens keeps acceptance off them. Eager verifies only n_steps+1.
+        n_verify = self.k if self.steps.compile else n_steps
+        hidden = self.exitq.hidden[:, : n_verify + 1]
+        target_logits = self.steps.verify(m, E, hidden, self.cache, base)  # [n, n_verify+1, V]
         if self.history is not None:
             # Verify position i predicts position base+1+i from the pending token and drafts 0..i-1.
-            target_logits = self._process(target_logits, base[:, None] + 1 + torch.arange(n_steps + 1, device=self.device))
+            target_logits = self._process(target_logits, base[:, None] + 1 + torch.arange(n_verify + 1, device=self.device))
         draft_lens = lens if adaptive else None
-        drafts = self.drafts[:, :n_steps]
+        drafts = self.drafts[:, :n_verify]
         if self.do_sample:
             target_probs = warp_probs(target_logits, self.temperature, self.top_k, self.top_p)
-            n, out = self._verify_sampling_rows(drafts, self.draft_probs[:, :n_steps], target_probs, draft_lens)
+            n, out = self._verify_sampling_rows(drafts, self.draft_probs[:, :n_verify], target_probs, draft_lens)
         else:
             n, out = ops.verify_greedy(drafts, target_logits, draft_lens=draft_lens)
         self._advance(n + 1, out.gather(1, n.long()[:, None])[:, 0])
@@ -418,7 +422,7 @@ class Engine:
         cols = [n.long()[:, None], out] + ([lens.long()[:, None]] if adaptive else [])
         rows = torch.cat(cols, dim=1).tolist()
         n_list = [r[0] for r in rows]
-        out_list = [r[1 : n_steps + 2] for r in rows]
+        out_list = [r[1 : n_verify + 2] for r in rows]
         drafted = [r[-1] for r in rows] if adaptive else [n_steps] * len(self.slots)
         active = [s for s, a in enumerate(self.slots) if a is not None]
         self.policy.observe(plan, drafted, n_list, active, time.perf_counter() - t0)
