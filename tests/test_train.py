@@ -382,3 +382,14 @@ def test_default_model_tokenizer_round_trips():
     ids = tok.encode(text, add_special_tokens=False).ids
     assert tok.decode(ids) == text
     assert tok.token_to_id(data.EOS_TOKEN) == LlamaForCausalLM.from_pretrained(path).config.eos_token_id
+
+
+def test_flat_exit_weighting():
+    e = recipe.exit_scales(12, 1.0, "flat")
+    assert e.tolist() == [1.0] * 11 + [11.0]
+    # With a rotational curriculum the shallow exits get a real share of the loss.
+    mask = recipe.curriculum_mask(12, 2, 100, "rotational", 3)  # exits 2, 5, 8 and the last
+    w, paper = recipe.loss_weights(e, mask), recipe.loss_weights(recipe.exit_scales(12, 1.0), mask)
+    assert w[2] > 2 * paper[2] and w[11] > paper[11] and w[8] < paper[8]
+    with pytest.raises(ValueError, match="weighting"):
+        recipe.exit_scales(12, 1.0, "uniform")

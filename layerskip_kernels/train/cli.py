@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from .data import default_corpus
-from .recipe import CURRICULA, DROPOUT_SCHEDULES
+from .recipe import CURRICULA, DROPOUT_SCHEDULES, EXIT_WEIGHTINGS
 from .trainer import TrainConfig
 
 __all__ = ["add_arguments", "run", "config_from_args", "main"]
@@ -45,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--dropout-schedule", choices=DROPOUT_SCHEDULES, default=_default("dropout_schedule"),
                    help="S(t): constant or exponential curriculum (default: %(default)s)")
     g.add_argument("--e-scale", type=float, default=_default("e_scale"), help="early-exit loss scale e_scale >= 0 (default: %(default)s)")
+    g.add_argument("--exit-weighting", choices=EXIT_WEIGHTINGS, default=_default("exit_weighting"),
+                   help="early-exit loss weights by depth: paper (grows as l(l+1)/2) or flat (every exit e_scale, "
+                        "the last L-1) (default: %(default)s)")
     g.add_argument("--curriculum", choices=CURRICULA, default=_default("curriculum"),
                    help="early-exit loss curriculum (default: %(default)s)")
     g.add_argument("--rotation", type=int, default=_default("rotation"), help="R of the rotational curriculum (default: %(default)s)")
@@ -72,7 +75,7 @@ def config_from_args(args) -> TrainConfig:
         kv_heads=args.kv_heads, vocab_size=args.vocab_size, seq_len=args.seq_len, batch_size=args.batch_size,
         lr=args.lr, warmup_steps=args.warmup_steps, layerskip=not args.no_layerskip,
         p_max=0.0 if args.no_layerskip else args.p_max, dropout_schedule=args.dropout_schedule,
-        e_scale=args.e_scale, curriculum=args.curriculum, rotation=args.rotation, minutes=args.minutes,
+        e_scale=args.e_scale, exit_weighting=args.exit_weighting, curriculum=args.curriculum, rotation=args.rotation, minutes=args.minutes,
         steps=args.steps, threads=args.threads, seed=args.seed, resume=args.resume, eval_every=args.eval_every,
         save_every_min=args.save_every_min, autocast=not args.no_autocast, progress=not args.no_progress,
     )

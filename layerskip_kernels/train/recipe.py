@@ -55,6 +55,7 @@ __all__ = [
     "dropout_rates",
     "sample_layer_keep",
     "exit_scales",
+    "EXIT_WEIGHTINGS",
     "curriculum_mask",
     "loss_weights",
     "early_exit_loss",
@@ -101,12 +102,27 @@ def sample_layer_keep(rates: torch.Tensor, batch_size: int, generator: torch.Gen
     return keep
 
 
-def exit_scales(num_layers: int, e_scale: float) -> torch.Tensor:
-    """e(l) of the paper: fp64 [L], non-decreasing in depth; e(L-1) >= L-1 > 0."""
+EXIT_WEIGHTINGS = ("paper", "flat")
+
+
+def exit_scales(num_layers: int, e_scale: float, weighting: str = "paper") -> torch.Tensor:
+    """e(l): fp64 [L], non-decreasing in depth; e(L-1) >= L-1 > 0.
+
+    "paper": e(l) = e_scale * sum_{i<=l} i, the last layer (L-1) + e_scale * sum_{i<=L-2} i.
+    "flat" (ours): e(l) = e_scale for every exit below the last, e(L-1) = L-1; the
+    shallow exits a cheap draft needs (E <= L/4) weigh as much as the deep ones,
+    where the paper's quadratic growth gives layer 2 of 12 a 3/55 share of layer 10's.
+    """
     if e_scale < 0:
         raise ValueError(f"e_scale must be >= 0, got {e_scale}")
+    if weighting not in EXIT_WEIGHTINGS:
+        raise ValueError(f"exit weighting must be one of {EXIT_WEIGHTINGS}, got {weighting!r}")
     L = num_layers
     l = torch.arange(L, dtype=torch.float64)
+    if weighting == "flat":
+        e = torch.full((L,), float(e_scale), dtype=torch.float64)
+        e[L - 1] = L - 1
+        return e
     e = e_scale * l * (l + 1) / 2  # sum_{i=0}^{l} i
     e[L - 1] = (L - 1) + e_scale * (L - 2) * (L - 1) / 2
     return e

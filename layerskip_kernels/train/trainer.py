@@ -63,6 +63,7 @@ class TrainConfig:
     p_max: float = 0.2
     dropout_schedule: str = "exp"
     e_scale: float = 1.0
+    exit_weighting: str = "paper"
     curriculum: str = "rotational"
     rotation: int = 2
     # budget and bookkeeping
@@ -113,6 +114,8 @@ class TrainConfig:
             raise ValueError(f"--p-max must be in [0, 1), got {self.p_max}")
         if not (self.e_scale >= 0 and math.isfinite(self.e_scale)):
             raise ValueError(f"--e-scale must be >= 0, got {self.e_scale}")
+        if self.exit_weighting not in recipe.EXIT_WEIGHTINGS:
+            raise ValueError(f"--exit-weighting must be one of {recipe.EXIT_WEIGHTINGS}, got {self.exit_weighting!r}")
         if self.curriculum not in recipe.CURRICULA:
             raise ValueError(f"--curriculum must be one of {recipe.CURRICULA}, got {self.curriculum!r}")
         if self.dropout_schedule not in recipe.DROPOUT_SCHEDULES:
@@ -138,7 +141,7 @@ class TrainConfig:
 
     def recipe_dict(self) -> dict:
         """The hyper-parameters stored under "layerskip" in config.json."""
-        keys = ("layerskip", "p_max", "dropout_schedule", "e_scale", "curriculum", "rotation", "lr",
+        keys = ("layerskip", "p_max", "dropout_schedule", "e_scale", "exit_weighting", "curriculum", "rotation", "lr",
                 "min_lr_ratio", "weight_decay", "warmup_steps", "grad_clip", "batch_size", "seq_len", "seed",
                 "minutes")
         d = {k: getattr(self, k) for k in keys}
@@ -366,7 +369,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
             total_steps = lr_fn.total = cfg.steps
         log(f"resumed from {ckpt_path} at step {step} ({elapsed_before / 60:.1f} min already spent)")
 
-    scales = recipe.exit_scales(L, cfg.e_scale)
+    scales = recipe.exit_scales(L, cfg.e_scale, cfg.exit_weighting)
     last_only = torch.zeros(L, dtype=torch.bool)
     last_only[-1] = True
     budget_s = cfg.minutes * 60 if cfg.minutes is not None else math.inf
