@@ -145,3 +145,14 @@ def test_adaptive_policy_learns_per_row_acceptance():
 def test_bad_speculation_is_rejected(model, bad):
     with pytest.raises(ValueError, match="speculation"):
         lk.generate(model, [[1, 2]], max_new_tokens=2, exit_layer=1, speculation=bad)
+
+
+@pytest.mark.parametrize("exit_layer,num_drafts", [(0, 2), (6, 2), (2, 0), (2, 6)])
+def test_a_policy_planning_outside_the_model_or_k_is_refused(model, exit_layer, num_drafts):
+    class Bad(Scripted):
+        def plan(self, n, device):
+            return Plan(exit_layer, num_drafts, None, 0.0)
+
+    with pytest.raises(ValueError, match="drafting policy planned"):
+        lk.generate(model, [[1, 2]], max_new_tokens=4, exit_layer=2, num_speculations=5,
+                    speculation=Bad(model.num_layers, 5))

@@ -368,6 +368,9 @@ class Engine:
         m = self.model
         plan = self.policy.plan(len(self.slots), self.device)
         E, adaptive = plan.exit_layer, plan.row_caps is not None
+        if not (1 <= E < self.L and 1 <= plan.num_drafts <= self.k):
+            raise ValueError(f"drafting policy planned exit_layer={E}, num_drafts={plan.num_drafts}: they must be "
+                             f"in [1, {self.L - 1}] and [1, num_speculations={self.k}]")
         base = self.cache.seqlens
         pos = self.draft_pos  # position of the token being fed, advanced in place
         pos.copy_(base)
