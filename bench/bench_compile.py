@@ -46,7 +46,6 @@ def weight_bytes(model, E: int) -> dict[str, int]:
     the LM head (the embedding reads one row per token: negligible)."""
     per_layer = [sum(p.numel() * p.element_size() for p in layer.parameters()) for layer in model.model.layers]
     head = model.lm_head.weight.numel() * model.lm_head.weight.element_size()
-    L = model.num_layers
     return dict(ar=sum(per_layer) + head, draft=sum(per_layer[:E]) + head,
                 verify=sum(per_layer) + head)  # verify: layers [0, E) for one token, [E, L) for k+1, one head
 

@@ -38,7 +38,7 @@ from .. import ops
 from ..cache import ExitQueryCache, StaticKVCache
 from .policy import make_policy
 from .processors import DecodingAids, TokenHistory
-from .steps import StepFunctions, bucket
+from .steps import StepFunctions, cache_shape
 from .token_healing import check_first_token_ids
 from .validation import validate_generate_args
 from .warping import warp_probs
@@ -176,9 +176,7 @@ class Engine:
         self.usable = min(self.max_batch_size, len(self.waiting))  # slots that take requests
         # Slack of k+1 positions: drafts may run past the last position kept.
         T_max = max(len(r.prompt) + r.max_new_tokens for _, r in self.waiting) + self.k + 1
-        n_slots = self.usable
-        if self.steps.compile:  # shape buckets; the extra slots idle at position 0
-            n_slots, T_max = bucket(n_slots), bucket(T_max, 256)
+        n_slots, T_max = cache_shape(self.usable, T_max, self.steps.compile)
         self._allocate(n_slots, T_max)
         self.slots: list[_Active | None] = [None] * n_slots
         done: dict[int, RequestOutput] = {}

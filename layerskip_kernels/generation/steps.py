@@ -31,7 +31,7 @@ import time
 
 import torch
 
-__all__ = ["autoregressive", "draft", "early", "verify", "StepFunctions", "bucket", "compile_stats"]
+__all__ = ["autoregressive", "draft", "early", "verify", "StepFunctions", "bucket", "cache_shape", "compile_stats"]
 
 
 def autoregressive(model, tokens: torch.Tensor, cache) -> torch.Tensor:
@@ -70,6 +70,12 @@ def bucket(n: int, minimum: int = 1) -> int:
     compiled graphs."""
     n = max(n, minimum)
     return 1 << (n - 1).bit_length()
+
+
+def cache_shape(n_slots: int, max_len: int, compile: bool) -> tuple[int, int]:
+    """(slots, cache length) the engine allocates: as asked, or rounded up to the
+    shape buckets when its steps are compiled (the extra slots idle at position 0)."""
+    return (bucket(n_slots), bucket(max_len, 256)) if compile else (n_slots, max_len)
 
 
 def _quiet_cpp_extension_import() -> None:
@@ -111,7 +117,7 @@ class StepFunctions:
     def __init__(self, compile: bool, device):
         self.compile = compile
         self.device = torch.device(device)
-        self.compile_s = 0.0  # seconds of this object's calls that compiled a graph
+        self.compile_s = 0.0  # seconds of this object's first calls of each graph (see _timed)
         for name, fn in _EAGER.items():
             setattr(self, name, self._timed(name, _compiled_fn(name, self.device)) if compile else fn)
 

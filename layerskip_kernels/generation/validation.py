@@ -17,7 +17,7 @@ import torch
 
 from ..cache import MAX_CACHE_LEN, StaticKVCache, check_fits
 from .policy import SPECULATION_MODES
-from .steps import bucket
+from .steps import cache_shape
 
 __all__ = [
     "MAX_SPECULATIONS",
@@ -251,8 +251,7 @@ def _check_memory(model, B: int, longest: int, max_new_tokens: int, k: int, do_s
     p = model.lm_head.weight
     # The engine's cache length: prompt + new tokens + k+1 positions of draft slack.
     T_max = longest + max_new_tokens + k + 1
-    if compile:  # the engine's shape buckets (steps.bucket)
-        B, T_max = bucket(B), bucket(T_max, 256)
+    B, T_max = cache_shape(B, T_max, compile)  # what the engine allocates
     if T_max > MAX_CACHE_LEN:
         raise ValueError(f"prompt length {longest} + max_new_tokens {max_new_tokens} needs {T_max} cache "
                          f"positions, more than {MAX_CACHE_LEN} (positions are int32)")
