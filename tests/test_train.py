@@ -157,6 +157,41 @@ def test_early_exit_loss_equals_hand_computed_sum():
     assert model.model.layers[0].mlp.down_proj.weight.grad.abs().sum() > 0
 
 
+def test_exit_distillation_mixes_in_the_last_layers_distribution():
+    model = tiny_model(layers=4)
+    ids = torch.randint(0, 64, (3, 9), generator=torch.Generator().manual_seed(3))
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    hidden = model.forward_train(inputs, return_hidden=True)
+    w = torch.tensor([0.25, 0.0, 0.25, 0.5])
+    head = lambda l: model.lm_head(model.model.norm(hidden[l])).reshape(-1, 64)
+    teacher = torch.softmax(head(3), -1).detach()
+    y = targets.reshape(-1)
+    for alpha in (0.0, 0.3, 1.0):
+        loss, per_layer = recipe.early_exit_loss(model, hidden, targets, w, distill=alpha)
+        expect = 0.5 * F.cross_entropy(head(3), y)
+        for l in (0, 2):
+            kd = -(teacher * torch.log_softmax(head(l), -1)).sum(-1).mean()
+            expect = expect + 0.25 * ((1 - alpha) * F.cross_entropy(head(l), y) + alpha * kd)
+        torch.testing.assert_close(loss, expect)
+        # per_layer always reports the CE against the data
+        torch.testing.assert_close(per_layer[0], F.cross_entropy(head(0), y).detach())
+    # the teacher is detached: with distill=1 the last layer's gradient comes from its own CE only
+    # (layer 0's term cannot reach layer 3's weights except through the teacher)
+    model.zero_grad()
+    hidden = model.forward_train(inputs, return_hidden=True)
+    recipe.early_exit_loss(model, hidden, targets, torch.tensor([0.5, 0.0, 0.0, 0.5]), distill=1.0)[0].backward()
+    g_mixed = model.model.layers[3].mlp.down_proj.weight.grad.clone()
+    model.zero_grad()
+    hidden = model.forward_train(inputs, return_hidden=True)
+    (0.5 * F.cross_entropy(head(3), y)).backward()
+    torch.testing.assert_close(g_mixed, model.model.layers[3].mlp.down_proj.weight.grad)
+    assert g_mixed.abs().sum() > 0
+    with pytest.raises(ValueError, match="distill"):
+        recipe.early_exit_loss(model, hidden, targets, w, distill=1.5)
+    with pytest.raises(ValueError, match="last layer"):
+        recipe.early_exit_loss(model, hidden, targets, torch.tensor([1.0, 0.0, 0.0, 0.0]), distill=0.5)
+
+
 def test_curriculum_masks():
     L = 6
     for t in range(7):
@@ -285,6 +320,22 @@ def test_resume_continues_exactly(tiny_corpus, tmp_path):
         tmp_path / "a" / "checkpoint" / "train_log.csv")
 
 
+def test_stop_at_step_keeps_the_schedule(tiny_corpus, tmp_path):
+    # Stopping at step 10 of a 20-step run, then resuming, equals the uninterrupted run
+    # (the cosine is not shortened to 10 steps), and distillation is recorded with the model.
+    kw = dict(steps=20, p_max=0.3, exit_distill=0.5)
+    train(tiny_train_config(tiny_corpus, tmp_path / "a", **kw), log=lambda m: None)
+    train(tiny_train_config(tiny_corpus, tmp_path / "b", **kw, stop_at_step=10), log=lambda m: None)
+    b = torch.load(tmp_path / "b" / "checkpoint" / "checkpoint.pt", weights_only=False)
+    assert b["step"] == 10 and b["total_steps"] == 20
+    train(tiny_train_config(tiny_corpus, tmp_path / "b", **kw, resume=True), log=lambda m: None)
+    a = torch.load(tmp_path / "a" / "checkpoint" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "checkpoint" / "checkpoint.pt", weights_only=False)
+    for k, v in a["model"].items():
+        torch.testing.assert_close(b["model"][k], v, atol=0, rtol=0, msg=k)
+    assert LlamaForCausalLM.from_pretrained(str(tmp_path / "b")).config.extra["layerskip"]["exit_distill"] == 0.5
+
+
 def test_no_layerskip_trains_last_layer_only(tiny_corpus, tmp_path):
     out = tmp_path / "base"
     train(tiny_train_config(tiny_corpus, out, layerskip=False, p_max=0.0, steps=4), log=lambda m: None)
@@ -304,6 +355,8 @@ def test_no_layerskip_trains_last_layer_only(tiny_corpus, tmp_path):
     (dict(kv_heads=3), "kv-heads"), (dict(lr=0.0), "lr"), (dict(steps=0), "steps"),
     (dict(steps=None, minutes=None), "minutes"), (dict(minutes=-1.0, steps=None), "minutes"),
     (dict(vocab_size=100), "vocab-size"), (dict(rotation=0), "rotation"),
+    (dict(exit_distill=1.5), "exit-distill"), (dict(exit_distill=-0.1), "exit-distill"),
+    (dict(stop_at_step=0), "stop-at-step"),
 ])
 def test_bad_hyperparameters_fail_before_training(tiny_corpus, tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
@@ -393,3 +446,23 @@ def test_flat_exit_weighting():
     assert w[2] > 2 * paper[2] and w[11] > paper[11] and w[8] < paper[8]
     with pytest.raises(ValueError, match="weighting"):
         recipe.exit_scales(12, 1.0, "uniform")
+
+
+def test_evaluate_model_accuracy_loss_and_agreement_by_exit():
+    from layerskip_kernels.train.evaluate import evaluate_model
+
+    model = tiny_model(layers=3).eval()
+    tokens = torch.randint(0, 64, (100,), generator=torch.Generator().manual_seed(4))
+    rows = evaluate_model(model, tokens, num_tokens=40, seq_len=16, batch_size=2)
+    assert [r["exit_layer"] for r in rows] == [1, 2, 3] and all(r["tokens"] == 40 for r in rows)
+    # by hand: windows of 16 + 1 tokens, the first 40 predictions
+    x = torch.stack([tokens[i * 16:i * 16 + 17] for i in range(3)])
+    with torch.no_grad():
+        hidden = model.forward_train(x[:, :-1], return_hidden=True)
+        logits = [model.lm_head(model.model.norm(h)).reshape(-1, 64)[:40] for h in hidden]
+    y = x[:, 1:].reshape(-1)[:40]
+    for l, r in enumerate(rows):
+        assert r["accuracy"] == pytest.approx((logits[l].argmax(-1) == y).double().mean().item())
+        assert r["agreement"] == pytest.approx((logits[l].argmax(-1) == logits[2].argmax(-1)).double().mean().item())
+        assert r["loss"] == pytest.approx(F.cross_entropy(logits[l], y).item(), rel=1e-5)
+    assert rows[-1]["agreement"] == 1.0 and rows[0]["agreement"] < 1.0

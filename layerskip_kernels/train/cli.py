@@ -48,6 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--exit-weighting", choices=EXIT_WEIGHTINGS, default=_default("exit_weighting"),
                    help="early-exit loss weights by depth: paper (grows as l(l+1)/2) or flat (every exit e_scale, "
                         "the last L-1) (default: %(default)s)")
+    g.add_argument("--exit-distill", type=float, default=_default("exit_distill"),
+                   help="share of each early exit's loss taken from the last layer's distribution instead of the "
+                        "data (self-distillation, trains exits to agree with the last layer), [0, 1] "
+                        "(default: %(default)s)")
     g.add_argument("--curriculum", choices=CURRICULA, default=_default("curriculum"),
                    help="early-exit loss curriculum (default: %(default)s)")
     g.add_argument("--rotation", type=int, default=_default("rotation"), help="R of the rotational curriculum (default: %(default)s)")
@@ -57,6 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--minutes", type=float, default=_default("minutes"),
                    help="wall-clock budget; sets the number of steps from the measured step time (default: %(default)s)")
     g.add_argument("--steps", type=int, default=None, help="exact number of steps (overrides the estimate from --minutes)")
+    g.add_argument("--stop-at-step", type=int, default=None,
+                   help="save and stop once this step is reached, schedules unchanged (A/B continuations of a checkpoint)")
     g.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     g.add_argument("--seed", type=int, default=_default("seed"), help="(default: %(default)s)")
     g.add_argument("--resume", action="store_true", help="continue from CHECKPOINT_DIR/checkpoint.pt")
@@ -75,8 +81,8 @@ def config_from_args(args) -> TrainConfig:
         kv_heads=args.kv_heads, vocab_size=args.vocab_size, seq_len=args.seq_len, batch_size=args.batch_size,
         lr=args.lr, warmup_steps=args.warmup_steps, layerskip=not args.no_layerskip,
         p_max=0.0 if args.no_layerskip else args.p_max, dropout_schedule=args.dropout_schedule,
-        e_scale=args.e_scale, exit_weighting=args.exit_weighting, curriculum=args.curriculum, rotation=args.rotation, minutes=args.minutes,
-        steps=args.steps, threads=args.threads, seed=args.seed, resume=args.resume, eval_every=args.eval_every,
+        e_scale=args.e_scale, exit_weighting=args.exit_weighting, exit_distill=args.exit_distill, curriculum=args.curriculum, rotation=args.rotation, minutes=args.minutes,
+        steps=args.steps, stop_at_step=args.stop_at_step, threads=args.threads, seed=args.seed, resume=args.resume, eval_every=args.eval_every,
         save_every_min=args.save_every_min, autocast=not args.no_autocast, progress=not args.no_progress,
     )
     if args.corpus is not None:

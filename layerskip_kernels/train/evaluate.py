@@ -5,8 +5,9 @@
         --labels layerskip baseline --out bench/results/early_exit_eval
 
 For every model and every exit E = 1..L (run layers 0..E-1, then the model's
-own final norm and LM head) it measures top-1 next-token accuracy and mean
-cross-entropy on the first `--tokens` predicted tokens of the held-out files
+own final norm and LM head) it measures top-1 next-token accuracy, mean
+cross-entropy, and agreement: how often the exit's top-1 token equals the last
+layer's (teacher-forced greedy acceptance of a draft from exit E), on the first `--tokens` predicted tokens of the held-out files
 (data.split_files), read as consecutive non-overlapping windows of
 `--seq-len` + 1 tokens: deterministic, no sampling. Each model is scored with
 its own tokenizer. Writes OUT.csv, OUT.png and prints a table.
@@ -39,7 +40,7 @@ def heldout_tokens(tokenizer, corpus: str | None = None) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_model(model, tokens: torch.Tensor, num_tokens: int, seq_len: int, batch_size: int = 8) -> list[dict]:
-    """[{exit_layer, tokens, accuracy, loss}] for exit_layer = 1..L, on the first
+    """[{exit_layer, tokens, accuracy, loss, agreement}] for exit_layer = 1..L, on the first
     `num_tokens` predictions of `tokens` (int [N]) in windows of seq_len."""
     n_windows = -(-num_tokens // seq_len)
     if tokens.numel() < n_windows * seq_len + 1:
@@ -49,6 +50,7 @@ def evaluate_model(model, tokens: torch.Tensor, num_tokens: int, seq_len: int, b
     L = model.num_layers
     correct = torch.zeros(L, dtype=torch.float64)
     ce = torch.zeros(L, dtype=torch.float64)
+    agree = torch.zeros(L, dtype=torch.float64)
     counted = 0
     for w0 in range(0, n_windows, batch_size):
         starts = torch.arange(w0, min(w0 + batch_size, n_windows)) * seq_len
@@ -58,16 +60,18 @@ def evaluate_model(model, tokens: torch.Tensor, num_tokens: int, seq_len: int, b
         # Trim the last windows so exactly num_tokens predictions count.
         valid = (starts[:, None] + torch.arange(seq_len)[None, :]) < num_tokens
         hidden = model.forward_train(inputs, return_hidden=True)
+        v = valid.reshape(-1)
+        last_top1 = model.exit_head(hidden[-1]).float().argmax(-1).reshape(-1)
         for l, h in enumerate(hidden):
             logits = model.exit_head(h).float()
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-            hit = (logits.argmax(-1) == targets).reshape(-1)
-            v = valid.reshape(-1)
-            correct[l] += hit[v].double().sum()
+            top1 = logits.argmax(-1).reshape(-1)
+            correct[l] += (top1 == targets.reshape(-1))[v].double().sum()
+            agree[l] += (top1 == last_top1)[v].double().sum()
             ce[l] += loss[v].double().sum()
         counted += int(valid.sum())
     return [{"exit_layer": l + 1, "tokens": counted, "accuracy": (correct[l] / counted).item(),
-             "loss": (ce[l] / counted).item()} for l in range(L)]
+             "loss": (ce[l] / counted).item(), "agreement": (agree[l] / counted).item()} for l in range(L)]
 
 
 def _plot(rows: list[dict], path: str) -> None:
@@ -137,7 +141,8 @@ def main(argv=None) -> int:
     for label in labels:
         rs = [r for r in rows if r["label"] == label]
         print(f"{label[:14]:>14s} " + " ".join(f"{100 * r['accuracy']:6.2f}%/{r['loss']:5.2f}" for r in rs))
-    print(f"(top-1 accuracy / cross-entropy on {rows[0]['tokens']} held-out tokens)")
+        print(f"{'agreement':>14s} " + " ".join(f"{100 * r['agreement']:12.2f}%" for r in rs))
+    print(f"(top-1 accuracy / cross-entropy on {rows[0]['tokens']} held-out tokens; agreement: top-1 equals the last layer's)")
     if not args.no_plot:
         _plot(rows, args.out + ".png")
         print(f"wrote {args.out}.csv and {args.out}.png")

@@ -159,25 +159,52 @@ def loss_weights(scales: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (w / total).float()
 
 
-def early_exit_loss(model, hidden: list[torch.Tensor], targets: torch.Tensor, weights: torch.Tensor):
-    """sum_l weights[l] * CE(model.exit_head(hidden[l]), targets).
+def early_exit_loss(model, hidden: list[torch.Tensor], targets: torch.Tensor, weights: torch.Tensor,
+                    distill: float = 0.0):
+    """sum_l weights[l] * loss_l, loss_l = CE(model.exit_head(hidden[l]), targets).
 
     hidden: L tensors [B, T, H] (each layer's output); targets: int64 [B, T];
     weights: [L]. The LM head is computed only for layers with a non-zero
     weight: with a rotational curriculum that is where the recipe saves time.
-    Returns (loss, {layer: detached CE}) for the layers computed.
+
+    distill in [0, 1] (ours, not the paper's; 0 is the paper's loss): every exit
+    below the last learns from the last layer too,
+        loss_l = (1 - distill) CE(exit_l, y) + distill CE(exit_l, softmax(last).detach()),
+    the second term being the KL divergence from the last layer's distribution
+    up to a constant. A greedy draft is accepted when the exit's top-1 equals
+    the last layer's, not the data's, so this trains the exit for agreement.
+
+    Returns (loss, {layer: detached CE against the data}) for the layers computed.
     """
     if len(hidden) != weights.shape[0]:
         raise ValueError(f"got {len(hidden)} hidden states for {weights.shape[0]} weights")
+    if not 0.0 <= distill <= 1.0:
+        raise ValueError(f"distill must be in [0, 1], got {distill}")
+    L = len(hidden)
+    w_list = weights.tolist()
+    if distill > 0 and w_list[L - 1] == 0.0:
+        raise ValueError("distillation needs the last layer's loss enabled")
+    flat_targets = targets.reshape(-1)
+    # Last layer first: its distribution is the teacher of the others.
+    # Logits in fp32: the log-sum-exp over a bf16 vocab row loses too much.
+    teacher = None
     total = None
     per_layer: dict[int, torch.Tensor] = {}
-    flat_targets = targets.reshape(-1)
-    for l, w in enumerate(weights.tolist()):
+    for l in [L - 1] + list(range(L - 1)):
+        w = w_list[l]
         if w == 0.0:
             continue
-        logits = model.exit_head(hidden[l])  # [B, T, V]
-        # CE in fp32: the log-sum-exp over a bf16 vocab row loses too much.
-        ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), flat_targets)
+        logits = model.exit_head(hidden[l]).float()
+        logits = logits.reshape(-1, logits.shape[-1])  # [B*T, V]
+        ce = F.cross_entropy(logits, flat_targets)
         per_layer[l] = ce.detach()
-        total = w * ce if total is None else total + w * ce
+        if l == L - 1:
+            if distill > 0:
+                teacher = torch.softmax(logits.detach(), dim=-1)
+            term = ce
+        elif distill > 0:
+            term = (1.0 - distill) * ce + distill * F.cross_entropy(logits, teacher)
+        else:
+            term = ce
+        total = w * term if total is None else total + w * term
     return total, per_layer

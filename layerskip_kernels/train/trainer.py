@@ -64,11 +64,13 @@ class TrainConfig:
     dropout_schedule: str = "exp"
     e_scale: float = 1.0
     exit_weighting: str = "paper"
+    exit_distill: float = 0.0
     curriculum: str = "rotational"
     rotation: int = 2
     # budget and bookkeeping
     minutes: float | None = 50.0
     steps: int | None = None
+    stop_at_step: int | None = None
     threads: int | None = None
     seed: int = 0
     resume: bool = False
@@ -116,6 +118,8 @@ class TrainConfig:
             raise ValueError(f"--e-scale must be >= 0, got {self.e_scale}")
         if self.exit_weighting not in recipe.EXIT_WEIGHTINGS:
             raise ValueError(f"--exit-weighting must be one of {recipe.EXIT_WEIGHTINGS}, got {self.exit_weighting!r}")
+        if not 0.0 <= self.exit_distill <= 1.0:
+            raise ValueError(f"--exit-distill must be in [0, 1], got {self.exit_distill}")
         if self.curriculum not in recipe.CURRICULA:
             raise ValueError(f"--curriculum must be one of {recipe.CURRICULA}, got {self.curriculum!r}")
         if self.dropout_schedule not in recipe.DROPOUT_SCHEDULES:
@@ -128,6 +132,8 @@ class TrainConfig:
             raise ValueError(f"--steps must be an integer >= 1, got {self.steps!r}")
         if self.minutes is not None and not (self.minutes > 0 and math.isfinite(self.minutes)):
             raise ValueError(f"--minutes must be > 0, got {self.minutes}")
+        if self.stop_at_step is not None and (not isinstance(self.stop_at_step, int) or self.stop_at_step < 1):
+            raise ValueError(f"--stop-at-step must be an integer >= 1, got {self.stop_at_step!r}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {self.threads}")
 
@@ -141,12 +147,12 @@ class TrainConfig:
 
     def recipe_dict(self) -> dict:
         """The hyper-parameters stored under "layerskip" in config.json."""
-        keys = ("layerskip", "p_max", "dropout_schedule", "e_scale", "exit_weighting", "curriculum", "rotation", "lr",
+        keys = ("layerskip", "p_max", "dropout_schedule", "e_scale", "exit_weighting", "exit_distill", "curriculum", "rotation", "lr",
                 "min_lr_ratio", "weight_decay", "warmup_steps", "grad_clip", "batch_size", "seq_len", "seed",
                 "minutes")
         d = {k: getattr(self, k) for k in keys}
         if not self.layerskip:
-            d.update(p_max=0.0, curriculum="last-layer-only")
+            d.update(p_max=0.0, curriculum="last-layer-only", exit_distill=0.0)
         return d
 
 
@@ -407,6 +413,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
         elapsed = elapsed_before + (time.time() - t0)
         if total_steps is not None and step >= total_steps:
             break
+        if cfg.stop_at_step is not None and step >= cfg.stop_at_step:
+            log(f"stopping at step {step} (--stop-at-step); the schedules still end at step {total_steps}")
+            break
         if elapsed >= budget_s:
             log(f"wall-clock budget of {cfg.minutes} min reached at step {step}")
             break
@@ -430,7 +439,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
         weights = recipe.loss_weights(scales, mask)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast):
             hidden = model.forward_train(inputs, return_hidden=True, layer_keep=keep)
-            loss, per_layer = recipe.early_exit_loss(model, hidden, targets, weights)
+            loss, per_layer = recipe.early_exit_loss(model, hidden, targets, weights,
+                                                     cfg.exit_distill if cfg.layerskip else 0.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
