@@ -192,6 +192,22 @@ def test_exit_distillation_mixes_in_the_last_layers_distribution():
         recipe.early_exit_loss(model, hidden, targets, torch.tensor([1.0, 0.0, 0.0, 0.0]), distill=0.5)
 
 
+def test_draft_exit_is_on_every_step_with_its_own_scale():
+    scales = recipe.exit_scales(12, 4.0, "flat")
+    for step in range(6):
+        mask = recipe.curriculum_mask(12, step, 100, "rotational", 3)
+        s2, m2 = recipe.add_draft_exit(scales, mask, 3, 11.0)
+        assert m2[2] and (m2 ^ mask).sum() == (0 if mask[2] else 1)  # only exit 3 added
+        w = recipe.loss_weights(s2, m2)
+        assert w[2] == w[11] > 0  # as heavy as the last layer
+        assert s2[2] == 11.0 and scales[2] == 4.0 and not (mask is m2)  # inputs untouched
+    for bad in (0, 12):
+        with pytest.raises(ValueError, match="draft exit"):
+            recipe.add_draft_exit(scales, mask, bad, 1.0)
+    with pytest.raises(ValueError, match="scale"):
+        recipe.add_draft_exit(scales, mask, 2, float("nan"))
+
+
 def test_curriculum_masks():
     L = 6
     for t in range(7):
@@ -356,7 +372,8 @@ def test_no_layerskip_trains_last_layer_only(tiny_corpus, tmp_path):
     (dict(steps=None, minutes=None), "minutes"), (dict(minutes=-1.0, steps=None), "minutes"),
     (dict(vocab_size=100), "vocab-size"), (dict(rotation=0), "rotation"),
     (dict(exit_distill=1.5), "exit-distill"), (dict(exit_distill=-0.1), "exit-distill"),
-    (dict(stop_at_step=0), "stop-at-step"),
+    (dict(stop_at_step=0), "stop-at-step"), (dict(draft_exit=3), "draft-exit"), (dict(draft_exit=0), "draft-exit"),
+    (dict(draft_exit=1, draft_exit_scale=-1.0), "draft-exit-scale"),
 ])
 def test_bad_hyperparameters_fail_before_training(tiny_corpus, tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):

@@ -52,6 +52,11 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="share of each early exit's loss taken from the last layer's distribution instead of the "
                         "data (self-distillation, trains exits to agree with the last layer), [0, 1] "
                         "(default: %(default)s)")
+    g.add_argument("--draft-exit", type=int, default=None,
+                   help="supervise the exit after this layer (the draft's E) at every step, whatever the "
+                        "curriculum (default: off)")
+    g.add_argument("--draft-exit-scale", type=float, default=None,
+                   help="its early-exit scale (default: the last layer's)")
     g.add_argument("--curriculum", choices=CURRICULA, default=_default("curriculum"),
                    help="early-exit loss curriculum (default: %(default)s)")
     g.add_argument("--rotation", type=int, default=_default("rotation"), help="R of the rotational curriculum (default: %(default)s)")
@@ -81,7 +86,10 @@ def config_from_args(args) -> TrainConfig:
         kv_heads=args.kv_heads, vocab_size=args.vocab_size, seq_len=args.seq_len, batch_size=args.batch_size,
         lr=args.lr, warmup_steps=args.warmup_steps, layerskip=not args.no_layerskip,
         p_max=0.0 if args.no_layerskip else args.p_max, dropout_schedule=args.dropout_schedule,
-        e_scale=args.e_scale, exit_weighting=args.exit_weighting, exit_distill=args.exit_distill, curriculum=args.curriculum, rotation=args.rotation, minutes=args.minutes,
+        e_scale=args.e_scale, exit_weighting=args.exit_weighting,
+        exit_distill=args.exit_distill,
+        draft_exit=args.draft_exit, draft_exit_scale=args.draft_exit_scale, curriculum=args.curriculum,
+        rotation=args.rotation, minutes=args.minutes,
         steps=args.steps, stop_at_step=args.stop_at_step, threads=args.threads, seed=args.seed, resume=args.resume, eval_every=args.eval_every,
         save_every_min=args.save_every_min, autocast=not args.no_autocast, progress=not args.no_progress,
     )

@@ -57,6 +57,7 @@ __all__ = [
     "exit_scales",
     "EXIT_WEIGHTINGS",
     "curriculum_mask",
+    "add_draft_exit",
     "loss_weights",
     "early_exit_loss",
 ]
@@ -148,6 +149,21 @@ def curriculum_mask(num_layers: int, step: int, total_steps: int, curriculum: st
         raise ValueError(f"curriculum must be one of {CURRICULA}, got {curriculum!r}")
     mask[L - 1] = True
     return mask
+
+
+def add_draft_exit(scales: torch.Tensor, mask: torch.Tensor, draft_exit: int, scale: float):
+    """Ours: the exit a draft runs from (after layer `draft_exit`, 1 <= draft_exit < L)
+    is supervised at every step with weight `scale`, whatever the curriculum says.
+    Returns new (scales, mask); the inputs are not modified."""
+    L = scales.shape[0]
+    if not 1 <= draft_exit < L:
+        raise ValueError(f"draft exit must be in [1, {L - 1}], got {draft_exit}")
+    if not (scale >= 0 and math.isfinite(scale)):
+        raise ValueError(f"draft exit scale must be a finite number >= 0, got {scale}")
+    scales, mask = scales.clone(), mask.clone()
+    scales[draft_exit - 1] = scale
+    mask[draft_exit - 1] = True
+    return scales, mask
 
 
 def loss_weights(scales: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -65,6 +65,8 @@ class TrainConfig:
     e_scale: float = 1.0
     exit_weighting: str = "paper"
     exit_distill: float = 0.0
+    draft_exit: int | None = None
+    draft_exit_scale: float | None = None
     curriculum: str = "rotational"
     rotation: int = 2
     # budget and bookkeeping
@@ -120,6 +122,10 @@ class TrainConfig:
             raise ValueError(f"--exit-weighting must be one of {recipe.EXIT_WEIGHTINGS}, got {self.exit_weighting!r}")
         if not 0.0 <= self.exit_distill <= 1.0:
             raise ValueError(f"--exit-distill must be in [0, 1], got {self.exit_distill}")
+        if self.draft_exit is not None and not (isinstance(self.draft_exit, int) and 1 <= self.draft_exit < self.layers):
+            raise ValueError(f"--draft-exit must be an integer in [1, {self.layers - 1}], got {self.draft_exit!r}")
+        if self.draft_exit_scale is not None and not (self.draft_exit_scale >= 0 and math.isfinite(self.draft_exit_scale)):
+            raise ValueError(f"--draft-exit-scale must be a finite number >= 0, got {self.draft_exit_scale}")
         if self.curriculum not in recipe.CURRICULA:
             raise ValueError(f"--curriculum must be one of {recipe.CURRICULA}, got {self.curriculum!r}")
         if self.dropout_schedule not in recipe.DROPOUT_SCHEDULES:
@@ -147,12 +153,14 @@ class TrainConfig:
 
     def recipe_dict(self) -> dict:
         """The hyper-parameters stored under "layerskip" in config.json."""
-        keys = ("layerskip", "p_max", "dropout_schedule", "e_scale", "exit_weighting", "exit_distill", "curriculum", "rotation", "lr",
+        keys = ("layerskip", "p_max", "dropout_schedule", "e_scale", "exit_weighting", "exit_distill", "draft_exit",
+                "draft_exit_scale", "curriculum", "rotation", "lr",
                 "min_lr_ratio", "weight_decay", "warmup_steps", "grad_clip", "batch_size", "seq_len", "seed",
                 "minutes")
         d = {k: getattr(self, k) for k in keys}
         if not self.layerskip:
-            d.update(p_max=0.0, curriculum="last-layer-only", exit_distill=0.0)
+            d.update(p_max=0.0, curriculum="last-layer-only", exit_distill=0.0, draft_exit=None,
+                     draft_exit_scale=None)
         return d
 
 
@@ -436,7 +444,14 @@ def train(cfg: TrainConfig, log=print) -> dict:
                                           cfg.curriculum, cfg.rotation)
         else:
             mask = last_only
-        weights = recipe.loss_weights(scales, mask)
+        if cfg.layerskip and cfg.draft_exit is not None:
+            # default scale: as much as the last layer's
+            step_scales, mask = recipe.add_draft_exit(
+                scales, mask, cfg.draft_exit,
+                float(scales[-1]) if cfg.draft_exit_scale is None else cfg.draft_exit_scale)
+        else:
+            step_scales = scales
+        weights = recipe.loss_weights(step_scales, mask)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast):
             hidden = model.forward_train(inputs, return_hidden=True, layer_keep=keep)
             loss, per_layer = recipe.early_exit_loss(model, hidden, targets, weights,
