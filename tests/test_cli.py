@@ -80,6 +80,52 @@ def test_generate_streams_text_and_stats(tiny_with_tokenizer, capsys, extra, E, 
     assert re.fullmatch(stats_line + "\n", captured.err), captured.err
 
 
+def _copy_with_generation_config(src, dst, cfg):
+    import json
+    import shutil
+
+    shutil.copytree(src, dst)
+    (dst / "generation_config.json").write_text(json.dumps(cfg) if not isinstance(cfg, str) else cfg)
+    return dst
+
+
+@pytest.mark.parametrize("extra,aids", [
+    ([], dict(repetition_penalty=1.5, no_repeat_ngram_size=2)),  # the model's recommendation
+    (["--no-repeat-ngram-size", "0"], dict(repetition_penalty=1.5, no_repeat_ngram_size=0)),
+    (["--repetition-penalty", "1.0", "--no-repeat-ngram-size", "3"], dict(repetition_penalty=1.0,
+                                                                         no_repeat_ngram_size=3)),
+])
+def test_generate_takes_decoding_aids_from_generation_config(tiny_with_tokenizer, tmp_path, capsys, extra, aids):
+    from tokenizers import Tokenizer
+
+    path = _copy_with_generation_config(tiny_with_tokenizer, tmp_path / "m",
+                                        {"do_sample": False, "repetition_penalty": 1.5, "no_repeat_ngram_size": 2})
+    rc = main(["generate", "--model", str(path), "--prompt", "def add(", "--max-new-tokens", "12", "--dtype",
+               "float32", "--exit-layer", "2", "--num-speculations", "3"] + extra)
+    assert rc == 0
+    tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    model = lk.LlamaForCausalLM.from_pretrained(path)
+    text, _ = expected_cli_text(tok, model, "def add(", True, max_new_tokens=12, exit_layer=2, num_speculations=3,
+                                **aids)
+    plain, _ = expected_cli_text(tok, model, "def add(", True, max_new_tokens=12, exit_layer=2, num_speculations=3)
+    out = capsys.readouterr().out
+    assert out == text
+    if aids["no_repeat_ngram_size"] == 2:  # the aids change this tiny model's output: the check can fail
+        assert out != plain
+
+
+@pytest.mark.parametrize("cfg,match", [
+    ({"repetition_penalty": 0}, "repetition_penalty"), ({"repetition_penalty": "1.2"}, "repetition_penalty"),
+    ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size"), ({"no_repeat_ngram_size": 1.5}, "no_repeat_ngram_size"),
+    ("[1, 2]", "JSON object"), ("{not json", "not a readable JSON"),
+])
+def test_bad_generation_config_is_refused(tiny_with_tokenizer, tmp_path, capsys, cfg, match):
+    path = _copy_with_generation_config(tiny_with_tokenizer, tmp_path / "m", cfg)
+    rc = main(["generate", "--model", str(path), "--prompt", "def add(", "--max-new-tokens", "4"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("error: ") and "generation_config.json" in err and match in err, err
+
+
 def test_generate_unknown_backend_is_an_error(tiny_with_tokenizer):
     with pytest.raises(SystemExit):
         main(["generate", "--model", str(tiny_with_tokenizer), "--prompt", "x", "--backend", "nope"])

@@ -25,10 +25,12 @@ def add_arguments(p) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--repetition-penalty", type=float, default=1.0,
-                   help="transformers' repetition penalty over prompt + output (default: 1.0, off)")
-    p.add_argument("--no-repeat-ngram-size", type=int, default=0,
-                   help="never repeat an n-gram of prompt + output (default: 0, off)")
+    p.add_argument("--repetition-penalty", type=float, default=None,
+                   help="transformers' repetition penalty over prompt + output; 1.0 is off (default: the model's "
+                        "generation_config.json, else 1.0)")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=None,
+                   help="never repeat an n-gram of prompt + output; 0 is off (default: the model's "
+                        "generation_config.json, else 0)")
     p.add_argument("--no-token-healing", action="store_true",
                    help="keep the prompt's last token as encoded (default: back it up and let the first "
                         "generated token complete it; see generation/token_healing.py)")
@@ -60,6 +62,45 @@ def _unusable(message: str) -> _Refused:
     return _Refused(message, 1)
 
 
+def _check_penalty(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0 (1.0 disables it), got {value!r}")
+
+
+def _generation_defaults(path: str) -> dict:
+    """The decoding aids the model directory recommends, as transformers reads
+    them from generation_config.json: {"repetition_penalty", "no_repeat_ngram_size"}
+    (absent keys are off). Raises _Refused naming the file for a bad value."""
+    import json
+
+    from ..model.loading import model_file
+    from . import validation as v
+
+    out = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
+    try:
+        file = model_file(path, "generation_config.json")
+    except ValueError as e:
+        raise _unusable(str(e)) from None
+    if not os.path.isfile(file):
+        return out
+    try:
+        with open(file, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _unusable(f"{file} is not a readable JSON file: {e}") from None
+    if not isinstance(cfg, dict):
+        raise _unusable(f"{file} must hold a JSON object, got {type(cfg).__name__}")
+    try:
+        if cfg.get("repetition_penalty") is not None:
+            _check_penalty(f"{file}: repetition_penalty", cfg["repetition_penalty"])
+            out["repetition_penalty"] = float(cfg["repetition_penalty"])
+        if cfg.get("no_repeat_ngram_size") is not None:
+            out["no_repeat_ngram_size"] = v.check_int(f"{file}: no_repeat_ngram_size", cfg["no_repeat_ngram_size"], 0)
+    except ValueError as e:
+        raise _unusable(str(e)) from None
+    return out
+
+
 def _check_flags(args):
     """Checks that need no model; returns the device."""
     from ..model.loading import check_device
@@ -79,10 +120,10 @@ def _check_flags(args):
         v.check_top_p(args.top_p, "--top-p")
         if args.seed is not None:
             v.check_seed(args.seed, "--seed")
-        v.check_int("--no-repeat-ngram-size", args.no_repeat_ngram_size, 0)
-        if not (math.isfinite(args.repetition_penalty) and args.repetition_penalty > 0):
-            raise ValueError(f"--repetition-penalty must be a finite number > 0 (1.0 disables it), "
-                             f"got {args.repetition_penalty!r}")
+        if args.no_repeat_ngram_size is not None:
+            v.check_int("--no-repeat-ngram-size", args.no_repeat_ngram_size, 0)
+        if args.repetition_penalty is not None:
+            _check_penalty("--repetition-penalty", args.repetition_penalty)
     except ValueError as e:
         raise _usage(str(e)) from None
     try:
@@ -153,6 +194,11 @@ def _plan(args, path, tokenizer, model):
                         f" for this {L}-layer model (0 = autoregressive)")
         except ValueError as e:
             raise _usage(str(e)) from None
+    aids = _generation_defaults(path)
+    if args.repetition_penalty is None:
+        args.repetition_penalty = aids["repetition_penalty"]
+    if args.no_repeat_ngram_size is None:
+        args.no_repeat_ngram_size = aids["no_repeat_ngram_size"]
     exit_layer = args.exit_layer if args.exit_layer is not None else defaults.get("default_exit_layer")
     k = args.num_speculations if args.num_speculations is not None else defaults.get("default_num_speculations", 4)
     if exit_layer == 0:
