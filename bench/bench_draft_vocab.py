@@ -36,14 +36,7 @@ from common import metadata, print_table, write_csv  # noqa: E402
 import layerskip_kernels as lk  # noqa: E402
 from layerskip_kernels.train import data  # noqa: E402
 from layerskip_kernels.train.evaluate import heldout_tokens  # noqa: E402
-
-
-def training_frequencies(tokenizer, vocab_size: int, corpus: str | None = None) -> torch.Tensor:
-    """int64 [V]: how often each token occurs in the training split."""
-    corpus = corpus or data.default_corpus()
-    train_files, _ = data.split_files(data.list_corpus_files(corpus))
-    ids = data.encode_files(tokenizer, data.read_texts(corpus, sorted(train_files)))
-    return torch.bincount(ids.long(), minlength=vocab_size)
+from layerskip_kernels.train.frequencies import training_token_counts  # noqa: E402
 
 
 @torch.no_grad()
@@ -77,8 +70,8 @@ def main(argv=None) -> int:
     V, L, H = cfg.vocab_size, cfg.num_hidden_layers, cfg.hidden_size
     E = args.exit_layer or cfg.extra.get("layerskip", {}).get("default_exit_layer") or max(1, L // 4)
 
-    freq = training_frequencies(tok, V)
-    order = freq.argsort(descending=True)
+    freq = training_token_counts(tok)
+    order = torch.sort(freq, descending=True, stable=True).indices  # as draft_vocab.frequent_tokens
     held = heldout_tokens(tok)
     n = min(args.tokens, held.numel() - 1)
     targets = held[1:n + 1].long()

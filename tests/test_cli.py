@@ -126,6 +126,33 @@ def test_bad_generation_config_is_refused(tiny_with_tokenizer, tmp_path, capsys,
     assert rc == 1 and err.startswith("error: ") and "generation_config.json" in err and match in err, err
 
 
+def test_generate_with_a_reduced_draft_vocabulary(tiny_with_tokenizer, tmp_path, capsys):
+    import shutil
+
+    from tokenizers import Tokenizer
+
+    from layerskip_kernels.generation.draft_vocab import frequent_tokens, save_frequencies
+
+    path = tmp_path / "m"
+    shutil.copytree(tiny_with_tokenizer, path)
+    args = ["generate", "--model", str(path), "--prompt", "def add(", "--max-new-tokens", "8", "--dtype", "float32",
+            "--exit-layer", "2", "--num-speculations", "3", "--draft-vocab", "40"]
+    assert main(args) == 1  # no frequency file yet
+    assert "token_frequencies.safetensors" in capsys.readouterr().err
+    tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    V = tok.get_vocab_size()
+    save_frequencies(str(path), torch.arange(V, dtype=torch.int64) % 7)
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    model = lk.LlamaForCausalLM.from_pretrained(path)
+    text, _ = expected_cli_text(tok, model, "def add(", True, max_new_tokens=8, exit_layer=2, num_speculations=3,
+                                draft_vocab=frequent_tokens(str(path), 40))
+    assert captured.out == text and "draft-vocab=40" in captured.err
+    assert main(args[:-1] + [str(V + 1)]) == 2
+    assert "--draft-vocab" in capsys.readouterr().err
+    assert main(args[:-1] + ["-1"]) == 2
+
+
 def test_generate_unknown_backend_is_an_error(tiny_with_tokenizer):
     with pytest.raises(SystemExit):
         main(["generate", "--model", str(tiny_with_tokenizer), "--prompt", "x", "--backend", "nope"])

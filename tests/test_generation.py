@@ -228,8 +228,8 @@ WARPED = dict(temperature=0.7, top_k=4, top_p=0.9)
 
 
 @pytest.mark.parametrize("mode,warp", [("autoregressive", WARPED), ("k1", PLAIN), ("k2", PLAIN), ("k2", WARPED),
-                                       ("adaptive", WARPED)],
-                         ids=["ar-warped", "k1-plain", "k2-plain", "k2-warped", "adaptive-warped"])
+                                       ("adaptive", WARPED), ("k2-reduced", PLAIN)],
+                         ids=["ar-warped", "k1-plain", "k2-plain", "k2-warped", "adaptive-warped", "k2-reduced-draft"])
 def test_sampling_joint_distribution_of_four_tokens(small_vocab, mode, warp):
     # Four tokens span two or three speculative iterations: the bonus token, the
     # Philox offset advancing between iterations and the residual all matter.
@@ -237,7 +237,11 @@ def test_sampling_joint_distribution_of_four_tokens(small_vocab, mode, warp):
     model, hf = small_vocab
     prompt, n, N = [1, 4, 2], 4, 60_000
     V = model.config.vocab_size
-    exit_layer, k = {"autoregressive": (None, 1), "k1": (1, 1), "k2": (1, 2), "adaptive": (1, 3)}[mode]
+    exit_layer, k = {"autoregressive": (None, 1), "k1": (1, 1), "k2": (1, 2), "adaptive": (1, 3),
+                     "k2-reduced": (1, 2)}[mode]
+    # Reduced draft head (generation.draft_vocab): the draft proposes tokens 0, 2
+    # and 3 only; the target still samples all 6.
+    draft_vocab = [0, 2, 3] if mode == "k2-reduced" else None
     # Adaptive: rows draft 0..3 tokens by confidence and their own acceptance.
     speculation = "adaptive" if mode == "adaptive" else "static"
     # Ops on a 6-token vocabulary run several times faster on one thread than
@@ -246,7 +250,8 @@ def test_sampling_joint_distribution_of_four_tokens(small_vocab, mode, warp):
     torch.set_num_threads(1)
     try:
         out = lk.generate(model, [prompt] * N, max_new_tokens=n, exit_layer=exit_layer, num_speculations=k,
-                          do_sample=True, seed=11, eos_token_id=[], speculation=speculation, **warp)
+                          do_sample=True, seed=11, eos_token_id=[], speculation=speculation,
+                          draft_vocab=draft_vocab, **warp)
     finally:
         torch.set_num_threads(threads)
     seqs = torch.tensor(out.sequences)

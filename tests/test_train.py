@@ -299,8 +299,13 @@ def test_tiny_train_lowers_loss_and_saves_loadable_model(tiny_corpus, tmp_path):
     losses = _losses(out / "checkpoint" / "train_log.csv")
     assert len(losses) == 40
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5, losses
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json"):
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json",
+                 "token_frequencies.safetensors"):
         assert (out / name).is_file()
+    from layerskip_kernels.generation.draft_vocab import load_frequencies
+
+    counts = load_frequencies(str(out), 320)
+    assert counts.sum() > 0 and counts.dtype == torch.int64
     ours = LlamaForCausalLM.from_pretrained(str(out))
     assert ours.config.extra["layerskip"]["p_max"] == 0.3
     assert ours.config.tie_word_embeddings and ours.config.num_key_value_heads == 2

@@ -37,6 +37,9 @@ def add_arguments(p) -> None:
     p.add_argument("--speculation", default="static", choices=["static", "adaptive"],
                    help="static: fixed exit layer and k; adaptive: per-row draft lengths (confidence stop, k from "
                         "each row's acceptance, at most --num-speculations) and the exit layer chosen per iteration")
+    p.add_argument("--draft-vocab", type=int, default=0,
+                   help="the draft head scores only this many of the most frequent training tokens "
+                        "(the model's token_frequencies.safetensors); verification scores all (default: 0, all)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="compile the decode steps with torch.compile (CUDA graphs on a GPU); off by default: "
                         "on CPU the first compile costs more than it saves on a default-length generation "
@@ -120,6 +123,7 @@ def _check_flags(args):
         v.check_top_p(args.top_p, "--top-p")
         if args.seed is not None:
             v.check_seed(args.seed, "--seed")
+        v.check_int("--draft-vocab", args.draft_vocab, 0)
         if args.no_repeat_ngram_size is not None:
             v.check_int("--no-repeat-ngram-size", args.no_repeat_ngram_size, 0)
         if args.repetition_penalty is not None:
@@ -194,6 +198,16 @@ def _plan(args, path, tokenizer, model):
                         f" for this {L}-layer model (0 = autoregressive)")
         except ValueError as e:
             raise _usage(str(e)) from None
+    args.draft_ids = None
+    if args.draft_vocab:
+        from .draft_vocab import frequent_tokens
+
+        if args.draft_vocab > cfg.vocab_size:
+            raise _usage(f"--draft-vocab must be at most the vocabulary size {cfg.vocab_size}, got {args.draft_vocab}")
+        try:
+            args.draft_ids = frequent_tokens(path, args.draft_vocab, cfg.vocab_size)
+        except ValueError as e:
+            raise _unusable(str(e)) from None
     aids = _generation_defaults(path)
     if args.repetition_penalty is None:
         args.repetition_penalty = aids["repetition_penalty"]
@@ -265,7 +279,7 @@ def run(args) -> int:
                           top_k=args.top_k, top_p=args.top_p, seed=args.seed, streamer=stream,
                           repetition_penalty=args.repetition_penalty,
                           no_repeat_ngram_size=args.no_repeat_ngram_size, first_token_ids=first,
-                          compile=args.compile, speculation=args.speculation)
+                          compile=args.compile, speculation=args.speculation, draft_vocab=args.draft_ids)
     tail = tokenizer.decode(prefix + generated)[shown[0]:]
     sys.stdout.write(tail + "\n")
     sys.stdout.flush()  # the text before the stats line on a shared terminal
@@ -273,6 +287,8 @@ def run(args) -> int:
     mode = f"self-speculative E={exit_layer} k={k}" if exit_layer else "autoregressive"
     if exit_layer and args.speculation == "adaptive":
         mode = f"self-speculative adaptive E~{exit_layer} k<={k}"
+    if exit_layer and args.draft_ids is not None:
+        mode += f" draft-vocab={len(args.draft_ids)}"
     acc = f"{s['acceptance_rate']:.1%}" if s["acceptance_rate"] is not None else "n/a"
     tps = f"{s['tokens_per_step']:.2f}" if s["tokens_per_step"] is not None else "n/a"
     compiled = f", compiled (+{s['compile_s']:.1f} s compiling)" if args.compile else ""

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .draft_vocab import check_draft_vocab
 from .processors import DecodingAids, check_decoding_aids
 from .scheduler import Engine, Request
 from .token_healing import check_first_token_ids
@@ -65,6 +66,7 @@ def generate(
     max_batch_size: int | None = None,
     compile: bool = False,
     speculation: str = "static",
+    draft_vocab=None,
 ) -> GenerationOutput:
     """Generate up to `max_new_tokens` tokens per row.
 
@@ -107,6 +109,11 @@ def generate(
             drafting at a low-confidence draft or at its own k chosen from its
             acceptance, at most num_speculations; the exit layer is chosen per
             iteration around exit_layer). Output is exact either way.
+        draft_vocab: None (the draft scores every token) or distinct token ids
+            the draft head scores, every other token being -inf for the draft
+            only (generation.draft_vocab, e.g. frequent_tokens(model_dir, 1024)).
+            Verification scores the full vocabulary: greedy output is unchanged
+            and sampling keeps the full model's distribution.
 
     Returns:
         GenerationOutput(sequences, stats): per-row generated tokens (prompt
@@ -123,6 +130,7 @@ def generate(
     check_decoding_aids(repetition_penalty, no_repeat_ngram_size)
     aids = DecodingAids(float(repetition_penalty), no_repeat_ngram_size)
     check_first_token_ids(first_token_ids, len(prompts), cfg.vocab_size)
+    draft_ids = check_draft_vocab(draft_vocab, cfg.vocab_size)
 
     B = len(prompts)
     max_batch_size = B if max_batch_size is None else min(B, max_batch_size)  # checked above
@@ -138,7 +146,7 @@ def generate(
         # Built before the clock starts: with compile=True this imports torch's
         # compiler stack, a one-time cost like compilation itself.
         engine = Engine(model, max_batch_size, exit_layer, a.num_speculations, a.do_sample, aids, seed=seed,
-                        compile=compile, speculation=speculation)
+                        compile=compile, speculation=speculation, draft_vocab=draft_ids)
         t0 = time.perf_counter()
         for b, p in enumerate(prompts):
             engine.add_request(Request(p, a.max_new_tokens, frozenset(a.eos_ids), seed, a.temperature, a.top_k,

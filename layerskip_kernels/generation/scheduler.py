@@ -38,6 +38,7 @@ from .. import ops
 from ..cache import ExitQueryCache, StaticKVCache
 from .policy import make_policy
 from .processors import DecodingAids, TokenHistory
+from .draft_vocab import DraftHead, check_draft_vocab
 from .steps import StepFunctions, cache_shape
 from .token_healing import check_first_token_ids
 from .validation import validate_generate_args
@@ -117,13 +118,15 @@ class Engine:
             draft lengths, confidence stop, exit layer chosen per iteration; k is
             then the most drafts per iteration), or a policy object
             (generation.policy).
+        draft_vocab: None, or distinct token ids the draft head scores
+            (generation.draft_vocab); verification scores every token.
 
     Arguments are validated by the caller (`generate` or `validation`).
     """
 
     def __init__(self, model, max_batch_size: int, exit_layer: int | None = None, num_speculations: int = 4,
                  do_sample: bool = False, aids: DecodingAids = DecodingAids(), seed: int | None = None,
-                 compile: bool = False, speculation="static"):
+                 compile: bool = False, speculation="static", draft_vocab: torch.Tensor | None = None):
         self.model = model
         self.L = model.config.num_hidden_layers
         self.E = exit_layer
@@ -135,6 +138,8 @@ class Engine:
         self.device, self.dtype = p.device, p.dtype
         self.steps = StepFunctions(compile, self.device)
         self.policy = make_policy(speculation, model, exit_layer, self.k) if exit_layer is not None else None
+        draft_vocab = check_draft_vocab(draft_vocab, model.config.vocab_size)
+        self.draft_head = DraftHead(model, draft_vocab) if draft_vocab is not None and exit_layer is not None else None
         self.shared_seed = seed
         self.shared_rng = None if seed is None else torch.Generator(device=self.device).manual_seed(seed % 2**64)
         self.shared_offset = 0
@@ -379,8 +384,16 @@ class Engine:
             torch.logical_and(self.alive, plan.row_caps > 0, out=drafting)
         n_steps = plan.num_drafts
         for i in range(plan.num_drafts):
-            self.exitq.hidden[:, i], logits = self.steps.draft(m, E, tok, self.cache, pos)
-            logits = self._process(logits[:, None], pos[:, None] + 1)[:, 0]
+            if self.draft_head is None:
+                self.exitq.hidden[:, i], logits = self.steps.draft(m, E, tok, self.cache, pos)
+                logits = self._process(logits[:, None], pos[:, None] + 1)[:, 0]
+            else:
+                self.exitq.hidden[:, i], logits = self.steps.draft_reduced(m, E, tok, self.cache, pos,
+                                                                           self.draft_head.ids, self.draft_head.weight)
+                logits = self._process(logits[:, None], pos[:, None] + 1)[:, 0]
+                # Aids may ban every token of the subset: such a row drafts from a
+                # uniform q instead (any q is a valid proposal; verification decides).
+                logits = torch.where(torch.isfinite(logits).any(-1, keepdim=True), logits, 0.0)
             tok, probs = self._choose(logits)
             if probs is not None:
                 self.draft_probs[:, i] = probs

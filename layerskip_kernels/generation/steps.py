@@ -8,10 +8,14 @@ graph is reused at every position and whatever rows are active.
 
   autoregressive(model, tokens, cache)            tokens [n]        -> logits [n, V]
   draft(model, E, tokens, cache, pos)             tokens [n]        -> (hidden [n, H], logits [n, V])
+  draft_reduced(model, E, tokens, cache, pos, ids, weight)
+                                                  tokens [n]        -> (hidden [n, H], logits [n, V])
   early(model, E, tokens, cache, pos)             tokens [n]        -> hidden [n, H]
   verify(model, E, hidden, cache, base)           hidden [n, S, H]  -> logits [n, S, V]
 
-`draft` and `early` write layers [0, E) of K/V at `pos`; `verify` writes layers
+`draft_reduced` scores only the tokens `ids` (int64 [N]) with `weight` (the
+LM head's rows ids, [N, H]) and gives every other token logit -inf
+(generation.draft_vocab). `draft`, `draft_reduced` and `early` write layers [0, E) of K/V at `pos`; `verify` writes layers
 [E, L) at base .. base+S-1; `autoregressive` writes every layer at
 cache.seqlens. None of them advances a length: the engine decides what is kept.
 
@@ -31,7 +35,7 @@ import time
 
 import torch
 
-__all__ = ["autoregressive", "draft", "early", "verify", "StepFunctions", "bucket", "cache_shape", "compile_stats"]
+__all__ = ["autoregressive", "draft", "draft_reduced", "early", "verify", "StepFunctions", "bucket", "cache_shape", "compile_stats"]
 
 
 def autoregressive(model, tokens: torch.Tensor, cache) -> torch.Tensor:
@@ -44,6 +48,14 @@ def draft(model, E: int, tokens: torch.Tensor, cache, pos: torch.Tensor):
     return h[:, 0], model.exit_head(h)[:, 0]
 
 
+def draft_reduced(model, E: int, tokens: torch.Tensor, cache, pos: torch.Tensor, ids: torch.Tensor,
+                  weight: torch.Tensor):
+    h = model.forward_layers(model.embed(tokens[:, None]), 0, E, cache, pos)[:, 0]
+    sub = torch.nn.functional.linear(model.model.norm(h), weight)  # [n, N]
+    logits = sub.new_full((sub.shape[0], model.config.vocab_size), float("-inf"))
+    return h, logits.index_copy(1, ids, sub)
+
+
 def early(model, E: int, tokens: torch.Tensor, cache, pos: torch.Tensor) -> torch.Tensor:
     return model.forward_layers(model.embed(tokens[:, None]), 0, E, cache, pos)[:, 0]
 
@@ -52,7 +64,7 @@ def verify(model, E: int, hidden: torch.Tensor, cache, base: torch.Tensor) -> to
     return model.exit_head(model.forward_layers(hidden, E, model.num_layers, cache, base))
 
 
-_EAGER = dict(autoregressive=autoregressive, draft=draft, early=early, verify=verify)
+_EAGER = dict(autoregressive=autoregressive, draft=draft, draft_reduced=draft_reduced, early=early, verify=verify)
 _compiled: dict[str, object] = {}
 
 # Seconds spent in the first call of each graph, per step name (tracing +
@@ -112,7 +124,7 @@ def _compiled_fn(name: str, device: torch.device):
 
 
 class StepFunctions:
-    """The four step functions, eager or compiled (see the module docstring)."""
+    """The step functions, eager or compiled (see the module docstring)."""
 
     def __init__(self, compile: bool, device):
         self.compile = compile

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
+from ..generation.draft_vocab import save_frequencies
 from ..model import LlamaConfig, LlamaForCausalLM
 from . import data, recipe
 
@@ -357,6 +358,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     tok, train_ids, held_ids = prepare_data(cfg, log)
+    # Recorded with the model for a reduced draft vocabulary (generation.draft_vocab).
+    token_counts = torch.bincount(train_ids.long(), minlength=tok.get_vocab_size())
     tok.save(os.path.join(cfg.checkpoint_dir, "tokenizer.json"))
     stream = data.TokenStream(train_ids, cfg.seq_len)
     held_stream = data.TokenStream(held_ids, cfg.seq_len) if held_ids.numel() >= cfg.seq_len + 2 else stream
@@ -401,6 +404,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         extra = {"layerskip": {**cfg.recipe_dict(), "steps": step, "total_steps": total_steps,
                                "tokens": step * tokens_per_step}}
         save_pretrained(model, tok, cfg.out, extra)
+        save_frequencies(cfg.out, token_counts)
         torch.save({
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "step": step, "total_steps": total_steps, "elapsed_s": elapsed_before + (time.time() - t0),
