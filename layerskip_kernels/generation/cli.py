@@ -8,7 +8,6 @@ echoed; a bad one ends in one `error: ...` line on stderr and exit status 2
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 
@@ -65,11 +64,6 @@ def _unusable(message: str) -> _Refused:
     return _Refused(message, 1)
 
 
-def _check_penalty(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0 (1.0 disables it), got {value!r}")
-
-
 def _generation_defaults(path: str) -> dict:
     """The decoding aids the model directory recommends, as transformers reads
     them from generation_config.json: {"repetition_penalty", "no_repeat_ngram_size"}
@@ -78,6 +72,7 @@ def _generation_defaults(path: str) -> dict:
 
     from ..model.loading import model_file
     from . import validation as v
+    from .processors import check_repetition_penalty
 
     out = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
     try:
@@ -95,7 +90,7 @@ def _generation_defaults(path: str) -> dict:
         raise _unusable(f"{file} must hold a JSON object, got {type(cfg).__name__}")
     try:
         if cfg.get("repetition_penalty") is not None:
-            _check_penalty(f"{file}: repetition_penalty", cfg["repetition_penalty"])
+            check_repetition_penalty(cfg["repetition_penalty"], f"{file}: repetition_penalty")
             out["repetition_penalty"] = float(cfg["repetition_penalty"])
         if cfg.get("no_repeat_ngram_size") is not None:
             out["no_repeat_ngram_size"] = v.check_int(f"{file}: no_repeat_ngram_size", cfg["no_repeat_ngram_size"], 0)
@@ -108,6 +103,7 @@ def _check_flags(args):
     """Checks that need no model; returns the device."""
     from ..model.loading import check_device
     from . import validation as v
+    from .processors import check_repetition_penalty
 
     try:
         args.prompt.encode("utf-8")
@@ -127,7 +123,7 @@ def _check_flags(args):
         if args.no_repeat_ngram_size is not None:
             v.check_int("--no-repeat-ngram-size", args.no_repeat_ngram_size, 0)
         if args.repetition_penalty is not None:
-            _check_penalty("--repetition-penalty", args.repetition_penalty)
+            check_repetition_penalty(args.repetition_penalty, "--repetition-penalty")
     except ValueError as e:
         raise _usage(str(e)) from None
     try:

@@ -105,6 +105,3 @@ class DraftHead:
         w = model.lm_head.weight
         self.ids = ids.to(w.device)
         self.weight = w.detach().index_select(0, self.ids).contiguous()
-
-    def __len__(self) -> int:
-        return self.ids.numel()

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .draft_vocab import check_draft_vocab
 from .processors import DecodingAids, check_decoding_aids
 from .scheduler import Engine, Request
 from .token_healing import check_first_token_ids
@@ -130,7 +129,6 @@ def generate(
     check_decoding_aids(repetition_penalty, no_repeat_ngram_size)
     aids = DecodingAids(float(repetition_penalty), no_repeat_ngram_size)
     check_first_token_ids(first_token_ids, len(prompts), cfg.vocab_size)
-    draft_ids = check_draft_vocab(draft_vocab, cfg.vocab_size)
 
     B = len(prompts)
     max_batch_size = B if max_batch_size is None else min(B, max_batch_size)  # checked above
@@ -146,7 +144,7 @@ def generate(
         # Built before the clock starts: with compile=True this imports torch's
         # compiler stack, a one-time cost like compilation itself.
         engine = Engine(model, max_batch_size, exit_layer, a.num_speculations, a.do_sample, aids, seed=seed,
-                        compile=compile, speculation=speculation, draft_vocab=draft_ids)
+                        compile=compile, speculation=speculation, draft_vocab=draft_vocab)
         t0 = time.perf_counter()
         for b, p in enumerate(prompts):
             engine.add_request(Request(p, a.max_new_tokens, frozenset(a.eos_ids), seed, a.temperature, a.top_k,

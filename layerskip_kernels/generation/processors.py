@@ -20,10 +20,14 @@ import torch
 __all__ = ["DecodingAids", "TokenHistory", "check_decoding_aids"]
 
 
+def check_repetition_penalty(value, name: str = "repetition_penalty") -> None:
+    """ValueError naming `name` unless value is a finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < float(value) < float("inf")):
+        raise ValueError(f"{name} must be a finite number > 0 (1.0 disables it), got {value!r}")
+
+
 def check_decoding_aids(repetition_penalty, no_repeat_ngram_size) -> None:
-    if isinstance(repetition_penalty, bool) or not isinstance(repetition_penalty, (int, float)) \
-            or not (0 < float(repetition_penalty) < float("inf")):
-        raise ValueError(f"repetition_penalty must be a finite number > 0 (1.0 disables it), got {repetition_penalty!r}")
+    check_repetition_penalty(repetition_penalty)
     if isinstance(no_repeat_ngram_size, bool) or not isinstance(no_repeat_ngram_size, int) \
             or no_repeat_ngram_size < 0:
         raise ValueError(f"no_repeat_ngram_size must be an int >= 0 (0 disables it), got {no_repeat_ngram_size!r}")

@@ -127,6 +127,7 @@ class Engine:
     def __init__(self, model, max_batch_size: int, exit_layer: int | None = None, num_speculations: int = 4,
                  do_sample: bool = False, aids: DecodingAids = DecodingAids(), seed: int | None = None,
                  compile: bool = False, speculation="static", draft_vocab: torch.Tensor | None = None):
+        draft_vocab = check_draft_vocab(draft_vocab, model.config.vocab_size)  # before anything is built
         self.model = model
         self.L = model.config.num_hidden_layers
         self.E = exit_layer
@@ -138,7 +139,6 @@ class Engine:
         self.device, self.dtype = p.device, p.dtype
         self.steps = StepFunctions(compile, self.device)
         self.policy = make_policy(speculation, model, exit_layer, self.k) if exit_layer is not None else None
-        draft_vocab = check_draft_vocab(draft_vocab, model.config.vocab_size)
         self.draft_head = DraftHead(model, draft_vocab) if draft_vocab is not None and exit_layer is not None else None
         self.shared_seed = seed
         self.shared_rng = None if seed is None else torch.Generator(device=self.device).manual_seed(seed % 2**64)
@@ -386,13 +386,13 @@ class Engine:
         for i in range(plan.num_drafts):
             if self.draft_head is None:
                 self.exitq.hidden[:, i], logits = self.steps.draft(m, E, tok, self.cache, pos)
-                logits = self._process(logits[:, None], pos[:, None] + 1)[:, 0]
             else:
                 self.exitq.hidden[:, i], logits = self.steps.draft_reduced(m, E, tok, self.cache, pos,
                                                                            self.draft_head.ids, self.draft_head.weight)
-                logits = self._process(logits[:, None], pos[:, None] + 1)[:, 0]
-                # Aids may ban every token of the subset: such a row drafts from a
-                # uniform q instead (any q is a valid proposal; verification decides).
+            logits = self._process(logits[:, None], pos[:, None] + 1)[:, 0]
+            if self.draft_head is not None and self.history is not None:
+                # The aids may ban every token of the subset: such a row drafts from
+                # a uniform q instead (any q is a valid proposal; verification decides).
                 logits = torch.where(torch.isfinite(logits).any(-1, keepdim=True), logits, 0.0)
             tok, probs = self._choose(logits)
             if probs is not None:

@@ -61,14 +61,15 @@ def evaluate_model(model, tokens: torch.Tensor, num_tokens: int, seq_len: int, b
         valid = (starts[:, None] + torch.arange(seq_len)[None, :]) < num_tokens
         hidden = model.forward_train(inputs, return_hidden=True)
         v = valid.reshape(-1)
-        last_top1 = model.exit_head(hidden[-1]).float().argmax(-1).reshape(-1)
+        top1 = []
         for l, h in enumerate(hidden):
             logits = model.exit_head(h).float()
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-            top1 = logits.argmax(-1).reshape(-1)
-            correct[l] += (top1 == targets.reshape(-1))[v].double().sum()
-            agree[l] += (top1 == last_top1)[v].double().sum()
+            top1.append(logits.argmax(-1).reshape(-1))
+            correct[l] += (top1[l] == targets.reshape(-1))[v].double().sum()
             ce[l] += loss[v].double().sum()
+        for l in range(L):
+            agree[l] += (top1[l] == top1[-1])[v].double().sum()
         counted += int(valid.sum())
     return [{"exit_layer": l + 1, "tokens": counted, "accuracy": (correct[l] / counted).item(),
              "loss": (ce[l] / counted).item(), "agreement": (agree[l] / counted).item()} for l in range(L)]
