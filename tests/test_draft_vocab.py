@@ -130,6 +130,9 @@ def test_frequencies_round_trip_and_most_frequent_first(tmp_path):
     counts = torch.tensor([5, 0, 9, 9, 1, 7], dtype=torch.int64)
     save_frequencies(str(tmp_path), counts)
     assert torch.equal(load_frequencies(str(tmp_path), 6), counts)
+    # shipped with the model, so readable by every user (safetensors alone writes 0600)
+    assert os.stat(tmp_path / FREQUENCIES_FILE).st_mode & 0o777 == 0o644
+    assert sorted(os.listdir(tmp_path)) == [FREQUENCIES_FILE]  # no temporary file left
     # the 3 most frequent: 2 and 3 (9, tie: lower id first), then 5 (7); returned sorted
     assert frequent_tokens(str(tmp_path), 3).tolist() == [2, 3, 5]
     assert frequent_tokens(str(tmp_path), 4).tolist() == [0, 2, 3, 5]

@@ -37,7 +37,11 @@ def save_frequencies(model_dir: str, counts: torch.Tensor) -> None:
     if counts.dim() != 1 or counts.dtype != torch.int64 or bool((counts < 0).any()):
         raise ValueError(f"counts must be a 1-D int64 tensor of non-negative counts, got {counts.dtype} "
                          f"{tuple(counts.shape)}")
-    save_file({"counts": counts.contiguous().cpu()}, os.path.join(model_dir, FREQUENCIES_FILE))
+    path = os.path.join(model_dir, FREQUENCIES_FILE)
+    tmp = os.path.join(model_dir, "." + FREQUENCIES_FILE + ".tmp")
+    save_file({"counts": counts.contiguous().cpu()}, tmp)
+    os.chmod(tmp, 0o644)  # safetensors writes 0600; a shipped model must be readable by all
+    os.replace(tmp, path)
 
 
 def load_frequencies(model_dir: str, vocab_size: int | None = None) -> torch.Tensor:
