@@ -34,11 +34,11 @@ def test_info(capsys):
     assert "build_info" in out
 
 
-def expected_cli_text(tok, model, prompt, healing, **kw):
+def expected_cli_text(tok, model, prompt, healing, bos=True, **kw):
     """What the CLI prints on stdout, from the same generation through the API."""
     from layerskip_kernels.generation.token_healing import heal_prompt
 
-    ids = tok.encode(prompt).ids
+    ids = tok.encode(prompt, add_special_tokens=bos).ids
     h = heal_prompt(tok, ids) if healing else None
     prefix = h.ids if h is not None and h.allowed is not None else ids
     first = [h.allowed] if prefix is not ids else None
@@ -52,6 +52,7 @@ def expected_cli_text(tok, model, prompt, healing, **kw):
     (["--exit-layer", "0"], None, 4, {}),
     (["--exit-layer", "1", "--sample", "--seed", "3", "--top-p", "0.9"], 1, 4, dict(do_sample=True, seed=3, top_p=0.9)),
     (["--exit-layer", "2", "--no-token-healing"], 2, 4, {}),
+    (["--exit-layer", "2", "--no-bos"], 2, 4, {}),
     (["--exit-layer", "2", "--num-speculations", "3", "--compile"], 2, 3, {}),
     (["--exit-layer", "1", "--repetition-penalty", "1.5", "--no-repeat-ngram-size", "2"], 1, 4,
      dict(repetition_penalty=1.5, no_repeat_ngram_size=2)),
@@ -66,7 +67,8 @@ def test_generate_streams_text_and_stats(tiny_with_tokenizer, capsys, extra, E, 
     # The same generation through the API (seeded sampling is reproducible).
     tok = Tokenizer.from_file(str(tiny_with_tokenizer / "tokenizer.json"))
     model = lk.LlamaForCausalLM.from_pretrained(tiny_with_tokenizer)
-    text, ref = expected_cli_text(tok, model, "def add(", "--no-token-healing" not in extra, max_new_tokens=7,
+    text, ref = expected_cli_text(tok, model, "def add(", "--no-token-healing" not in extra, "--no-bos" not in extra,
+                                  max_new_tokens=7,
                                   exit_layer=E, num_speculations=k, **sample)
     tokens = ref.sequences[0]
     assert captured.out == text
@@ -78,6 +80,32 @@ def test_generate_streams_text_and_stats(tiny_with_tokenizer, capsys, extra, E, 
     if "--compile" in extra:
         stats_line += r", compiled \(\+\d+\.\d s compiling\)"
     assert re.fullmatch(stats_line + "\n", captured.err), captured.err
+
+
+@pytest.mark.parametrize("extra,healed", [([], True), (["--no-token-healing"], False)])
+def test_prompt_starts_with_bos_unless_no_bos(tiny_with_tokenizer, capsys, monkeypatch, extra, healed):
+    """The prompt reads as the start of a file (<|endoftext|> first, as every file
+    follows one in training) unless --no-bos; healing backs up the last token only."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tiny_with_tokenizer / "tokenizer.json"))
+    body = tok.encode("def add(", add_special_tokens=False).ids
+    seen = []
+    real = lk.generate
+    monkeypatch.setattr(lk, "generate", lambda model, prompts, **kw: seen.append(prompts[0]) or real(model, prompts, **kw))
+    for bos in (True, False):
+        rc = main(["generate", "--model", str(tiny_with_tokenizer), "--prompt", "def add(", "--max-new-tokens", "2",
+                   "--exit-layer", "0"] + extra + ([] if bos else ["--no-bos"]))
+        assert rc == 0
+    full = [[0] + body, body]
+    assert seen == ([p[:-1] for p in full] if healed else full)
+    assert capsys.readouterr().out.count("def add(") == 2
+
+
+def test_empty_prompt_is_refused(tiny_with_tokenizer, capsys):
+    # The BOS alone is not a prompt.
+    rc = main(["generate", "--model", str(tiny_with_tokenizer), "--prompt", "", "--max-new-tokens", "2"])
+    assert rc == 2 and "--prompt encodes to no tokens" in capsys.readouterr().err
 
 
 def _copy_with_generation_config(src, dst, cfg):

@@ -318,7 +318,8 @@ def test_tiny_train_lowers_loss_and_saves_loadable_model(tiny_corpus, tmp_path):
     tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(out / "tokenizer.json"))
     text = "def f(x):\n    return [x, x * 2]\n"
     ids = tok(text)["input_ids"]
-    assert tok.decode(ids) == text
+    assert ids[0] == ours.config.bos_token_id  # a prompt reads as the start of a file, as in training
+    assert tok.decode(ids, skip_special_tokens=True) == text
     x = torch.tensor([ids])
     with torch.no_grad():
         torch.testing.assert_close(ours(x), hf(x).logits, atol=1e-4, rtol=1e-4)
@@ -442,7 +443,8 @@ def test_default_model_loads_with_both_loaders():
     tok = transformers.AutoTokenizer.from_pretrained(path)
     text = "import os\n\n\ndef main(argv=None):\n    return os.path.join('a', 'b')\n"
     ids = tok(text)["input_ids"]
-    assert tok.decode(ids) == text
+    assert ids[0] == cfg.bos_token_id
+    assert tok.decode(ids, skip_special_tokens=True) == text
     x = torch.tensor([ids])
     with torch.no_grad():
         a, b = ours(x), hf(x).logits
@@ -457,6 +459,18 @@ def test_default_model_tokenizer_round_trips():
     ids = tok.encode(text, add_special_tokens=False).ids
     assert tok.decode(ids) == text
     assert tok.token_to_id(data.EOS_TOKEN) == LlamaForCausalLM.from_pretrained(path).config.eos_token_id
+
+
+def test_prompts_start_with_bos_and_training_files_do_not():
+    texts = ["def add(a, b):\n    return a + b\n", "x = 1\n"] * 10
+    tok = data.train_tokenizer(texts, 300)
+    eos = tok.token_to_id(data.EOS_TOKEN)
+    body = tok.encode(texts[0], add_special_tokens=False).ids
+    assert tok.encode(texts[0]).ids == [eos] + body and eos not in body
+    # the training stream is [file, eos, file, eos, ...]: a file follows an eos, as a prompt does
+    stream = data.encode_files(tok, texts[:2]).tolist()
+    assert stream == body + [eos] + tok.encode(texts[1], add_special_tokens=False).ids + [eos]
+    assert data.load_tokenizer(_default_model_dir()).encode("x").ids[0] == eos
 
 
 def test_flat_exit_weighting():

@@ -33,6 +33,10 @@ def add_arguments(p) -> None:
     p.add_argument("--no-token-healing", action="store_true",
                    help="keep the prompt's last token as encoded (default: back it up and let the first "
                         "generated token complete it; see generation/token_healing.py)")
+    p.add_argument("--no-bos", action="store_true",
+                   help="encode the prompt without the tokenizer's special tokens, to continue text from the "
+                        "middle of a file (default: as the tokenizer encodes it; the embedded model's tokenizer "
+                        "starts a prompt with <|endoftext|>, as every file starts in training)")
     p.add_argument("--speculation", default="static", choices=["static", "adaptive"],
                    help="static: fixed exit layer and k; adaptive: per-row draft lengths (confidence stop, k from "
                         "each row's acceptance, at most --num-speculations) and the exit layer chosen per iteration")
@@ -214,9 +218,9 @@ def _plan(args, path, tokenizer, model):
     if exit_layer == 0:
         exit_layer = None
 
-    ids = tokenizer.encode(args.prompt).ids
-    if not ids:
+    if not tokenizer.encode(args.prompt, add_special_tokens=False).ids:
         raise _usage("--prompt encodes to no tokens")
+    ids = tokenizer.encode(args.prompt, add_special_tokens=not args.no_bos).ids
     P = cfg.max_position_embeddings
     if len(ids) + args.max_new_tokens > P:
         raise _usage(f"--prompt of {len(ids)} tokens + --max-new-tokens {args.max_new_tokens} exceeds the model's "

@@ -31,6 +31,7 @@ __all__ = [
     "read_texts",
     "train_tokenizer",
     "load_tokenizer",
+    "add_bos",
     "encode_files",
     "TokenStream",
 ]
@@ -102,7 +103,21 @@ def train_tokenizer(texts: list[str], vocab_size: int):
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    add_bos(tok)
     return tok
+
+
+def add_bos(tok) -> None:
+    """Make `tok.encode(text)` start with EOS_TOKEN, as Llama tokenizers start
+    with their BOS: in the training stream every file follows an EOS_TOKEN, so
+    a prompt encoded this way reads as the start of a file (a top-level `def`
+    at column 0), not as text cut from the middle of one. Training data is
+    encoded with add_special_tokens=False and is unaffected."""
+    from tokenizers import processors
+
+    eos = tok.token_to_id(EOS_TOKEN)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{EOS_TOKEN} $A", pair=f"{EOS_TOKEN} $A $B:1", special_tokens=[(EOS_TOKEN, eos)])
 
 
 def load_tokenizer(path: str):
