@@ -473,6 +473,34 @@ def test_prompts_start_with_bos_and_training_files_do_not():
     assert data.load_tokenizer(_default_model_dir()).encode("x").ids[0] == eos
 
 
+def test_keep_freed_memory_stops_refaulting_big_tensors():
+    import platform
+    import subprocess
+    import sys
+
+    code = """
+import resource, torch
+from layerskip_kernels.train.memory import keep_freed_memory
+
+def faults():  # minor page faults of allocating, filling and freeing 64 MB
+    r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    x = torch.ones(16 * 2**20)
+    del x
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0
+
+faults(); before = faults()
+applied = keep_freed_memory()
+faults(); after = faults()
+print(applied, before, after)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    applied, before, after = out[0] == "True", int(out[1]), int(out[2])
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert applied == glibc
+    if glibc:  # 64 MB is 16384 pages: re-faulted on every allocation before, reused after
+        assert before >= 16384 and after < 1000, (before, after)
+
+
 def test_flat_exit_weighting():
     e = recipe.exit_scales(12, 1.0, "flat")
     assert e.tolist() == [1.0] * 11 + [11.0]

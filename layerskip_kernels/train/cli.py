@@ -107,6 +107,10 @@ def run(args) -> int:
     except ValueError as e:
         print(f"layerskip train: error: {e}", file=sys.stderr)
         return 2
+    from .memory import keep_freed_memory
+
+    if keep_freed_memory():
+        print("memory: glibc keeps freed tensors for reuse (no mmap per big tensor, no heap trimming)", flush=True)
     try:
         train(cfg, log=lambda msg: print(msg, flush=True))
     except (ValueError, FileNotFoundError, PermissionError) as e:
