@@ -62,6 +62,7 @@ def limit(r, costs) -> float | None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="model directory (default: the embedded model)")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--num-prompts", type=int, default=8)
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.num_prompts, args.max_new_tokens, args.reps, args.sweep_k = 2, 32, 1, [2, 4]
 
-    path = lk.default_model_path()
+    path = args.model or lk.default_model_path()
     model = lk.LlamaForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
     L = model.num_layers
     defaults = model.config.extra["layerskip"]
@@ -106,10 +107,14 @@ def main(argv=None) -> int:
 
     engines = {"autoregressive": lambda: run(model, prompts, n, compile=cmp),
                f"static E={E0} k={k0} (best of sweep)": lambda: run(model, prompts, n, E0, k0, compile=cmp)}
+    # Each mechanism alone and together: the confidence stop at the best static E
+    # (exit_layers=[E0]: no bandit), then with the exit-layer bandit, then with per-row k.
     for th in args.thresholds:
-        for per_row_k in (True, False):
-            policy = lambda th=th, pk=per_row_k: AdaptiveDrafting(model, E0, args.k_max, threshold=th, per_row_k=pk)
-            name = f"adaptive E~{E0} k<={args.k_max} threshold {th}" + (" per-row k" if per_row_k else "")
+        for bandit, per_row_k in ((False, False), (True, False), (True, True)):
+            policy = lambda th=th, pk=per_row_k, b=bandit: AdaptiveDrafting(
+                model, E0, args.k_max, threshold=th, per_row_k=pk, exit_layers=None if b else [E0])
+            name = (f"adaptive E{'~' if bandit else '='}{E0} k<={args.k_max} threshold {th}"
+                    + (" per-row k" if per_row_k else ""))
             engines[name] = lambda policy=policy: run(model, prompts, n, E0, args.k_max, speculation=policy,
                                                       compile=cmp)
     engines[f"adaptive (generate default) E~{E0} k<={args.k_max}"] = (

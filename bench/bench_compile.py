@@ -101,6 +101,7 @@ def cli_costs(meta, n_new: int = 128) -> list[dict]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="model directory (default: the embedded model)")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--num-prompts", type=int, default=8)
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
         args.num_prompts, args.max_new_tokens, args.reps = 2, 32, 1
     import transformers
 
-    path = lk.default_model_path()
+    path = args.model or lk.default_model_path()
     model = lk.LlamaForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
     defaults = model.config.extra["layerskip"]
     E, k = defaults["default_exit_layer"], defaults["default_num_speculations"]
