@@ -198,6 +198,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=os.path.join(RESULTS, "e2e"))
+    ap.add_argument("--note", default="", help="conditions of the run, written on every row")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -205,14 +206,15 @@ def main(argv=None) -> int:
         args.num_prompts, args.max_new_tokens = 2, 48
         args.sweep_k = [2, 4]
 
-    note = ""
+    note = args.note
     path = args.model
     if path is None:
         try:
             path = lk.default_model_path()
         except FileNotFoundError:
             path = tiny_random_model(os.path.join(RESULTS, "_tiny_random_model"))
-            note = "tiny RANDOM model (no trained default model): acceptance and speedups are meaningless"
+            note = "; ".join(filter(None, [note, "tiny RANDOM model (no trained default model): acceptance and "
+                                                 "speedups are meaningless"]))
             print("NOTE:", note)
     model = lk.LlamaForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
     L = model.num_layers
