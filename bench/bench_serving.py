@@ -80,6 +80,8 @@ def main(argv=None):
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default: 1 2 4 8 16")
     ap.add_argument("--compile", action="store_true", help="compiled decode steps (generation/steps.py)")
     ap.add_argument("--speculation", default="static", choices=["static", "adaptive"])
+    ap.add_argument("--exit-layer", type=int, default=None, help="default: the model's recorded default")
+    ap.add_argument("--num-speculations", type=int, default=None, help="default: the model's recorded default")
     ap.add_argument("--note", default="", help="conditions of the run, written on every row")
     ap.add_argument("--out", default=os.path.join(RESULTS, "serving"))
     args = ap.parse_args(argv)
@@ -88,7 +90,8 @@ def main(argv=None):
     path = args.model or lk.default_model_path()
     model = lk.LlamaForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype))
     d = model.config.extra.get("layerskip", {})
-    E, k = d.get("default_exit_layer", 4), d.get("default_num_speculations", 2)
+    E = args.exit_layer or d.get("default_exit_layer", 4)
+    k = args.num_speculations or d.get("default_num_speculations", 2)
     n_prompts = 16 if args.quick else 64
     prompts = load_prompts(os.path.join(path, "tokenizer.json"), n_prompts, 64)
     news = budgets(len(prompts))
