@@ -342,6 +342,31 @@ def test_resume_continues_exactly(tiny_corpus, tmp_path):
         tmp_path / "a" / "checkpoint" / "train_log.csv")
 
 
+def test_bf16_moments_checkpoint_resumes(tiny_corpus, tmp_path):
+    # --checkpoint-moments bf16: Adam's moments are stored in bf16 (a checkpoint small
+    # enough to commit); a resumed run loads them back as fp32 and ends near the
+    # uninterrupted run, not bit-identical to it.
+    kw = dict(min_lr_ratio=1.0, steps=20, p_max=0.3)
+    train(tiny_train_config(tiny_corpus, tmp_path / "a", **kw), log=lambda m: None)
+    train(tiny_train_config(tiny_corpus, tmp_path / "b", **{**kw, "steps": 10}, checkpoint_moments="bf16"),
+          log=lambda m: None)
+    b10 = torch.load(tmp_path / "b" / "checkpoint" / "checkpoint.pt", weights_only=False)
+    moments = [v for st in b10["optimizer"]["state"].values() for k, v in st.items() if k.startswith("exp_avg")]
+    assert moments and all(v.dtype == torch.bfloat16 for v in moments)
+    assert all(v.dtype == torch.float32 for v in b10["model"].values())  # the weights stay fp32
+    train(tiny_train_config(tiny_corpus, tmp_path / "b", **kw, resume=True), log=lambda m: None)
+    a = torch.load(tmp_path / "a" / "checkpoint" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "checkpoint" / "checkpoint.pt", weights_only=False)
+    assert b["step"] == 20
+    assert all(v.dtype == torch.float32 for st in b["optimizer"]["state"].values()
+               for k, v in st.items() if k.startswith("exp_avg"))  # resumed in fp32, saved in fp32 again
+    changed = max((b["model"][k] - b10["model"][k]).abs().max().item() for k in a["model"])
+    drift = max((b["model"][k] - v).abs().max().item() for k, v in a["model"].items())
+    assert 0 < drift < 0.1 * changed, (drift, changed)
+    with pytest.raises(ValueError, match="checkpoint-moments"):
+        tiny_train_config(tiny_corpus, tmp_path / "c", checkpoint_moments="fp16").validate()
+
+
 def test_stop_at_step_keeps_the_schedule(tiny_corpus, tmp_path):
     # Stopping at step 10 of a 20-step run, then resuming, equals the uninterrupted run
     # (the cosine is not shortened to 10 steps), and distillation is recorded with the model.

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The 12-layer default model's training run (docs/training.md). Run from anywhere;
+# rerun to resume: it adds --resume when the checkpoint exists. The checkpoint and
+# the curve live in this directory, which is committed at the end of each session
+# (bf16 Adam moments keep checkpoint.pt under 100 MB), so the run survives the loss
+# of the machine it ran on. The model directory is rewritten at every checkpoint.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+cd "$ROOT"
+PY=${PYTHON:-python}
+RES=""; [ -f "$HERE/checkpoint.pt" ] && RES=--resume
+exec nice -n 19 "$PY" -m layerskip_kernels.train.cli --out "$ROOT/runs/stdlib-llama-12l" --checkpoint-dir "$HERE" \
+  --log-csv "$HERE/train_log.csv" --tokenizer layerskip_kernels/assets/stdlib-llama/tokenizer.json \
+  --layers 12 --hidden 256 --intermediate 768 --heads 8 --kv-heads 2 --seq-len 512 --batch-size 8 \
+  --lr 2e-3 --warmup-steps 200 --p-max 0.2 --dropout-schedule exp --e-scale 4.0 --exit-weighting flat \
+  --draft-exit 3 --curriculum rotational --rotation 3 --checkpoint-moments bf16 \
+  --steps 9000 --minutes 1000000 --threads 2 --seed 0 --eval-every 250 --save-every-min 10 --no-progress $RES "$@"
