@@ -367,6 +367,52 @@ def test_bf16_moments_checkpoint_resumes(tiny_corpus, tmp_path):
         tiny_train_config(tiny_corpus, tmp_path / "c", checkpoint_moments="fp16").validate()
 
 
+def test_requested_stop_checkpoints_and_resumes_exactly(tiny_corpus, tmp_path):
+    # should_stop (the CLI's SIGTERM/SIGINT) ends the run before a step with a checkpoint
+    # that holds every logged row; resuming it equals the uninterrupted run.
+    kw = dict(steps=20, p_max=0.3, eval_every=5)
+    train(tiny_train_config(tiny_corpus, tmp_path / "a", **kw), log=lambda m: None)
+    asked = []
+    train(tiny_train_config(tiny_corpus, tmp_path / "b", **kw),
+          log=lambda m: None, should_stop=lambda: asked.append(1) or len(asked) > 7)
+    b = torch.load(tmp_path / "b" / "checkpoint" / "checkpoint.pt", weights_only=False)
+    rows = list(csv.DictReader(open(tmp_path / "b" / "checkpoint" / "train_log.csv")))
+    assert b["step"] == 7 and [int(r["step"]) for r in rows] == list(range(1, 8))  # no extra evaluation row
+    train(tiny_train_config(tiny_corpus, tmp_path / "b", **kw, resume=True), log=lambda m: None)
+    a = torch.load(tmp_path / "a" / "checkpoint" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "checkpoint" / "checkpoint.pt", weights_only=False)
+    for k, v in a["model"].items():
+        torch.testing.assert_close(b["model"][k], v, atol=0, rtol=0, msg=k)
+    assert [r["loss"] for r in csv.DictReader(open(tmp_path / "b" / "checkpoint" / "train_log.csv"))] == \
+        [r["loss"] for r in csv.DictReader(open(tmp_path / "a" / "checkpoint" / "train_log.csv"))]
+
+
+def test_cli_stops_on_sigterm_with_a_checkpoint(tiny_corpus, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "layerskip_kernels.train.cli", "--corpus", tiny_corpus, "--out", str(out),
+           "--layers", "2", "--hidden", "32", "--intermediate", "64", "--heads", "4", "--kv-heads", "2",
+           "--vocab-size", "320", "--seq-len", "32", "--batch-size", "2", "--steps", "1000000",
+           "--minutes", "1000000", "--threads", "1", "--eval-every", "1", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = out / "checkpoint" / "train_log.csv"
+    deadline = time.time() + 120
+    while not (log.exists() and log.stat().st_size > 400) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)  # eval_every 1 flushes the log at every step
+    assert proc.poll() is None, proc.communicate()[0]
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stdout
+    assert "SIGTERM: stopping after this step" in stdout and "stop requested at step" in stdout
+    ckpt = torch.load(out / "checkpoint" / "checkpoint.pt", weights_only=False)
+    steps = [int(r["step"]) for r in csv.DictReader(open(log))]
+    assert 0 < ckpt["step"] < 1000000 and steps == list(range(1, ckpt["step"] + 1))
+
+
 def test_stop_at_step_keeps_the_schedule(tiny_corpus, tmp_path):
     # Stopping at step 10 of a 20-step run, then resuming, equals the uninterrupted run
     # (the cosine is not shortened to 10 steps), and distillation is recorded with the model.
@@ -515,7 +561,10 @@ def faults():  # minor page faults of allocating, filling and freeing 64 MB
 
 faults(); before = faults()
 applied = keep_freed_memory()
-faults(); after = faults()
+# torch's aligned allocations can leave a freed block a few bytes short of the next
+# request, so the heap may grow a few more times (by where ASLR put it) before a freed
+# block fits: the steady state is what the training loop sees.
+after = max([faults() for _ in range(24)][-4:])
 print(applied, before, after)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()

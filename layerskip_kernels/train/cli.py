@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from .data import default_corpus
@@ -101,6 +102,23 @@ def config_from_args(args) -> TrainConfig:
     return TrainConfig(**kw)
 
 
+def _stop_on_signals():
+    """SIGTERM or SIGINT ends the run after the current step, with a checkpoint (a
+    session's end or Ctrl-C loses no work); a second one stops at once."""
+    requested = []
+
+    def handler(signum, frame):
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(signum)
+        print(f"layerskip train: {signal.Signals(signum).name}: stopping after this step "
+              "(send it again to stop at once, without a checkpoint)", flush=True)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+    return lambda: bool(requested)
+
+
 def run(args) -> int:
     from .trainer import train
 
@@ -115,7 +133,7 @@ def run(args) -> int:
     if keep_freed_memory():
         print("memory: glibc keeps freed tensors for reuse (no mmap per big tensor, no heap trimming)", flush=True)
     try:
-        train(cfg, log=lambda msg: print(msg, flush=True))
+        train(cfg, log=lambda msg: print(msg, flush=True), should_stop=_stop_on_signals())
     except (ValueError, FileNotFoundError, PermissionError) as e:
         print(f"layerskip train: error: {e}", file=sys.stderr)
         return 2

@@ -347,8 +347,14 @@ def _optimizer_state(opt: torch.optim.Optimizer, moments: str) -> dict:
     return sd
 
 
-def train(cfg: TrainConfig, log=print) -> dict:
-    """Train per `cfg`; returns a summary dict. Writes the model to cfg.out."""
+def train(cfg: TrainConfig, log=print, should_stop=None) -> dict:
+    """Train per `cfg`; returns a summary dict. Writes the model to cfg.out.
+
+    should_stop: optional callable, asked before every step; when it returns True the
+    run ends there as if its budget were spent (checkpoint and model written, no extra
+    evaluation row), so `--resume` continues exactly where it stopped. The CLI wires
+    SIGTERM/SIGINT to it.
+    """
     cfg.validate()
     data.list_corpus_files(cfg.corpus)  # a missing or empty corpus fails before anything is created
     _check_writable(cfg.out, "output directory")
@@ -437,12 +443,17 @@ def train(cfg: TrainConfig, log=print) -> dict:
     t0 = time.time()
     last_save = t0
     losses_ema = None
+    stopped_early = False
     while True:
         elapsed = elapsed_before + (time.time() - t0)
         if total_steps is not None and step >= total_steps:
             break
         if cfg.stop_at_step is not None and step >= cfg.stop_at_step:
             log(f"stopping at step {step} (--stop-at-step); the schedules still end at step {total_steps}")
+            break
+        if should_stop is not None and should_stop():
+            stopped_early = True
+            log(f"stop requested at step {step}: writing the checkpoint; --resume continues from it")
             break
         if elapsed >= budget_s:
             log(f"wall-clock budget of {cfg.minutes} min reached at step {step}")
@@ -514,7 +525,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
     if pbar is not None:
         pbar.close()
-    if step % cfg.eval_every:  # the curve ends with the final model's held-out loss
+    if step % cfg.eval_every and not stopped_early:  # the curve ends with the final model's held-out loss
         model.eval()
         val = _validate(model, cfg, held_stream, cfg.eval_batches)
         writer.writerow({"step": step, "tokens": step * tokens_per_step,
