@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # The 12-layer default model's training run (docs/training.md). Run from anywhere;
 # rerun to resume: it adds --resume when the checkpoint exists. The checkpoint and
-# the curve live in this directory, which is committed at the end of each session
-# (bf16 Adam moments keep checkpoint.pt under 100 MB), so the run survives the loss
-# of the machine it ran on. The model directory is rewritten at every checkpoint.
+# the curve live in this directory and are committed at the end of each session
+# (snapshot.sh splits checkpoint.pt, 81 MB with bf16 Adam moments, into parts under
+# 50 MB; this script joins them on a fresh clone), so the run survives the loss of
+# the machine it ran on. The model directory is rewritten at every checkpoint.
+# SIGTERM or Ctrl-C stops it after the current step, with a checkpoint.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 cd "$ROOT"
 PY=${PYTHON:-python}
+if [ ! -f "$HERE/checkpoint.pt" ] && [ -f "$HERE/checkpoint.pt.sha256" ]; then
+  cat "$HERE"/checkpoint.pt.part-* > "$HERE/checkpoint.pt.tmp"
+  (cd "$HERE" && sed 's/checkpoint.pt$/checkpoint.pt.tmp/' checkpoint.pt.sha256 | sha256sum -c --quiet)
+  mv "$HERE/checkpoint.pt.tmp" "$HERE/checkpoint.pt"
+fi
 RES=""; [ -f "$HERE/checkpoint.pt" ] && RES=--resume
 exec nice -n 19 "$PY" -m layerskip_kernels.train.cli --out "$ROOT/runs/stdlib-llama-12l" --checkpoint-dir "$HERE" \
   --log-csv "$HERE/train_log.csv" --tokenizer layerskip_kernels/assets/stdlib-llama/tokenizer.json \
