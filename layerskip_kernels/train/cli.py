@@ -12,7 +12,7 @@ import sys
 
 from .data import default_corpus
 from .recipe import CURRICULA, DROPOUT_SCHEDULES, EXIT_WEIGHTINGS
-from .trainer import TrainConfig
+from .trainer import CHECKPOINT_MOMENTS, TrainConfig
 
 __all__ = ["add_arguments", "run", "config_from_args", "main"]
 
@@ -75,7 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--eval-every", type=int, default=_default("eval_every"), help="held-out eval period in steps (default: %(default)s)")
     g.add_argument("--save-every-min", type=float, default=_default("save_every_min"),
                    help="checkpoint period in minutes (default: %(default)s)")
-    g.add_argument("--checkpoint-moments", choices=("fp32", "bf16"), default=_default("checkpoint_moments"),
+    g.add_argument("--checkpoint-moments", choices=CHECKPOINT_MOMENTS, default=_default("checkpoint_moments"),
                    help="dtype of Adam's moments in the checkpoint; bf16 makes it 2/3 the size, small enough to "
                         "commit, at the price of a resume that is no longer bit-exact (default: %(default)s)")
     g.add_argument("--no-autocast", action="store_true", help="train in fp32 instead of bf16 autocast")

@@ -34,7 +34,9 @@ from ..generation.draft_vocab import save_frequencies
 from ..model import LlamaConfig, LlamaForCausalLM
 from . import data, recipe
 
-__all__ = ["TrainConfig", "train", "save_pretrained", "init_weights", "WarmupCosine"]
+__all__ = ["TrainConfig", "train", "save_pretrained", "init_weights", "WarmupCosine", "CHECKPOINT_MOMENTS"]
+
+CHECKPOINT_MOMENTS = ("fp32", "bf16")  # dtypes of Adam's moments in a checkpoint
 
 
 @dataclass
@@ -119,8 +121,8 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0, got {self.grad_clip}")
-        if self.checkpoint_moments not in ("fp32", "bf16"):
-            raise ValueError(f"--checkpoint-moments must be fp32 or bf16, got {self.checkpoint_moments!r}")
+        if self.checkpoint_moments not in CHECKPOINT_MOMENTS:
+            raise ValueError(f"--checkpoint-moments must be one of {CHECKPOINT_MOMENTS}, got {self.checkpoint_moments!r}")
         if not 0.0 <= self.p_max < 1.0:
             raise ValueError(f"--p-max must be in [0, 1), got {self.p_max}")
         if not (self.e_scale >= 0 and math.isfinite(self.e_scale)):
