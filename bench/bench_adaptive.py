@@ -18,6 +18,7 @@ run: default model, bf16, greedy, batch 1, held-out stdlib prompts.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -28,17 +29,18 @@ from bench_e2e import load_prompts, step_costs, token_agreement  # noqa: E402
 from common import RESULTS, metadata, plot_bars, print_table, write_csv  # noqa: E402
 
 import layerskip_kernels as lk  # noqa: E402
+from layerskip_kernels.generation.draft_vocab import FREQUENCIES_FILE, frequent_tokens  # noqa: E402
 from layerskip_kernels.generation.policy import AdaptiveDrafting  # noqa: E402
 
 
-def run(model, prompts, n_new, exit_layer=None, k=4, speculation="static", compile=False):
+def run(model, prompts, n_new, exit_layer=None, k=4, speculation="static", compile=False, draft_vocab=None):
     """One generate per prompt (batch 1); tokens/s over all, and the work done per exit layer."""
     seqs, tokens, t, drafted, accepted, iters = [], 0, 0.0, 0, 0, 0
     by_exit, steps_by_exit = {}, {}
     for p in prompts:
         spec = speculation() if callable(speculation) else speculation
         out = lk.generate(model, [p], max_new_tokens=n_new, exit_layer=exit_layer, num_speculations=k,
-                          eos_token_id=[], speculation=spec, compile=compile)
+                          eos_token_id=[], speculation=spec, compile=compile, draft_vocab=draft_vocab)
         s = out.stats
         seqs += out.sequences
         tokens, t = tokens + s["new_tokens"], t + s["time_s"]
@@ -60,6 +62,23 @@ def limit(r, costs) -> float | None:
     return r["tokens"] / work
 
 
+def record_defaults(path: str, adaptive: dict, speculation: str, draft_vocab: int, how: str) -> None:
+    """Write the CLI's defaults into the model's config.json (layerskip section):
+    the adaptive settings, the speculation mode and the draft vocabulary size."""
+    cfg_path = os.path.join(path, "config.json")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    ls = cfg.setdefault("layerskip", {})
+    ls["adaptive"] = {key: adaptive[key] for key in ("exit_layer", "num_speculations", "threshold", "per_row_k",
+                                                     "bandit")}
+    ls["default_speculation"], ls["default_draft_vocab"] = speculation, draft_vocab
+    ls["speculation_chosen_by"] = how
+    with open(cfg_path, "w") as f:
+        json.dump(cfg, f, indent=2, sort_keys=True)
+    print(f"recorded in {cfg_path}: speculation {speculation}, draft vocab {draft_vocab or 'all'}, "
+          f"adaptive {ls['adaptive']}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model directory (default: the embedded model)")
@@ -68,15 +87,22 @@ def main(argv=None) -> int:
     ap.add_argument("--num-prompts", type=int, default=8)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--sweep-k", type=int, nargs="+", default=[1, 2, 3, 4, 6])
-    ap.add_argument("--thresholds", type=float, nargs="+", default=[0.2, 0.4, 0.6])
-    ap.add_argument("--k-max", type=int, default=8)
+    ap.add_argument("--sweep-exit-layers", type=int, nargs="*", default=None, help="default: 1 .. L-1")
+    ap.add_argument("--thresholds", type=float, nargs="+", default=[0.3, 0.5, 0.7])
+    ap.add_argument("--k-max", type=int, nargs="+", default=[8, 12, 15], help="adaptive k_max values screened")
+    ap.add_argument("--draft-vocab", type=int, nargs="*", default=[1024, 2048],
+                    help="reduced draft vocabularies screened with the best static and adaptive settings")
     ap.add_argument("--compile", action="store_true", help="every engine with compiled steps")
+    ap.add_argument("--record", action="store_true",
+                    help="write the fastest adaptive settings, and whichever of static/adaptive (and draft "
+                         "vocabulary) was faster, into the model's config.json as the CLI's defaults")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--note", default="")
     ap.add_argument("--out", default=os.path.join(RESULTS, "adaptive"))
     args = ap.parse_args(argv)
     if args.quick:
         args.num_prompts, args.max_new_tokens, args.reps, args.sweep_k = 2, 32, 1, [2, 4]
+        args.thresholds, args.k_max, args.draft_vocab = [0.5], [8], [1024]
 
     path = args.model or lk.default_model_path()
     model = lk.LlamaForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
@@ -87,17 +113,22 @@ def main(argv=None) -> int:
                 max_new_tokens=args.max_new_tokens, prompt_tokens=args.prompt_tokens, num_prompts=len(prompts),
                 compiled=args.compile, note=args.note)
     n, cmp = args.max_new_tokens, args.compile
+    exits = args.sweep_exit_layers or list(range(1, L))
+    k_top = max(args.k_max)
 
-    # Costs per exit layer (c: draft step, v: verify pass at k_max, relative to an AR step).
+    # Costs per exit layer (c: draft step, v: verify pass at the largest k_max, relative to an AR step).
     context = args.prompt_tokens + n // 2
     costs = {}
     for e in range(1, L):
-        c = step_costs(model, 1, context, e, args.k_max, reps=15, compile=cmp)
+        c = step_costs(model, 1, context, e, k_top, reps=15, compile=cmp)
         costs[e] = dict(c=c["draft"] / c["ar"], v=c["verify"] / c["ar"])
 
     run(model, prompts[:1], 8, compile=cmp)  # warm-up
+    # Screening, one pass each (a noisy maximum, so the winners are re-measured
+    # below, interleaved): the static sweep, then the adaptive settings at the best
+    # static E, then reduced draft vocabularies for the best of each.
     sweep = []
-    for e in range(1, L):
+    for e in exits:
         for k in args.sweep_k:
             r = run(model, prompts, n, e, k, compile=cmp)
             sweep.append(dict(exit_layer=e, k=k, tokens_per_s=r["tokens_per_s"], acceptance=r["acceptance"]))
@@ -105,20 +136,57 @@ def main(argv=None) -> int:
     E0, k0 = best["exit_layer"], best["k"]
     print(f"best static of the sweep: E={E0} k={k0}")
 
+    def adaptive(s, dv=None):
+        policy = lambda: AdaptiveDrafting(model, E0, s["num_speculations"], threshold=s["threshold"],
+                                          per_row_k=s["per_row_k"], exit_layers=None if s["bandit"] else [E0])
+        return lambda: run(model, prompts, n, E0, s["num_speculations"], speculation=policy, compile=cmp,
+                           draft_vocab=dv)
+
+    def describe(s):
+        return (f"adaptive E{'~' if s['bandit'] else '='}{E0} k<={s['num_speculations']} threshold {s['threshold']}"
+                + (" per-row k" if s["per_row_k"] else ""))
+
+    screened = []
+    for km in args.k_max:
+        for th in args.thresholds:
+            for bandit in (False, True):
+                for per_row_k in (False, True):
+                    s = dict(num_speculations=km, threshold=th, bandit=bandit, per_row_k=per_row_k)
+                    r = adaptive(s)()
+                    screened.append(dict(settings=s, tokens_per_s=r["tokens_per_s"], acceptance=r["acceptance"]))
+                    print(f"screen {describe(s)}: {r['tokens_per_s']:.1f} tok/s", flush=True)
+    best_ad = max(screened, key=lambda r: r["tokens_per_s"])["settings"]
+    vocabs = {}
+    if not os.path.exists(os.path.join(path, FREQUENCIES_FILE)):
+        print(f"no {FREQUENCIES_FILE} in {path}: no reduced draft vocabulary screened")
+        args.draft_vocab = []
+    for N in args.draft_vocab:
+        if N < model.config.vocab_size:
+            ids = frequent_tokens(path, N, model.config.vocab_size)
+            vocabs[N] = ids
+            for kind, fn in (("static", lambda: run(model, prompts, n, E0, k0, compile=cmp, draft_vocab=ids)),
+                             ("adaptive", adaptive(best_ad, ids))):
+                r = fn()
+                screened.append(dict(settings=dict(kind=kind, draft_vocab=N), tokens_per_s=r["tokens_per_s"],
+                                     acceptance=r["acceptance"]))
+                print(f"screen {kind} draft vocab {N}: {r['tokens_per_s']:.1f} tok/s", flush=True)
+    best_dv = {kind: max((r for r in screened if r["settings"].get("kind") == kind),
+                         key=lambda r: r["tokens_per_s"], default=None) for kind in ("static", "adaptive")}
+
+    static_name = f"static E={E0} k={k0} (best of sweep)"
+    ad_name = describe(best_ad) + " (best screened)"
     engines = {"autoregressive": lambda: run(model, prompts, n, compile=cmp),
-               f"static E={E0} k={k0} (best of sweep)": lambda: run(model, prompts, n, E0, k0, compile=cmp)}
-    # Each mechanism alone and together: the confidence stop at the best static E
-    # (exit_layers=[E0]: no bandit), then with the exit-layer bandit, then with per-row k.
-    for th in args.thresholds:
-        for bandit, per_row_k in ((False, False), (True, False), (True, True)):
-            policy = lambda th=th, pk=per_row_k, b=bandit: AdaptiveDrafting(
-                model, E0, args.k_max, threshold=th, per_row_k=pk, exit_layers=None if b else [E0])
-            name = (f"adaptive E{'~' if bandit else '='}{E0} k<={args.k_max} threshold {th}"
-                    + (" per-row k" if per_row_k else ""))
-            engines[name] = lambda policy=policy: run(model, prompts, n, E0, args.k_max, speculation=policy,
-                                                      compile=cmp)
-    engines[f"adaptive (generate default) E~{E0} k<={args.k_max}"] = (
-        lambda: run(model, prompts, n, E0, args.k_max, speculation="adaptive", compile=cmp))
+               static_name: lambda: run(model, prompts, n, E0, k0, compile=cmp),
+               ad_name: adaptive(best_ad)}
+    dv_names = {}
+    for kind, r in best_dv.items():
+        if r is not None:
+            N = r["settings"]["draft_vocab"]
+            name = dv_names[kind] = (static_name if kind == "static" else ad_name) + f", draft vocab {N}"
+            engines[name] = (adaptive(best_ad, vocabs[N]) if kind == "adaptive" else
+                             lambda ids=vocabs[N]: run(model, prompts, n, E0, k0, compile=cmp, draft_vocab=ids))
+    engines[f"adaptive (generate default) E~{E0} k<={k_top}"] = (
+        lambda: run(model, prompts, n, E0, k_top, speculation="adaptive", compile=cmp))
     runs = {name: [] for name in engines}
     for _ in range(args.reps):
         for name, fn in engines.items():
@@ -127,7 +195,8 @@ def main(argv=None) -> int:
     ar, static = med["autoregressive"], med[f"static E={E0} k={k0} (best of sweep)"]
     rows = []
     for name, r in med.items():
-        lim = limit(r, costs)
+        # c was measured with the full draft head: no limit for a reduced one
+        lim = None if "draft vocab" in name else limit(r, costs)
         x_ar = r["tokens_per_s"] / ar["tokens_per_s"]
         rows.append(dict(meta, engine=name, tokens_per_s=r["tokens_per_s"], acceptance=r["acceptance"],
                          tokens_per_iteration=r["tokens"] / r["iterations"] if r["iterations_by_exit"] else 1.0,
@@ -140,10 +209,23 @@ def main(argv=None) -> int:
     for r in sweep:
         r.update(meta, engine=f"sweep static E={r['exit_layer']} k={r['k']}",
                  x_autoregressive=None)
+    for r in screened:
+        st = r.pop("settings")
+        r.update(meta, engine="screen " + (f"{st['kind']} draft vocab {st['draft_vocab']}" if "kind" in st
+                                           else describe(st)))
     cols = ["engine", "tokens_per_s", "acceptance", "tokens_per_iteration", "draft_steps_per_iteration", "exits_used",
             "x_autoregressive", "x_best_static", "analytic_limit", "fraction_of_limit", "same_tokens_as_ar"]
     print_table(rows, cols)
-    write_csv(args.out + ".csv", rows + [dict(r, **{f"c_E{e}": costs[e]["c"] for e in costs}) for r in sweep])
+    write_csv(args.out + ".csv", rows + [dict(r, **{f"c_E{e}": costs[e]["c"] for e in costs}) for r in sweep]
+              + screened)
+    if args.record:
+        speed = lambda name: med[name]["tokens_per_s"]
+        mode, base = ("adaptive", ad_name) if speed(ad_name) > speed(static_name) else ("static", static_name)
+        dv = dv_names.get(mode)
+        N = int(dv.rsplit(" ", 1)[1]) if dv and speed(dv) > speed(base) else 0
+        record_defaults(path, dict(best_ad, exit_layer=E0), mode, N,
+                        f"bench/bench_adaptive.py ({args.out}.csv): fastest median of {args.reps} interleaved "
+                        f"runs at batch 1, bf16")
     plot_bars(args.out + ".png", rows, label=lambda r: "batch 1", series="engine", value="tokens_per_s",
               ylabel="tokens/s", title=f"{meta['model']} bf16 greedy, held-out prompts, CPU {meta['cpu'][:30]}")
     return 0

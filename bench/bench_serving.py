@@ -90,8 +90,10 @@ def main(argv=None):
     path = args.model or lk.default_model_path()
     model = lk.LlamaForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype))
     d = model.config.extra.get("layerskip", {})
-    E = args.exit_layer or d.get("default_exit_layer", 4)
-    k = args.num_speculations or d.get("default_num_speculations", 2)
+    # adaptive drafting: its own recorded exit layer and k_max (bench_adaptive.py --record), as in the CLI
+    rec = d.get("adaptive", {}) if args.speculation == "adaptive" else {}
+    E = args.exit_layer or rec.get("exit_layer") or d.get("default_exit_layer", 4)
+    k = args.num_speculations or rec.get("num_speculations") or d.get("default_num_speculations", 2)
     n_prompts = 16 if args.quick else 64
     prompts = load_prompts(os.path.join(path, "tokenizer.json"), n_prompts, 64)
     news = budgets(len(prompts))

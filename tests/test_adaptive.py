@@ -156,3 +156,27 @@ def test_a_policy_planning_outside_the_model_or_k_is_refused(model, exit_layer, 
     with pytest.raises(ValueError, match="drafting policy planned"):
         lk.generate(model, [[1, 2]], max_new_tokens=4, exit_layer=2, num_speculations=5,
                     speculation=Bad(model.num_layers, 5))
+
+
+def test_make_policy_takes_the_recorded_adaptive_settings(model):
+    """generate(speculation="adaptive") uses config.json's layerskip.adaptive
+    (bench_adaptive.py --record); bad values are refused naming the key."""
+    import copy
+
+    from layerskip_kernels.generation.policy import ADAPTIVE_DEFAULTS, make_policy
+
+    default = make_policy("adaptive", model, 3, 5)
+    assert (default.threshold, default.per_row_k, default.k_max) == (ADAPTIVE_DEFAULTS["threshold"],
+                                                                   ADAPTIVE_DEFAULTS["per_row_k"], 5)
+    assert default.exits == [2, 3, 4]  # the bandit's candidates
+    recorded = copy.copy(model)
+    recorded.config = copy.deepcopy(model.config)
+    recorded.config.extra.setdefault("layerskip", {})["adaptive"] = dict(threshold=0.7, per_row_k=False, bandit=False,
+                                                                         exit_layer=1, num_speculations=9)
+    p = make_policy("adaptive", recorded, 3, 5)
+    assert (p.threshold, p.per_row_k, p.k_max, p.exits) == (0.7, False, 5, [3])
+    recorded.config.extra["layerskip"]["adaptive"] = dict(threshold=-0.1)
+    with pytest.raises(ValueError, match=r"layerskip\.adaptive\.threshold must be a number in \[0, 1\]"):
+        make_policy("adaptive", recorded, 3, 5)
+    with pytest.raises(ValueError, match=r"layerskip\.adaptive\.threshold"):
+        lk.generate(recorded, [[1, 2, 3]], max_new_tokens=2, exit_layer=3, speculation="adaptive")

@@ -181,6 +181,70 @@ def test_generate_with_a_reduced_draft_vocabulary(tiny_with_tokenizer, tmp_path,
     assert main(args[:-1] + ["-1"]) == 2
 
 
+def _copy_with_layerskip_defaults(src, dst, **layerskip):
+    import json
+    import shutil
+
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.setdefault("layerskip", {}).update(layerskip)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def test_generate_takes_speculation_defaults_from_config(tiny_with_tokenizer, tmp_path, capsys):
+    """bench_adaptive.py --record writes the faster drafting mode, its exit layer
+    and k_max and the draft vocabulary into config.json; the CLI uses them unless
+    a flag says otherwise, and the output stays exact."""
+    from tokenizers import Tokenizer
+
+    from layerskip_kernels.generation.draft_vocab import frequent_tokens, save_frequencies
+
+    adaptive = dict(exit_layer=1, num_speculations=6, threshold=0.5, per_row_k=False, bandit=False)
+    path = _copy_with_layerskip_defaults(tiny_with_tokenizer, tmp_path / "m", default_exit_layer=2,
+                                         default_num_speculations=3, default_speculation="adaptive",
+                                         default_draft_vocab=40, adaptive=adaptive)
+    tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    save_frequencies(str(path), torch.arange(tok.get_vocab_size(), dtype=torch.int64) % 7)
+    model = lk.LlamaForCausalLM.from_pretrained(path)
+    ar, _ = expected_cli_text(tok, model, "def add(", True, max_new_tokens=10)
+    base = ["generate", "--model", str(path), "--prompt", "def add(", "--max-new-tokens", "10", "--dtype", "float32"]
+    seen = []
+    real = lk.generate
+    try:
+        lk.generate = lambda *a, **kw: seen.append(kw) or real(*a, **kw)
+        assert main(base) == 0
+        assert main(base + ["--speculation", "static", "--draft-vocab", "0"]) == 0
+    finally:
+        lk.generate = real
+    captured = capsys.readouterr()
+    assert captured.out == ar + ar  # greedy: every mode gives the autoregressive text
+    first, second = seen
+    assert (first["speculation"], first["exit_layer"], first["num_speculations"]) == ("adaptive", 1, 6)
+    assert first["draft_vocab"].tolist() == frequent_tokens(str(path), 40).tolist()
+    assert (second["speculation"], second["exit_layer"], second["num_speculations"]) == ("static", 2, 3)
+    assert second["draft_vocab"] is None
+    assert "[self-speculative adaptive E~1 k<=6 draft-vocab=40]" in captured.err
+    assert "[self-speculative E=2 k=3]" in captured.err
+
+
+@pytest.mark.parametrize("layerskip,match", [
+    (dict(default_speculation="dynamic"), "layerskip.default_speculation"),
+    (dict(default_draft_vocab=-1), "layerskip.default_draft_vocab"),
+    (dict(default_speculation="adaptive", adaptive=dict(threshold=2)), "layerskip.adaptive.threshold"),
+    (dict(default_speculation="adaptive", adaptive=dict(bandit="yes")), "layerskip.adaptive.bandit"),
+    (dict(default_speculation="adaptive", adaptive=dict(k_max=4)), "unknown keys ['k_max']"),
+    (dict(default_speculation="adaptive", adaptive=dict(exit_layer=4)), "layerskip.adaptive.exit_layer"),
+    (dict(default_speculation="adaptive", adaptive=dict(num_speculations=16)), "layerskip.adaptive.num_speculations"),
+    (dict(default_speculation="adaptive", adaptive=[1]), "layerskip.adaptive must be an object"),
+])
+def test_bad_speculation_defaults_are_refused(tiny_with_tokenizer, tmp_path, capsys, layerskip, match):
+    path = _copy_with_layerskip_defaults(tiny_with_tokenizer, tmp_path / "m", **layerskip)
+    rc = main(["generate", "--model", str(path), "--prompt", "def add(", "--max-new-tokens", "4"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("error: ") and "config.json" in err and match in err, err
+
+
 def test_generate_unknown_backend_is_an_error(tiny_with_tokenizer):
     with pytest.raises(SystemExit):
         main(["generate", "--model", str(tiny_with_tokenizer), "--prompt", "x", "--backend", "nope"])

@@ -37,12 +37,14 @@ def add_arguments(p) -> None:
                    help="encode the prompt without the tokenizer's special tokens, to continue text from the "
                         "middle of a file (default: as the tokenizer encodes it; the embedded model's tokenizer "
                         "starts a prompt with <|endoftext|>, as every file starts in training)")
-    p.add_argument("--speculation", default="static", choices=["static", "adaptive"],
+    p.add_argument("--speculation", default=None, choices=["static", "adaptive"],
                    help="static: fixed exit layer and k; adaptive: per-row draft lengths (confidence stop, k from "
-                        "each row's acceptance, at most --num-speculations) and the exit layer chosen per iteration")
-    p.add_argument("--draft-vocab", type=int, default=0,
+                        "each row's acceptance, at most --num-speculations) and the exit layer chosen per iteration "
+                        "(default: the model's layerskip.default_speculation, else static)")
+    p.add_argument("--draft-vocab", type=int, default=None,
                    help="the draft head scores only this many of the most frequent training tokens "
-                        "(the model's token_frequencies.safetensors); verification scores all (default: 0, all)")
+                        "(the model's token_frequencies.safetensors); verification scores all; 0 is all "
+                        "(default: the model's layerskip.default_draft_vocab, else 0)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="compile the decode steps with torch.compile (CUDA graphs on a GPU); off by default: "
                         "on CPU the first compile costs more than it saves on a default-length generation "
@@ -123,7 +125,8 @@ def _check_flags(args):
         v.check_top_p(args.top_p, "--top-p")
         if args.seed is not None:
             v.check_seed(args.seed, "--seed")
-        v.check_int("--draft-vocab", args.draft_vocab, 0)
+        if args.draft_vocab is not None:
+            v.check_int("--draft-vocab", args.draft_vocab, 0)
         if args.no_repeat_ngram_size is not None:
             v.check_int("--no-repeat-ngram-size", args.no_repeat_ngram_size, 0)
         if args.repetition_penalty is not None:
@@ -179,6 +182,7 @@ def _load(args, device):
 def _plan(args, path, tokenizer, model):
     """Exit layer, k and prompt ids, all checked against the model."""
     from . import validation as v
+    from .policy import SPECULATION_MODES, adaptive_settings
 
     cfg = model.config
     L = cfg.num_hidden_layers
@@ -190,6 +194,20 @@ def _plan(args, path, tokenizer, model):
         if args.num_speculations is None and "default_num_speculations" in defaults:
             v.check_int(f"{source}: layerskip.default_num_speculations", defaults["default_num_speculations"], 1,
                         v.MAX_SPECULATIONS)
+        if args.speculation is None:
+            args.speculation = defaults.get("default_speculation", "static")
+            if args.speculation not in SPECULATION_MODES:
+                raise ValueError(f"{source}: layerskip.default_speculation must be one of {SPECULATION_MODES}, "
+                                 f"got {args.speculation!r}")
+        if args.draft_vocab is None:
+            args.draft_vocab = v.check_int(f"{source}: layerskip.default_draft_vocab",
+                                           defaults.get("default_draft_vocab", 0), 0, cfg.vocab_size)
+        adaptive = adaptive_settings(cfg, source) if args.speculation == "adaptive" else {}
+        if args.num_speculations is None and "num_speculations" in adaptive:
+            v.check_int(f"{source}: layerskip.adaptive.num_speculations", adaptive["num_speculations"], 1,
+                        v.MAX_SPECULATIONS)
+        if args.exit_layer is None and "exit_layer" in adaptive:
+            v.check_int(f"{source}: layerskip.adaptive.exit_layer", adaptive["exit_layer"], 1, L - 1)
     except ValueError as e:
         raise _unusable(str(e)) from None
     if args.exit_layer is not None:
@@ -213,8 +231,12 @@ def _plan(args, path, tokenizer, model):
         args.repetition_penalty = aids["repetition_penalty"]
     if args.no_repeat_ngram_size is None:
         args.no_repeat_ngram_size = aids["no_repeat_ngram_size"]
-    exit_layer = args.exit_layer if args.exit_layer is not None else defaults.get("default_exit_layer")
-    k = args.num_speculations if args.num_speculations is not None else defaults.get("default_num_speculations", 4)
+    exit_layer = args.exit_layer
+    if exit_layer is None:  # adaptive drafting has its own recorded exit layer (the bandit's centre)
+        exit_layer = adaptive.get("exit_layer", defaults.get("default_exit_layer"))
+    k = args.num_speculations
+    if k is None:  # adaptive drafting has its own recorded k_max
+        k = adaptive.get("num_speculations", defaults.get("default_num_speculations", 4))
     if exit_layer == 0:
         exit_layer = None
 

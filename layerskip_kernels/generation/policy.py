@@ -38,9 +38,18 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Plan", "StaticDrafting", "AdaptiveDrafting", "make_policy", "SPECULATION_MODES", "best_k"]
+__all__ = ["Plan", "StaticDrafting", "AdaptiveDrafting", "make_policy", "SPECULATION_MODES", "best_k",
+           "ADAPTIVE_DEFAULTS", "adaptive_settings"]
 
 SPECULATION_MODES = ("static", "adaptive")
+
+# AdaptiveDrafting's settings when the model's config.json records none
+# (layerskip.adaptive, written by bench/bench_adaptive.py --record from measurement):
+# threshold and per_row_k as in AdaptiveDrafting; bandit: choose the exit layer
+# among E-1, E, E+1 (False: always E). The record may also hold exit_layer and
+# num_speculations (k_max), the CLI's defaults for adaptive drafting.
+ADAPTIVE_DEFAULTS = {"threshold": 0.3, "per_row_k": True, "bandit": True}
+ADAPTIVE_CLI_DEFAULTS = ("exit_layer", "num_speculations")
 
 
 @dataclass
@@ -159,10 +168,36 @@ class AdaptiveDrafting:
             self.rate[E] += w * (rate - self.rate[E])
 
 
+def adaptive_settings(config, source: str = "config.json") -> dict:
+    """ADAPTIVE_DEFAULTS overridden by the model config's layerskip.adaptive, with
+    its ADAPTIVE_CLI_DEFAULTS when recorded (checked by the CLI, which uses them).
+    Raises ValueError naming the key."""
+    extra = getattr(config, "extra", {}) or {}
+    recorded = extra.get("layerskip", {}).get("adaptive", {})
+    where = f"{source}: layerskip.adaptive"
+    if not isinstance(recorded, dict):
+        raise ValueError(f"{where} must be an object, got {type(recorded).__name__}")
+    known = sorted(ADAPTIVE_DEFAULTS) + list(ADAPTIVE_CLI_DEFAULTS)
+    unknown = set(recorded) - set(known)
+    if unknown:
+        raise ValueError(f"{where} has unknown keys {sorted(unknown)}; expected some of {known}")
+    out = dict(ADAPTIVE_DEFAULTS, **recorded)
+    th = out["threshold"]
+    if isinstance(th, bool) or not isinstance(th, (int, float)) or not 0.0 <= th <= 1.0:
+        raise ValueError(f"{where}.threshold must be a number in [0, 1], got {th!r}")
+    for key in ("per_row_k", "bandit"):
+        if not isinstance(out[key], bool):
+            raise ValueError(f"{where}.{key} must be true or false, got {out[key]!r}")
+    return out
+
+
 def make_policy(speculation, model, exit_layer: int, k: int):
-    """A policy object from generate()'s `speculation` argument (a mode name or a policy)."""
+    """A policy object from generate()'s `speculation` argument (a mode name or a policy).
+    "adaptive" uses the model's adaptive_settings, with k as k_max."""
     if speculation == "static":
         return StaticDrafting(exit_layer, k)
     if speculation == "adaptive":
-        return AdaptiveDrafting(model, exit_layer, k)
+        s = adaptive_settings(model.config)
+        return AdaptiveDrafting(model, exit_layer, k, threshold=float(s["threshold"]), per_row_k=s["per_row_k"],
+                                exit_layers=None if s["bandit"] else [exit_layer])
     return speculation  # an object with plan / reset_row / observe (checked by validation)
