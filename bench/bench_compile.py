@@ -120,6 +120,9 @@ def main(argv=None) -> int:
     model = lk.LlamaForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
     defaults = model.config.extra["layerskip"]
     E, k = defaults["default_exit_layer"], defaults["default_num_speculations"]
+    # adaptive drafting at its recorded exit layer and k_max (bench_adaptive.py --record), as the CLI runs it
+    rec = defaults.get("adaptive", {})
+    E_ad, k_ad = rec.get("exit_layer", E), rec.get("num_speculations", 8)
     prompts = load_prompts(os.path.join(path, "tokenizer.json"), max(args.num_prompts, max(args.batch_sizes)),
                            args.prompt_tokens)
     hf = transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
@@ -134,6 +137,8 @@ def main(argv=None) -> int:
         "ours self-speculative (eager)": lambda ps, B: run_ours(model, ps, B, args.max_new_tokens, E, k),
         "ours autoregressive (compiled)": lambda ps, B: run_ours(model, ps, B, args.max_new_tokens, None, k, True),
         "ours self-speculative (compiled)": lambda ps, B: run_ours(model, ps, B, args.max_new_tokens, E, k, True),
+        f"ours self-speculative adaptive E~{E_ad} k<={k_ad} (compiled)": lambda ps, B: run_ours(
+            model, ps, B, args.max_new_tokens, E_ad, k_ad, True, speculation="adaptive"),
         "transformers greedy": lambda ps, B: run_hf(hf, ps, B, args.max_new_tokens),
         f"transformers assistant_early_exit={E}": lambda ps, B: run_hf(hf, ps, B, args.max_new_tokens, early_exit=E),
         "transformers static cache + torch.compile": lambda ps, B: run_hf(hf, ps, B, args.max_new_tokens,
@@ -185,7 +190,7 @@ def main(argv=None) -> int:
                                        ratio_to_ar=c[step] / c["ar"]))
     # Analytic limit with each mode's c and v and the measured acceptance.
     for row in e2e:
-        if "acceptance" in row and row["batch"] in args.batch_sizes:
+        if "acceptance" in row and "adaptive" not in row["engine"]:  # the limit of a fixed k
             compiled = "compiled" in row["engine"]
             cv = {r["step"]: r["ratio_to_ar"] for r in steps_rows if r["batch"] == row["batch"]
                   and r["compiled"] == compiled}

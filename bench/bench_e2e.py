@@ -127,12 +127,12 @@ def analytic_limit(a: float, k: int, c: float, v: float) -> float:
 # --------------------------------------------------------------------------- runs
 
 
-def run_ours(model, prompts, B, n_new, exit_layer, k, compile=False):
+def run_ours(model, prompts, B, n_new, exit_layer, k, compile=False, speculation="static"):
     """tokens/s and stats of lk.generate over all prompts in batches of B."""
     seqs, tokens, t, drafted, accepted, emitted_steps, row_steps = [], 0, 0.0, 0, 0, 0.0, 0
     for i in range(0, len(prompts), B):
         out = lk.generate(model, prompts[i:i + B], max_new_tokens=n_new, exit_layer=exit_layer, num_speculations=k,
-                          eos_token_id=[], compile=compile)
+                          eos_token_id=[], compile=compile, speculation=speculation)
         seqs += out.sequences
         tokens += out.stats["new_tokens"]
         t += out.stats["time_s"]

@@ -3,7 +3,7 @@
 # in order, each benchmark on a quiet machine. Run from anywhere, venv active:
 #   checkpoints/stdlib-llama-12l/finish.sh            # every step
 #   checkpoints/stdlib-llama-12l/finish.sh sweep e2e  # some of them, by name
-# Steps: curve eval sweep defaults e2e quality assets compile adaptive serving draftvocab
+# Steps: curve eval sweep defaults e2e quality assets adaptive compile serving draftvocab
 # The benchmarks refuse to start while a training process runs (their timings would be
 # worthless); every row they write carries NOTE.
 set -euo pipefail
@@ -14,7 +14,7 @@ PY=${PYTHON:-python}
 M=${MODEL:-$ROOT/runs/stdlib-llama-12l}
 R=bench/results
 NOTE=${NOTE:-"quiet machine: nothing else running (finish.sh checked for training processes)"}
-ALL="curve eval sweep defaults e2e quality assets compile adaptive serving draftvocab"
+ALL="curve eval sweep defaults e2e quality assets adaptive compile serving draftvocab"
 STEPS=${*:-$ALL}
 SWEEP_EXITS=${SWEEP_EXITS:-"1 2 3 4 5 6"}
 
