@@ -1,5 +1,6 @@
 """The `layerskip` console entry point."""
 
+import json
 import os
 import re
 import subprocess
@@ -260,20 +261,29 @@ def _has_default_model():
 
 @pytest.mark.skipif(not _has_default_model(), reason="this checkout has no embedded default model")
 def test_generate_with_default_model_offline():
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    res = subprocess.run([sys.executable, "-m", "layerskip_kernels.cli", "generate", "--prompt", "import os\n",
-                          "--max-new-tokens", "16"], capture_output=True, text=True, env=env, timeout=300)
-    assert res.returncode == 0, res.stderr
-    # The printed text is the prompt plus the decoded tokens of the same greedy
-    # generation through the API, then one newline.
+    """README's first command, offline: self-speculative at the model's recorded
+    defaults (static or adaptive, config.json); in fp32 its text is exactly the
+    autoregressive one through the API (in bf16 a near-tie may round either way)."""
     from tokenizers import Tokenizer
 
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    cmd = [sys.executable, "-m", "layerskip_kernels.cli", "generate", "--prompt", "import os\n", "--max-new-tokens",
+           "16"]
     path = lk.default_model_path()
+    defaults = lk.LlamaForCausalLM.from_pretrained(path).config.extra.get("layerskip", {})
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    adaptive = defaults.get("default_speculation", "static") == "adaptive"
+    mode = "self-speculative adaptive E~" if adaptive else f"self-speculative E={defaults['default_exit_layer']} "
+    assert f"[{mode}" in res.stderr and " tokens/s, acceptance " in res.stderr, res.stderr
+    res = subprocess.run(cmd + ["--dtype", "float32"], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
     tok = Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
-    model = lk.LlamaForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
-    defaults = model.config.extra.get("layerskip", {})
-    text, ref = expected_cli_text(tok, model, "import os\n", True, max_new_tokens=16,
-                                  exit_layer=defaults.get("default_exit_layer"),
-                                  num_speculations=defaults.get("default_num_speculations", 4))
+    model = lk.LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
+    gen_cfg = os.path.join(path, "generation_config.json")  # the decoding aids the CLI applies, if any
+    aids = json.load(open(gen_cfg)) if os.path.exists(gen_cfg) else {}
+    text, ref = expected_cli_text(tok, model, "import os\n", True, max_new_tokens=16, exit_layer=None,
+                                  repetition_penalty=aids.get("repetition_penalty", 1.0),
+                                  no_repeat_ngram_size=aids.get("no_repeat_ngram_size", 0))
     assert res.stdout == text
-    assert "self-speculative" in res.stderr and f"{len(ref.sequences[0])} tokens" in res.stderr
+    assert f"[{mode}" in res.stderr and f"{len(ref.sequences[0])} tokens" in res.stderr
