@@ -2,17 +2,25 @@
 best fixed (E, k) and against our autoregressive decoding, side by side in one
 run: default model, bf16, greedy, batch 1, held-out stdlib prompts.
 
-1. A static sweep over exit layers and k picks the best fixed (E, k) of this run.
-2. Autoregressive, that best static configuration and the adaptive variants run
-   interleaved `--reps` times; each engine's tokens/s is its median.
+1. Screening, one pass each: a static sweep over exit layers and k picks the
+   best fixed (E, k); adaptive settings (k_max x threshold x exit-layer bandit
+   x per-row k) at that E; reduced draft vocabularies (--draft-vocab) for the
+   best adaptive settings and for the static configuration the CLI runs.
+2. The winners are re-measured with autoregressive decoding, interleaved
+   `--reps` times; each engine's tokens/s is its median (a one-pass maximum is
+   biased upwards by noise, a median of interleaved runs is not).
 3. The analytic limit generalized to variable draft lengths: with c_E and v_E
    the measured costs of a draft step and a verify pass at exit E relative to an
    autoregressive step, a run that emitted N tokens in iterations that ran
    s_E batched draft steps and i_E verify passes at exit E can be at most
    N / sum_E (s_E c_E + i_E v_E) times faster than autoregressive decoding
    (every other cost zero); for a fixed k this is (1 - a^(k+1)) / ((1 - a)(k c + v)).
+4. --record: the fastest of static / adaptive, each with or without the reduced
+   draft vocabulary, becomes the CLI's default in the model's config.json
+   (layerskip.default_speculation, default_draft_vocab), with the best adaptive
+   settings (layerskip.adaptive) that generate(speculation="adaptive") uses.
 
-    python bench/bench_adaptive.py [--quick] [--note "..."]
+    python bench/bench_adaptive.py [--quick] [--record] [--note "..."]
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from common import RESULTS, metadata, plot_bars, print_table, write_csv  # noqa:
 
 import layerskip_kernels as lk  # noqa: E402
 from layerskip_kernels.generation.draft_vocab import FREQUENCIES_FILE, frequent_tokens  # noqa: E402
-from layerskip_kernels.generation.policy import AdaptiveDrafting  # noqa: E402
+from layerskip_kernels.generation.policy import AdaptiveDrafting, adaptive_settings  # noqa: E402
 
 
 def run(model, prompts, n_new, exit_layer=None, k=4, speculation="static", compile=False, draft_vocab=None):
@@ -79,6 +87,18 @@ def record_defaults(path: str, adaptive: dict, speculation: str, draft_vocab: in
           f"adaptive {ls['adaptive']}")
 
 
+def check_args(args) -> None:
+    from layerskip_kernels.generation.validation import MAX_SPECULATIONS, check_int
+
+    for k in args.k_max + args.sweep_k:
+        check_int("--k-max / --sweep-k", k, 1, MAX_SPECULATIONS)
+    for N in args.draft_vocab:
+        check_int("--draft-vocab", N, 1)
+    for th in args.thresholds:
+        if not 0.0 <= th <= 1.0:
+            raise SystemExit(f"--thresholds must be in [0, 1], got {th}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model directory (default: the embedded model)")
@@ -104,10 +124,12 @@ def main(argv=None) -> int:
         args.num_prompts, args.max_new_tokens, args.reps, args.sweep_k = 2, 32, 1, [2, 4]
         args.thresholds, args.k_max, args.draft_vocab = [0.5], [8], [1024]
 
+    check_args(args)
     path = args.model or lk.default_model_path()
     model = lk.LlamaForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
     L = model.num_layers
     defaults = model.config.extra["layerskip"]
+    adaptive_settings(model.config, os.path.join(path, "config.json"))  # a bad record fails now, not mid-run
     prompts = load_prompts(os.path.join(path, "tokenizer.json"), args.num_prompts, args.prompt_tokens)
     meta = dict(metadata(), model=os.path.basename(os.path.normpath(path)), dtype="bfloat16", batch=1,
                 max_new_tokens=args.max_new_tokens, prompt_tokens=args.prompt_tokens, num_prompts=len(prompts),
@@ -156,15 +178,17 @@ def main(argv=None) -> int:
                     screened.append(dict(settings=s, tokens_per_s=r["tokens_per_s"], acceptance=r["acceptance"]))
                     print(f"screen {describe(s)}: {r['tokens_per_s']:.1f} tok/s", flush=True)
     best_ad = max(screened, key=lambda r: r["tokens_per_s"])["settings"]
+    # The static configuration the CLI runs: the recorded default (bench_e2e.py's
+    # sweep, finish.sh's defaults step), else this run's best.
+    Ed, kd = defaults.get("default_exit_layer") or E0, defaults.get("default_num_speculations") or k0
     vocabs = {}
     if not os.path.exists(os.path.join(path, FREQUENCIES_FILE)):
         print(f"no {FREQUENCIES_FILE} in {path}: no reduced draft vocabulary screened")
         args.draft_vocab = []
     for N in args.draft_vocab:
         if N < model.config.vocab_size:
-            ids = frequent_tokens(path, N, model.config.vocab_size)
-            vocabs[N] = ids
-            for kind, fn in (("static", lambda: run(model, prompts, n, E0, k0, compile=cmp, draft_vocab=ids)),
+            ids = vocabs[N] = frequent_tokens(path, N, model.config.vocab_size)
+            for kind, fn in (("static", lambda: run(model, prompts, n, Ed, kd, compile=cmp, draft_vocab=ids)),
                              ("adaptive", adaptive(best_ad, ids))):
                 r = fn()
                 screened.append(dict(settings=dict(kind=kind, draft_vocab=N), tokens_per_s=r["tokens_per_s"],
@@ -174,18 +198,22 @@ def main(argv=None) -> int:
                          key=lambda r: r["tokens_per_s"], default=None) for kind in ("static", "adaptive")}
 
     static_name = f"static E={E0} k={k0} (best of sweep)"
+    cli_static_name = static_name if (Ed, kd) == (E0, k0) else f"static E={Ed} k={kd} (recorded default)"
     ad_name = describe(best_ad) + " (best screened)"
     engines = {"autoregressive": lambda: run(model, prompts, n, compile=cmp),
                static_name: lambda: run(model, prompts, n, E0, k0, compile=cmp),
+               cli_static_name: lambda: run(model, prompts, n, Ed, kd, compile=cmp),
                ad_name: adaptive(best_ad)}
-    dv_names = {}
+    # what --record chooses among: (mode, draft vocabulary size) -> engine name
+    candidates = {("static", 0): cli_static_name, ("adaptive", 0): ad_name}
     for kind, r in best_dv.items():
         if r is not None:
             N = r["settings"]["draft_vocab"]
-            name = dv_names[kind] = (static_name if kind == "static" else ad_name) + f", draft vocab {N}"
+            name = candidates[(kind, N)] = (cli_static_name if kind == "static" else ad_name) + f", draft vocab {N}"
             engines[name] = (adaptive(best_ad, vocabs[N]) if kind == "adaptive" else
-                             lambda ids=vocabs[N]: run(model, prompts, n, E0, k0, compile=cmp, draft_vocab=ids))
-    engines[f"adaptive (generate default) E~{E0} k<={k_top}"] = (
+                             lambda ids=vocabs[N]: run(model, prompts, n, Ed, kd, compile=cmp, draft_vocab=ids))
+    recorded = "recorded settings" if "adaptive" in defaults else "built-in settings"
+    engines[f"adaptive ({recorded}) E~{E0} k<={k_top}"] = (
         lambda: run(model, prompts, n, E0, k_top, speculation="adaptive", compile=cmp))
     runs = {name: [] for name in engines}
     for _ in range(args.reps):
@@ -218,11 +246,8 @@ def main(argv=None) -> int:
     print_table(rows, cols)
     write_csv(args.out + ".csv", rows + [dict(r, **{f"c_E{e}": costs[e]["c"] for e in costs}) for r in sweep]
               + screened)
-    if args.record:
-        speed = lambda name: med[name]["tokens_per_s"]
-        mode, base = ("adaptive", ad_name) if speed(ad_name) > speed(static_name) else ("static", static_name)
-        dv = dv_names.get(mode)
-        N = int(dv.rsplit(" ", 1)[1]) if dv and speed(dv) > speed(base) else 0
+    if args.record:  # the fastest of what the CLI can run by default
+        mode, N = max(candidates, key=lambda c: med[candidates[c]]["tokens_per_s"])
         record_defaults(path, dict(best_ad, exit_layer=E0), mode, N,
                         f"bench/bench_adaptive.py ({args.out}.csv): fastest median of {args.reps} interleaved "
                         f"runs at batch 1, bf16")

@@ -39,6 +39,7 @@ from bench_e2e import (acceptance_from_tokens_per_step, analytic_limit, load_pro
 from common import RESULTS, copy_bandwidth_gbs, metadata, plot_bars, print_table, write_csv  # noqa: E402
 
 import layerskip_kernels as lk  # noqa: E402
+from layerskip_kernels.generation.policy import adaptive_settings  # noqa: E402
 
 
 def weight_bytes(model, E: int) -> dict[str, int]:
@@ -121,8 +122,8 @@ def main(argv=None) -> int:
     defaults = model.config.extra["layerskip"]
     E, k = defaults["default_exit_layer"], defaults["default_num_speculations"]
     # adaptive drafting at its recorded exit layer and k_max (bench_adaptive.py --record), as the CLI runs it
-    rec = defaults.get("adaptive", {})
-    E_ad, k_ad = rec.get("exit_layer", E), rec.get("num_speculations", 8)
+    rec = adaptive_settings(model.config, os.path.join(path, "config.json"))
+    E_ad, k_ad = rec.get("exit_layer", E), rec.get("num_speculations", k)
     prompts = load_prompts(os.path.join(path, "tokenizer.json"), max(args.num_prompts, max(args.batch_sizes)),
                            args.prompt_tokens)
     hf = transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
@@ -160,6 +161,8 @@ def main(argv=None) -> int:
             r = med[n]
             row = dict(meta, kind="e2e", batch=B, engine=n, tokens_per_s=r["tokens_per_s"],
                        same_tokens_as_ours_ar=token_agreement(r["sequences"], ref))
+            if "adaptive" in n:
+                row.update(exit_layer=E_ad, k=k_ad)  # the bandit's centre and k_max
             if "acceptance" in r and "self-speculative" in n:
                 row.update(acceptance=r["acceptance"], tokens_per_step=r["tokens_per_step"])
             e2e.append(row)

@@ -229,9 +229,23 @@ def test_generate_takes_speculation_defaults_from_config(tiny_with_tokenizer, tm
     assert "[self-speculative E=2 k=3]" in captured.err
 
 
+def test_a_recorded_draft_vocabulary_is_not_needed_without_drafting(tiny_with_tokenizer, tmp_path, capsys):
+    """--exit-layer 0 never drafts: a recorded default_draft_vocab without its
+    frequency file does not refuse it (an explicit --draft-vocab still does)."""
+    path = _copy_with_layerskip_defaults(tiny_with_tokenizer, tmp_path / "m", default_draft_vocab=40)
+    base = ["generate", "--model", str(path), "--prompt", "def add(", "--max-new-tokens", "3", "--exit-layer"]
+    assert main(base + ["0"]) == 0
+    assert "[autoregressive]" in capsys.readouterr().err
+    assert main(base + ["2"]) == 1  # drafting needs the recorded vocabulary's frequencies
+    assert main(base + ["0", "--draft-vocab", "40"]) == 1
+    assert capsys.readouterr().err.count("token_frequencies.safetensors") == 2
+
+
 @pytest.mark.parametrize("layerskip,match", [
     (dict(default_speculation="dynamic"), "layerskip.default_speculation"),
     (dict(default_draft_vocab=-1), "layerskip.default_draft_vocab"),
+    (dict(default_draft_vocab=True), "layerskip.default_draft_vocab"),
+    (dict(default_speculation="adaptive", adaptive=dict(threshold=True)), "layerskip.adaptive.threshold"),
     (dict(default_speculation="adaptive", adaptive=dict(threshold=2)), "layerskip.adaptive.threshold"),
     (dict(default_speculation="adaptive", adaptive=dict(bandit="yes")), "layerskip.adaptive.bandit"),
     (dict(default_speculation="adaptive", adaptive=dict(k_max=4)), "unknown keys ['k_max']"),
@@ -266,24 +280,24 @@ def test_generate_with_default_model_offline():
     autoregressive one through the API (in bf16 a near-tie may round either way)."""
     from tokenizers import Tokenizer
 
+    from layerskip_kernels.generation.cli import _generation_defaults
+
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     cmd = [sys.executable, "-m", "layerskip_kernels.cli", "generate", "--prompt", "import os\n", "--max-new-tokens",
            "16"]
     path = lk.default_model_path()
-    defaults = lk.LlamaForCausalLM.from_pretrained(path).config.extra.get("layerskip", {})
+    with open(os.path.join(path, "config.json")) as f:
+        defaults = json.load(f).get("layerskip", {})
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr
     adaptive = defaults.get("default_speculation", "static") == "adaptive"
-    mode = "self-speculative adaptive E~" if adaptive else f"self-speculative E={defaults['default_exit_layer']} "
+    mode = "self-speculative adaptive E~" if adaptive else f"self-speculative E={defaults.get('default_exit_layer')} "
     assert f"[{mode}" in res.stderr and " tokens/s, acceptance " in res.stderr, res.stderr
     res = subprocess.run(cmd + ["--dtype", "float32"], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr
     tok = Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
     model = lk.LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
-    gen_cfg = os.path.join(path, "generation_config.json")  # the decoding aids the CLI applies, if any
-    aids = json.load(open(gen_cfg)) if os.path.exists(gen_cfg) else {}
-    text, ref = expected_cli_text(tok, model, "import os\n", True, max_new_tokens=16, exit_layer=None,
-                                  repetition_penalty=aids.get("repetition_penalty", 1.0),
-                                  no_repeat_ngram_size=aids.get("no_repeat_ngram_size", 0))
+    aids = _generation_defaults(path)  # the decoding aids the CLI applies
+    text, ref = expected_cli_text(tok, model, "import os\n", True, max_new_tokens=16, exit_layer=None, **aids)
     assert res.stdout == text
     assert f"[{mode}" in res.stderr and f"{len(ref.sequences[0])} tokens" in res.stderr

@@ -83,7 +83,8 @@ PY
       $PY bench/bench_compile.py --note "$NOTE" ;;
     adaptive)
       quiet; say "adaptive vs best static drafting (issue 15); the faster becomes the CLI's default"
-      $PY bench/bench_adaptive.py --sweep-exit-layers $SWEEP_EXITS --record --note "$NOTE" ;;
+      $PY bench/bench_adaptive.py --sweep-exit-layers $SWEEP_EXITS --record --note "$NOTE"
+      cp layerskip_kernels/assets/stdlib-llama/config.json "$M/config.json" ;;  # the record, in both
     serving)
       quiet; say "continuous batching, eager and compiled (issue 16)"
       $PY bench/bench_serving.py --note "$NOTE"

@@ -199,7 +199,8 @@ def _plan(args, path, tokenizer, model):
             if args.speculation not in SPECULATION_MODES:
                 raise ValueError(f"{source}: layerskip.default_speculation must be one of {SPECULATION_MODES}, "
                                  f"got {args.speculation!r}")
-        if args.draft_vocab is None:
+        recorded_draft_vocab = args.draft_vocab is None
+        if recorded_draft_vocab:
             args.draft_vocab = v.check_int(f"{source}: layerskip.default_draft_vocab",
                                            defaults.get("default_draft_vocab", 0), 0, cfg.vocab_size)
         adaptive = adaptive_settings(cfg, source) if args.speculation == "adaptive" else {}
@@ -216,8 +217,13 @@ def _plan(args, path, tokenizer, model):
                         f" for this {L}-layer model (0 = autoregressive)")
         except ValueError as e:
             raise _usage(str(e)) from None
+    exit_layer = args.exit_layer
+    if exit_layer is None:  # adaptive drafting has its own recorded exit layer (the bandit's centre)
+        exit_layer = adaptive.get("exit_layer", defaults.get("default_exit_layer"))
+    if exit_layer == 0:
+        exit_layer = None
     args.draft_ids = None
-    if args.draft_vocab:
+    if args.draft_vocab and not (recorded_draft_vocab and exit_layer is None):  # a recorded one only when drafting
         from .draft_vocab import frequent_tokens
 
         if args.draft_vocab > cfg.vocab_size:
@@ -231,14 +237,9 @@ def _plan(args, path, tokenizer, model):
         args.repetition_penalty = aids["repetition_penalty"]
     if args.no_repeat_ngram_size is None:
         args.no_repeat_ngram_size = aids["no_repeat_ngram_size"]
-    exit_layer = args.exit_layer
-    if exit_layer is None:  # adaptive drafting has its own recorded exit layer (the bandit's centre)
-        exit_layer = adaptive.get("exit_layer", defaults.get("default_exit_layer"))
     k = args.num_speculations
     if k is None:  # adaptive drafting has its own recorded k_max
         k = adaptive.get("num_speculations", defaults.get("default_num_speculations", 4))
-    if exit_layer == 0:
-        exit_layer = None
 
     if not tokenizer.encode(args.prompt, add_special_tokens=False).ids:
         raise _usage("--prompt encodes to no tokens")
