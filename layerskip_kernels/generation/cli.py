@@ -203,12 +203,7 @@ def _plan(args, path, tokenizer, model):
         if recorded_draft_vocab:
             args.draft_vocab = v.check_int(f"{source}: layerskip.default_draft_vocab",
                                            defaults.get("default_draft_vocab", 0), 0, cfg.vocab_size)
-        adaptive = adaptive_settings(cfg, source) if args.speculation == "adaptive" else {}
-        if args.num_speculations is None and "num_speculations" in adaptive:
-            v.check_int(f"{source}: layerskip.adaptive.num_speculations", adaptive["num_speculations"], 1,
-                        v.MAX_SPECULATIONS)
-        if args.exit_layer is None and "exit_layer" in adaptive:
-            v.check_int(f"{source}: layerskip.adaptive.exit_layer", adaptive["exit_layer"], 1, L - 1)
+        adaptive = adaptive_settings(cfg, source) if args.speculation == "adaptive" else {}  # checked there
     except ValueError as e:
         raise _unusable(str(e)) from None
     if args.exit_layer is not None:

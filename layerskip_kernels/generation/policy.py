@@ -170,8 +170,10 @@ class AdaptiveDrafting:
 
 def adaptive_settings(config, source: str = "config.json") -> dict:
     """ADAPTIVE_DEFAULTS overridden by the model config's layerskip.adaptive, with
-    its ADAPTIVE_CLI_DEFAULTS when recorded (checked by the CLI, which uses them).
-    Raises ValueError naming the key."""
+    its ADAPTIVE_CLI_DEFAULTS when recorded (for the CLI and the benchmarks), all
+    checked against the model. Raises ValueError naming the key."""
+    from .validation import MAX_SPECULATIONS, check_int  # validation imports this module
+
     extra = getattr(config, "extra", {}) or {}
     recorded = extra.get("layerskip", {}).get("adaptive", {})
     where = f"{source}: layerskip.adaptive"
@@ -188,6 +190,10 @@ def adaptive_settings(config, source: str = "config.json") -> dict:
     for key in ("per_row_k", "bandit"):
         if not isinstance(out[key], bool):
             raise ValueError(f"{where}.{key} must be true or false, got {out[key]!r}")
+    bounds = {"exit_layer": (1, config.num_hidden_layers - 1), "num_speculations": (1, MAX_SPECULATIONS)}
+    for key in ADAPTIVE_CLI_DEFAULTS:
+        if key in out:
+            out[key] = check_int(f"{where}.{key}", out[key], *bounds[key])
     return out
 
 
