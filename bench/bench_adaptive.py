@@ -38,7 +38,7 @@ from common import RESULTS, metadata, plot_bars, print_table, write_csv  # noqa:
 
 import layerskip_kernels as lk  # noqa: E402
 from layerskip_kernels.generation.draft_vocab import FREQUENCIES_FILE, frequent_tokens  # noqa: E402
-from layerskip_kernels.generation.policy import AdaptiveDrafting, adaptive_settings  # noqa: E402
+from layerskip_kernels.generation.policy import adaptive_policy, adaptive_settings  # noqa: E402
 
 
 def run(model, prompts, n_new, exit_layer=None, k=4, speculation="static", compile=False, draft_vocab=None):
@@ -159,8 +159,7 @@ def main(argv=None) -> int:
     print(f"best static of the sweep: E={E0} k={k0}")
 
     def adaptive(s, dv=None):
-        policy = lambda: AdaptiveDrafting(model, E0, s["num_speculations"], threshold=s["threshold"],
-                                          per_row_k=s["per_row_k"], exit_layers=None if s["bandit"] else [E0])
+        policy = lambda: adaptive_policy(model, E0, s["num_speculations"], s)
         return lambda: run(model, prompts, n, E0, s["num_speculations"], speculation=policy, compile=cmp,
                            draft_vocab=dv)
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["Plan", "StaticDrafting", "AdaptiveDrafting", "make_policy", "SPECULATION_MODES", "best_k",
-           "ADAPTIVE_DEFAULTS", "adaptive_settings"]
+           "ADAPTIVE_DEFAULTS", "adaptive_settings", "adaptive_policy"]
 
 SPECULATION_MODES = ("static", "adaptive")
 
@@ -197,13 +197,17 @@ def adaptive_settings(config, source: str = "config.json") -> dict:
     return out
 
 
+def adaptive_policy(model, exit_layer: int, k_max: int, settings: dict) -> AdaptiveDrafting:
+    """AdaptiveDrafting from settings shaped like adaptive_settings' (threshold, per_row_k, bandit)."""
+    return AdaptiveDrafting(model, exit_layer, k_max, threshold=float(settings["threshold"]),
+                            per_row_k=settings["per_row_k"], exit_layers=None if settings["bandit"] else [exit_layer])
+
+
 def make_policy(speculation, model, exit_layer: int, k: int):
     """A policy object from generate()'s `speculation` argument (a mode name or a policy).
     "adaptive" uses the model's adaptive_settings, with k as k_max."""
     if speculation == "static":
         return StaticDrafting(exit_layer, k)
     if speculation == "adaptive":
-        s = adaptive_settings(model.config)
-        return AdaptiveDrafting(model, exit_layer, k, threshold=float(s["threshold"]), per_row_k=s["per_row_k"],
-                                exit_layers=None if s["bandit"] else [exit_layer])
+        return adaptive_policy(model, exit_layer, k, adaptive_settings(model.config))
     return speculation  # an object with plan / reset_row / observe (checked by validation)
