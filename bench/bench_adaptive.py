@@ -248,7 +248,7 @@ def main(argv=None) -> int:
     if args.record:  # the fastest of what the CLI can run by default
         mode, N = max(candidates, key=lambda c: med[candidates[c]]["tokens_per_s"])
         record_defaults(path, dict(best_ad, exit_layer=E0), mode, N,
-                        f"bench/bench_adaptive.py ({args.out}.csv): fastest median of {args.reps} interleaved "
+                        f"bench/bench_adaptive.py ({os.path.relpath(args.out + '.csv')}): fastest median of {args.reps} interleaved "
                         f"runs at batch 1, bf16")
     plot_bars(args.out + ".png", rows, label=lambda r: "batch 1", series="engine", value="tokens_per_s",
               ylabel="tokens/s", title=f"{meta['model']} bf16 greedy, held-out prompts, CPU {meta['cpu'][:30]}")

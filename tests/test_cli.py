@@ -225,7 +225,7 @@ def test_generate_takes_speculation_defaults_from_config(tiny_with_tokenizer, tm
     assert first["draft_vocab"].tolist() == frequent_tokens(str(path), 40).tolist()
     assert (second["speculation"], second["exit_layer"], second["num_speculations"]) == ("static", 2, 3)
     assert second["draft_vocab"] is None
-    assert "[self-speculative adaptive E~1 k<=6 draft-vocab=40]" in captured.err
+    assert "[self-speculative adaptive E=1 k<=6 draft-vocab=40]" in captured.err  # no bandit: E stays
     assert "[self-speculative E=2 k=3]" in captured.err
 
 
@@ -281,6 +281,7 @@ def test_generate_with_default_model_offline():
     from tokenizers import Tokenizer
 
     from layerskip_kernels.generation.cli import _generation_defaults
+    from layerskip_kernels.generation.policy import ADAPTIVE_DEFAULTS
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     cmd = [sys.executable, "-m", "layerskip_kernels.cli", "generate", "--prompt", "import os\n", "--max-new-tokens",
@@ -291,7 +292,12 @@ def test_generate_with_default_model_offline():
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr
     adaptive = defaults.get("default_speculation", "static") == "adaptive"
-    mode = "self-speculative adaptive E~" if adaptive else f"self-speculative E={defaults.get('default_exit_layer')} "
+    if adaptive:
+        settings = defaults.get("adaptive", {})
+        near = "~" if settings.get("bandit", ADAPTIVE_DEFAULTS["bandit"]) else "="
+        mode = f"self-speculative adaptive E{near}{settings.get('exit_layer', defaults.get('default_exit_layer'))} "
+    else:
+        mode = f"self-speculative E={defaults.get('default_exit_layer')} "
     assert f"[{mode}" in res.stderr and " tokens/s, acceptance " in res.stderr, res.stderr
     res = subprocess.run(cmd + ["--dtype", "float32"], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr

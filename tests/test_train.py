@@ -604,3 +604,31 @@ def test_evaluate_model_accuracy_loss_and_agreement_by_exit():
         assert r["agreement"] == pytest.approx((logits[l].argmax(-1) == logits[2].argmax(-1)).double().mean().item())
         assert r["loss"] == pytest.approx(F.cross_entropy(logits[l], y).item(), rel=1e-5)
     assert rows[-1]["agreement"] == 1.0 and rows[0]["agreement"] < 1.0
+
+
+def test_plot_draws_the_requested_exits_and_rejects_others(tmp_path, capsys):
+    """train.plot: the curve PNG with the chosen exits; an exit the run does not
+    have is an error naming --exits, not a silently missing line."""
+    pytest.importorskip("matplotlib")
+    from layerskip_kernels.train import plot
+
+    L = 4
+    cols = ["step", "tokens", "lr", "wall_s", "loss"] + [f"loss_l{i}" for i in range(L)] + \
+        [f"val_loss_l{i}" for i in range(L)] + ["kept_layers"]
+    path = tmp_path / "curve.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for step in range(1, 5):
+            row = dict(step=step, tokens=step * 100, lr=1e-3, wall_s=step * 2.0, loss=5.0 - step,
+                       kept_layers=L, **{f"loss_l{L - 1}": 5.0 - step})
+            if step % 2 == 0:
+                row.update({f"val_loss_l{i}": 6.0 - step - i * 0.1 for i in range(L)})
+            w.writerow(row)
+    out = tmp_path / "curve.png"
+    assert plot.main([str(path), "--exits", "1", "3", "--out", str(out)]) == 0
+    assert out.stat().st_size > 1000
+    with pytest.raises(SystemExit):
+        plot.main([str(path), "--exits", "4", "--out", str(tmp_path / "bad.png")])
+    assert "--exits must be exit layers 1..3" in capsys.readouterr().err
+    assert not (tmp_path / "bad.png").exists()

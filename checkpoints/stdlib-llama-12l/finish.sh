@@ -31,7 +31,7 @@ for step in $STEPS; do
     curve)
       say "training curve"
       cp "$HERE/train_log.csv" $R/train_curve_12l.csv
-      $PY -m layerskip_kernels.train.plot $R/train_curve_12l.csv --labels layerskip-12l --out $R/train_curve_12l.png ;;
+      $PY -m layerskip_kernels.train.plot $R/train_curve_12l.csv --labels layerskip-12l --exits 2 3 6 --out $R/train_curve_12l.png ;;
     eval)
       say "per-exit accuracy, CE and agreement on held-out files"
       $PY -m layerskip_kernels.train.evaluate --models "$M" --labels 12l-run2 --tokens 100000 --threads 2 \

@@ -3,7 +3,7 @@
 # complaint) with their sha256, ready to commit; train.sh joins them again when
 # checkpoint.pt itself is missing (a fresh clone). checkpoint.pt is git-ignored.
 set -euo pipefail
-HERE=$(cd "$(dirname "$0")" && pwd)
+HERE=$(cd "${1:-$(dirname "$0")}" && pwd)  # or the run directory given (checkpoints/baseline-12l)
 cd "$HERE"
 [ -f checkpoint.pt ] || { echo "snapshot.sh: no checkpoint.pt in $HERE" >&2; exit 1; }
 rm -f checkpoint.pt.part-* checkpoint.pt.sha256

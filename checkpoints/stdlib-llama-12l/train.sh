@@ -6,9 +6,13 @@
 # 50 MB; this script joins them on a fresh clone), so the run survives the loss of
 # the machine it ran on. The model directory is rewritten at every checkpoint.
 # SIGTERM or Ctrl-C stops it after the current step, with a checkpoint.
+# RUN_DIR / OUT move the checkpoint, curve and model elsewhere; extra arguments go to
+# the trainer (checkpoints/baseline-12l/train.sh runs the baseline this way).
 set -euo pipefail
-HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+HERE=${RUN_DIR:-$ROOT/checkpoints/stdlib-llama-12l}
+OUT=${OUT:-$ROOT/runs/stdlib-llama-12l}
+mkdir -p "$HERE"
 cd "$ROOT"
 PY=${PYTHON:-python}
 if [ ! -f "$HERE/checkpoint.pt" ] && [ -f "$HERE/checkpoint.pt.sha256" ]; then
@@ -17,7 +21,7 @@ if [ ! -f "$HERE/checkpoint.pt" ] && [ -f "$HERE/checkpoint.pt.sha256" ]; then
   mv "$HERE/checkpoint.pt.tmp" "$HERE/checkpoint.pt"
 fi
 RES=""; [ -f "$HERE/checkpoint.pt" ] && RES=--resume
-exec nice -n 19 "$PY" -m layerskip_kernels.train.cli --out "$ROOT/runs/stdlib-llama-12l" --checkpoint-dir "$HERE" \
+exec nice -n 19 "$PY" -m layerskip_kernels.train.cli --out "$OUT" --checkpoint-dir "$HERE" \
   --log-csv "$HERE/train_log.csv" --tokenizer layerskip_kernels/assets/stdlib-llama/tokenizer.json \
   --layers 12 --hidden 256 --intermediate 768 --heads 8 --kv-heads 2 --seq-len 512 --batch-size 8 \
   --lr 2e-3 --warmup-steps 200 --p-max 0.2 --dropout-schedule exp --e-scale 4.0 --exit-weighting flat \

@@ -206,6 +206,7 @@ def _plan(args, path, tokenizer, model):
         adaptive = adaptive_settings(cfg, source) if args.speculation == "adaptive" else {}  # checked there
     except ValueError as e:
         raise _unusable(str(e)) from None
+    args.adaptive_bandit = adaptive.get("bandit", False)
     if args.exit_layer is not None:
         try:
             v.check_int("--exit-layer", args.exit_layer, 0, L - 1,
@@ -304,7 +305,8 @@ def run(args) -> int:
     s = out.stats
     mode = f"self-speculative E={exit_layer} k={k}" if exit_layer else "autoregressive"
     if exit_layer and args.speculation == "adaptive":
-        mode = f"self-speculative adaptive E~{exit_layer} k<={k}"
+        near = "~" if args.adaptive_bandit else "="  # the bandit moves E around it
+        mode = f"self-speculative adaptive E{near}{exit_layer} k<={k}"
     if exit_layer and args.draft_ids is not None:
         mode += f" draft-vocab={len(args.draft_ids)}"
     acc = f"{s['acceptance_rate']:.1%}" if s["acceptance_rate"] is not None else "n/a"

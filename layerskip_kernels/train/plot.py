@@ -33,6 +33,8 @@ def main(argv=None) -> int:
     p.add_argument("csvs", nargs="+")
     p.add_argument("--labels", nargs="+", default=None)
     p.add_argument("--out", default="bench/results/train_curve.png")
+    p.add_argument("--exits", nargs="+", type=int, default=[2, 4],
+                   help="exit layers (1-based) whose held-out CE is drawn besides the last (default: 2 4)")
     args = p.parse_args(argv)
     labels = args.labels or [os.path.splitext(os.path.basename(c))[0] for c in args.csvs]
     if len(labels) != len(args.csvs):
@@ -63,10 +65,13 @@ def main(argv=None) -> int:
         ax1.plot(xs, ys, color=color, label=f"{label}: last layer")
         evals = [r for r in rows if _f(r.get(f"val_loss_l{L - 1}")) is not None]
         tokens = [int(r["tokens"]) / 1e6 for r in evals]
-        for l, style in ((1, ":"), (3, "--"), (L - 1, "-")):
-            if l < L:
-                ax2.plot(tokens, [float(r[f"val_loss_l{l}"]) for r in evals], style, color=color,
-                         label=f"{label}: exit E={l + 1}")
+        styles = (":", "--", "-.", (0, (1, 4)))
+        if any(not 1 <= e < L for e in args.exits):
+            p.error(f"--exits must be exit layers 1..{L - 1} of the {L}-layer run in {path}, got {args.exits}")
+        exits = sorted(set(args.exits))
+        for e, style in [(e, styles[i % len(styles)]) for i, e in enumerate(exits)] + [(L, "-")]:
+            ax2.plot(tokens, [float(r[f"val_loss_l{e - 1}"]) for r in evals], style, color=color,
+                     label=f"{label}: exit E={e}")
     ax1.set(xlabel="wall time (min)", ylabel="train CE, last layer (EMA)", title="training loss")
     ax2.set(xlabel="training tokens (M)", ylabel="held-out CE", title="held-out loss by exit layer")
     for ax in (ax1, ax2):
