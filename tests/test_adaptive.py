@@ -180,3 +180,33 @@ def test_make_policy_takes_the_recorded_adaptive_settings(model):
         make_policy("adaptive", recorded, 3, 5)
     with pytest.raises(ValueError, match=r"layerskip\.adaptive\.threshold"):
         lk.generate(recorded, [[1, 2, 3]], max_new_tokens=2, exit_layer=3, speculation="adaptive")
+
+
+def test_draft_oracle_replays_what_the_engine_does(model):
+    """bench/bench_draft_oracle.py replays drafting rules from one teacher-forced
+    pass: for static k its iterations and accepted drafts are the engine's own."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+    import bench_draft_oracle as oracle
+
+    prompt, n = [5, 6, 7, 8, 9, 10, 11], 40
+    ar = lk.generate(model, [prompt], max_new_tokens=n, exit_layer=None).sequences[0]
+    for E in (1, 3):
+        m, p = oracle.matches_and_confidence(model, prompt, ar, E)
+        assert len(m) == len(p) == n and all(0 < q <= 1 for q in p)
+        static_iters = []
+        for k in (1, 3, 5):
+            out = lk.generate(model, [prompt], max_new_tokens=n, exit_layer=E, num_speculations=k)
+            assert out.sequences[0] == ar
+            tokens, drafts, iters, cost = oracle.replay(m, p, 0.25, 1.1, "static", k)
+            assert tokens == n - 1 and iters == out.stats["steps"], (E, k)  # prefill emits the first
+            assert drafts == k * iters and cost == pytest.approx(iters * (k * 0.25 + 1.1))
+            static_iters.append(iters)
+        tokens, drafts, iters, _ = oracle.replay(m, p, 0.25, 1.1, "oracle", 15)
+        # Every oracle draft is accepted (the last iteration may stop at the budget
+        # without its bonus token), and no rule needs fewer iterations.
+        assert tokens == n - 1 and tokens - iters <= drafts <= tokens - iters + 1
+        assert iters <= min(static_iters)
+    assert not all(oracle.matches_and_confidence(model, prompt, ar, 1)[0])  # E = 1 drafts poorly: mismatches seen
