@@ -281,20 +281,19 @@ def test_generate_with_default_model_offline():
     from tokenizers import Tokenizer
 
     from layerskip_kernels.generation.cli import _generation_defaults
-    from layerskip_kernels.generation.policy import ADAPTIVE_DEFAULTS
+    from layerskip_kernels.generation.policy import adaptive_settings
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     cmd = [sys.executable, "-m", "layerskip_kernels.cli", "generate", "--prompt", "import os\n", "--max-new-tokens",
            "16"]
     path = lk.default_model_path()
-    with open(os.path.join(path, "config.json")) as f:
-        defaults = json.load(f).get("layerskip", {})
+    model = lk.LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
+    defaults = model.config.extra.get("layerskip", {})
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr
-    adaptive = defaults.get("default_speculation", "static") == "adaptive"
-    if adaptive:
-        settings = defaults.get("adaptive", {})
-        near = "~" if settings.get("bandit", ADAPTIVE_DEFAULTS["bandit"]) else "="
+    if defaults.get("default_speculation", "static") == "adaptive":
+        settings = adaptive_settings(model.config)  # the record merged with the built-in settings
+        near = "~" if settings["bandit"] else "="
         mode = f"self-speculative adaptive E{near}{settings.get('exit_layer', defaults.get('default_exit_layer'))} "
     else:
         mode = f"self-speculative E={defaults.get('default_exit_layer')} "
@@ -302,7 +301,6 @@ def test_generate_with_default_model_offline():
     res = subprocess.run(cmd + ["--dtype", "float32"], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr
     tok = Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
-    model = lk.LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
     aids = _generation_defaults(path)  # the decoding aids the CLI applies
     text, ref = expected_cli_text(tok, model, "import os\n", True, max_new_tokens=16, exit_layer=None, **aids)
     assert res.stdout == text

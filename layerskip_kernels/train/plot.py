@@ -46,6 +46,8 @@ def main(argv=None) -> int:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    styles = (":", "--", "-.", (0, (1, 4)))  # one per requested exit; the last layer is solid
+    exits = sorted(set(args.exits))
     for i, (path, label) in enumerate(zip(args.csvs, labels)):
         rows = read_curve(path)
         if not rows:
@@ -65,10 +67,8 @@ def main(argv=None) -> int:
         ax1.plot(xs, ys, color=color, label=f"{label}: last layer")
         evals = [r for r in rows if _f(r.get(f"val_loss_l{L - 1}")) is not None]
         tokens = [int(r["tokens"]) / 1e6 for r in evals]
-        styles = (":", "--", "-.", (0, (1, 4)))
-        if any(not 1 <= e < L for e in args.exits):
+        if any(not 1 <= e < L for e in exits):
             p.error(f"--exits must be exit layers 1..{L - 1} of the {L}-layer run in {path}, got {args.exits}")
-        exits = sorted(set(args.exits))
         for e, style in [(e, styles[i % len(styles)]) for i, e in enumerate(exits)] + [(L, "-")]:
             ax2.plot(tokens, [float(r[f"val_loss_l{e - 1}"]) for r in evals], style, color=color,
                      label=f"{label}: exit E={e}")
