@@ -72,6 +72,7 @@ def step_costs(model, B: int, context: int, E: int, k: int, reps: int = 30, comp
     cache = StaticKVCache.for_model(model, B, context + k + 2)
     cache.seqlens.fill_(context)
     model.rope(cache.max_len, cache.k.device)
+    model.refresh_decode_weights()  # as the engine does before its steps
     tok = torch.zeros(B, dtype=torch.long)
     hidden = torch.zeros(B, k + 1, model.config.hidden_size, dtype=model.lm_head.weight.dtype)
     drafts = torch.zeros(B, k, dtype=torch.long)

@@ -81,7 +81,30 @@ std::tuple<at::Tensor, at::Tensor> sampling_cpu(const at::Tensor& draft_tokens,
   return cpu::verify_sampling(draft_tokens, draft_probs, target_probs, seed, offset, draft_lens);
 }
 
+at::Tensor linear_rows_cpu(const at::Tensor& x, const at::Tensor& weight) {
+  check_linear_rows_args(x, weight);
+  return cpu::linear_rows(x, weight);
+}
+
+// The op has no backward: its Autograd kernel runs it below autograd, so its
+// output never requires grad. In C++ rather than Python (ops.py does that for
+// the other ops) because a decode step calls it dozens of times.
+at::Tensor linear_rows_autograd(const at::Tensor& x, const at::Tensor& weight) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("layerskip::linear_rows", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(x, weight);
+}
+
 #ifdef LAYERSKIP_WITH_CUDA
+// GPUs run this op as cuBLAS (ATen's linear): a decode step's GEMMs are not
+// launch-bound there once the step is a CUDA graph.
+at::Tensor linear_rows_cuda(const at::Tensor& x, const at::Tensor& weight) {
+  check_linear_rows_args(x, weight);
+  return at::linear(x, weight).contiguous();
+}
+
 // No value read of draft_lens here (a host sync): the kernels clamp it into
 // [0, k] on the device.
 std::tuple<at::Tensor, at::Tensor> greedy_cuda(const at::Tensor& draft_tokens,
@@ -158,12 +181,18 @@ TORCH_LIBRARY(layerskip, m) {
   m.def(
       "verify_sampling(Tensor draft_tokens, Tensor draft_probs, Tensor target_probs, int seed, "
       "int offset, Tensor? draft_lens=None) -> (Tensor, Tensor)");
+  m.def("linear_rows(Tensor x, Tensor weight) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(layerskip, CPU, m) {
   m.impl("draft_verify_attention", &layerskip::attention_impl<false>);
   m.impl("verify_greedy", &layerskip::greedy_cpu);
   m.impl("verify_sampling", &layerskip::sampling_cpu);
+  m.impl("linear_rows", &layerskip::linear_rows_cpu);
+}
+
+TORCH_LIBRARY_IMPL(layerskip, Autograd, m) {
+  m.impl("linear_rows", &layerskip::linear_rows_autograd);
 }
 
 #ifdef LAYERSKIP_WITH_CUDA
@@ -171,6 +200,7 @@ TORCH_LIBRARY_IMPL(layerskip, CUDA, m) {
   m.impl("draft_verify_attention", &layerskip::attention_impl<true>);
   m.impl("verify_greedy", &layerskip::greedy_cuda);
   m.impl("verify_sampling", &layerskip::sampling_cuda);
+  m.impl("linear_rows", &layerskip::linear_rows_cuda);
 }
 #endif
 

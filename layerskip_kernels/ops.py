@@ -19,8 +19,8 @@ import torch
 
 from . import backends, reference
 
-__all__ = ["draft_verify_attention", "verify_greedy", "verify_sampling", "trusted_inputs", "SCHEMAS",
-           "SEED_RANGE"]
+__all__ = ["draft_verify_attention", "verify_greedy", "verify_sampling", "linear_rows", "trusted_inputs",
+           "SCHEMAS", "SEED_RANGE"]
 
 # Seeds of verify_sampling, on every backend: the int64 range that the op
 # schema (`int seed`) carries.
@@ -40,9 +40,14 @@ SCHEMAS = {
         "verify_sampling(Tensor draft_tokens, Tensor draft_probs, Tensor target_probs, int seed, "
         "int offset, Tensor? draft_lens=None) -> (Tensor, Tensor)"
     ),
+    "linear_rows": "linear_rows(Tensor x, Tensor weight) -> Tensor",
 }
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+
+# Ops whose no-backward Autograd kernel the native extension registers itself
+# (in C++: called dozens of times per decode step).
+_NATIVE_AUTOGRAD = ("linear_rows",)
 
 
 def _register() -> None:
@@ -69,12 +74,18 @@ def _register() -> None:
     torch.library.register_fake("layerskip::verify_greedy", _accept_fake)
     torch.library.register_fake("layerskip::verify_sampling", _accept_fake)
 
+    @torch.library.register_fake("layerskip::linear_rows")
+    def _(x, weight):
+        return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
     # The ops have no backward. Without an autograd kernel PyTorch would give
     # their outputs a grad_fn that fails only when backward() runs; this one
     # runs the op below autograd, so outputs never require grad, and refuses a
     # cache that requires grad (a leaf written in place).
     autograd = torch.library.Library("layerskip", "IMPL")
     for name in SCHEMAS:
+        if name in _NATIVE_AUTOGRAD and backends.native() is not None:
+            continue  # registered by csrc/ops.cpp
         autograd.impl(name, _no_grad_kernel(getattr(torch.ops.layerskip, name).default), "Autograd")
     _register.autograd = autograd
 
@@ -468,3 +479,56 @@ def verify_sampling(
     fn = _impl("verify_sampling", backends.resolve(target_probs.device))
     with torch.no_grad():
         return fn(draft_tokens, draft_probs, target_probs, seed, offset, draft_lens)
+
+
+def _check_linear_rows(x, weight):
+    if not isinstance(x, torch.Tensor) or not isinstance(weight, torch.Tensor):
+        raise TypeError(f"x and weight must be tensors, got {type(x).__name__} and {type(weight).__name__}")
+    if x.dim() < 1:
+        raise ValueError("x must be [..., K], got a 0-d tensor")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be [N, K], got {tuple(weight.shape)}")
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"x must be [..., K] with K = weight.size(1) = {weight.shape[1]}, got {tuple(x.shape)}")
+    if x.dtype not in _FLOATS:
+        raise ValueError(f"x must be float32, float16 or bfloat16, got {x.dtype}")
+    if weight.dtype != x.dtype:
+        raise ValueError(f"weight must have x's dtype {x.dtype}, got {weight.dtype}")
+    _same_device(x, weight, "weight", "x")
+    _check_numel(x, "x", "[..., K]")
+    _check_numel(weight, "weight", "[N, K]")
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    if rows * weight.shape[0] > _MAX_ELEMENTS:
+        raise ValueError(f"the output [..., N] of x {tuple(x.shape)} and weight {tuple(weight.shape)} has more "
+                         "than 2^31 - 1 elements, the most this op supports")
+
+
+def linear_rows(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight^T for the few rows of a decode step (fp32 accumulation).
+
+    Args:
+        x: [..., K] fp32/fp16/bf16, any strides.
+        weight: [N, K], x's dtype and device.
+
+    Returns:
+        [..., N] in x's dtype, contiguous.
+
+    The cpu backend has a kernel for bf16 (AVX512-BF16; other dtypes and builds
+    without that ISA run ATen's linear). Every other backend runs the reference,
+    ATen's GEMM (cuBLAS on a GPU): a GPU step is not bound by per-call costs
+    once it is a CUDA graph. The model calls it for steps of at most
+    `model.linear.ROWS_MAX` rows.
+
+    Example:
+        >>> x = torch.randn(2, 3, 8, dtype=torch.bfloat16); w = torch.randn(5, 8, dtype=torch.bfloat16)
+        >>> linear_rows(x, w).shape
+        torch.Size([2, 3, 5])
+    """
+    _check_linear_rows(x, weight)
+    with torch.no_grad():
+        return _impl_linear_rows(backends.resolve(x.device))(x, weight)
+
+
+def _impl_linear_rows(backend: str):
+    """linear_rows of one backend: the cpu kernel, or the reference everywhere else."""
+    return torch.ops.layerskip.linear_rows if backend == "cpu" else reference.linear_rows

@@ -51,6 +51,7 @@ __all__ = [
     "draft_verify_attention",
     "verify_greedy",
     "verify_sampling",
+    "linear_rows",
     "philox4x32_10",
     "philox_uniform",
     "sampling_uniforms",
@@ -284,3 +285,17 @@ def verify_sampling(
     sampled = _race(weights, race_u)  # [B, k+1]
     last = sampled.gather(1, num_accepted.long()[:, None])[:, 0]
     return num_accepted, _emit(draft_tokens, num_accepted, last)
+
+
+# --------------------------------------------------------------------------- linear rows
+
+
+def linear_rows(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight^T with fp32 accumulation, in x's dtype. x: [..., K]; weight: [N, K] -> [..., N].
+
+    The product of a decode step's few rows with one weight matrix (the CPU kernel
+    exists because ATen's bf16 GEMM has a large fixed cost per call there).
+    """
+    acc = _acc_dtype(x)
+    return (x.to(acc) @ weight.to(acc).T).to(x.dtype).contiguous()
+

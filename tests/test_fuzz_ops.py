@@ -613,3 +613,80 @@ def _isolated_bad_lens_raw_strided():
 @pytest.mark.parametrize("case", ["expanded_lens", "huge_expanded_heads", "bad_lens_raw_strided"])
 def test_isolated(case):
     run_isolated(case)
+
+
+# --------------------------------------------------------------------------- linear_rows
+
+LINEAR_TOL = {torch.bfloat16: (2e-2, 1e-2), torch.float16: (2e-3, 2e-3), torch.float32: (1e-5, 1e-5)}
+
+
+@st.composite
+def linear_case(draw):
+    return dict(
+        lead=draw(st.lists(st.integers(0, 5), min_size=0, max_size=2)),
+        K=draw(st.integers(1, 70)), N=draw(st.integers(1, 40)),
+        dtype=draw(st.sampled_from([torch.bfloat16, torch.float16, torch.float32])),
+        x_layout=draw(st.sampled_from(["contiguous", "sliced", "transposed", "expanded"])),
+        w_layout=draw(st.sampled_from(["contiguous", "sliced", "transposed"])),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+def linear_inputs(c):
+    g = torch.Generator().manual_seed(c["seed"])
+    K, N, dtype, lead = c["K"], c["N"], c["dtype"], list(c["lead"])
+    rnd = lambda *s: (torch.randn(*s, generator=g) / K**0.5).to(dtype)  # noqa: E731
+    rows = lead or [1]
+    if c["x_layout"] == "sliced":
+        x = rnd(*rows[:-1], 2 * rows[-1], K + 3)[..., ::2, 1:K + 1]
+    elif c["x_layout"] == "transposed":
+        x = rnd(K, *rows).movedim(0, -1)
+    elif c["x_layout"] == "expanded":
+        x = rnd(*rows[:-1], 1, K).expand(*rows, K)
+    else:
+        x = rnd(*rows, K)
+    if not lead:
+        x = x[0]  # [K]: a 1-d input
+    w = {"contiguous": lambda: rnd(N, K), "sliced": lambda: rnd(2 * N, K + 5)[::2, 2:K + 2],
+         "transposed": lambda: rnd(K, N).t()}[c["w_layout"]]()
+    return x, w
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=ENTRY_IDS)
+@FUZZ
+@given(c=linear_case())
+def test_linear_rows_valid_layouts(entry, c):
+    # Any layout and size (1-d x, empty leading dims, K not a multiple of the
+    # kernel's 32-wide step, strided or stride-0 operands) gives the
+    # reference's product, contiguous, and leaves both operands unchanged.
+    x, w = linear_inputs(c)
+    x_before, w_before = x.clone(), w.clone()
+    want = reference.linear_rows(x, w)
+    got = call(entry, "linear_rows", x, w)
+    atol, rtol = LINEAR_TOL[c["dtype"]]
+    assert got.shape == (*x.shape[:-1], w.shape[0]) and got.dtype == x.dtype and got.is_contiguous()
+    torch.testing.assert_close(got.float(), want.float(), atol=atol, rtol=rtol)
+    assert torch.equal(x, x_before) and torch.equal(w, w_before)
+    assert not got.requires_grad
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=ENTRY_IDS)
+def test_linear_rows_bad_input(entry):
+    bf = dict(dtype=torch.bfloat16)
+    bad = [
+        (torch.zeros(2, 3, **bf), torch.zeros(4, 5, **bf), "K"),
+        (torch.zeros(2, 3, **bf), torch.zeros(3, **bf), "weight"),
+        (torch.zeros((), **bf), torch.zeros(1, 1, **bf), "x"),
+        (torch.zeros(2, 3, **bf), torch.zeros(4, 3, dtype=torch.float16), "weight"),
+        (torch.zeros(2, 3, dtype=torch.int64), torch.zeros(4, 3, dtype=torch.int64), "x"),
+        (torch.zeros(1, 1, **bf).expand(2**31, 1), torch.zeros(2, 1, **bf), "x"),
+        (torch.zeros(1, 1, **bf).expand(2**16, 1), torch.zeros(1, 1, **bf).expand(2**16, 1), "output"),
+    ]
+    for x, w, name in bad:
+        with pytest.raises(error_types(entry), match=name):
+            call(entry, "linear_rows", x, w)
+    x = torch.randn(3, 8, requires_grad=True)
+    assert not call(entry, "linear_rows", x, torch.randn(2, 8)).requires_grad
+    if entry[0] == "ops":
+        with pytest.raises(TypeError, match="x and weight must be tensors"):
+            call(entry, "linear_rows", [1.0], torch.zeros(1, 1))

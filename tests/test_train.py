@@ -98,7 +98,7 @@ def test_dropped_layers_are_skipped_per_sample():
                          [1, 0, 0, 1, 0],
                          [1, 1, 1, 0, 1]], dtype=torch.bool)
     rows_seen = []
-    hooks = [layer.mlp.register_forward_hook(lambda m, i, o, idx=idx: rows_seen.append((idx, i[0].shape[0])))
+    hooks = [layer.mlp.down_proj.register_forward_hook(lambda m, i, o, idx=idx: rows_seen.append((idx, i[0].shape[0])))
              for idx, layer in enumerate(model.model.layers)]
     with torch.no_grad():
         hidden = model.forward_train(ids, return_hidden=True, layer_keep=keep)

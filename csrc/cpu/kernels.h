@@ -29,4 +29,8 @@ std::tuple<at::Tensor, at::Tensor> verify_sampling(const at::Tensor& draft_token
                                                    int64_t offset,
                                                    const c10::optional<at::Tensor>& draft_lens);
 
+// x: [..., K]; weight: [N, K] in x's dtype. Returns x @ weight^T: [..., N] in x's
+// dtype, contiguous (fp32 accumulation).
+at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& weight);
+
 }  // namespace layerskip::cpu

@@ -200,6 +200,7 @@ class Engine:
         m, dev = self.model, self.device
         self.cache = StaticKVCache.for_model(m, n, T_max)
         m.rope(T_max, dev)  # grown here, never inside a compiled step
+        m.refresh_decode_weights()  # likewise (model/linear.py)
         if self.steps.compile and dev.type == "cuda":
             # Written in place by the captured graphs: static inputs (no copy per
             # replay); a new cache re-records the CUDA graph, it does not recompile.

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from .. import ops
 from ..cache import StaticKVCache
 from .config import LlamaConfig
+from .linear import ConcatWeight, decode_linear
 
 __all__ = ["LlamaForCausalLM", "rope_inv_freq", "rope_tables"]
 
@@ -92,14 +93,16 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(H, self.n_kv * self.head_dim, bias=False)
         self.v_proj = nn.Linear(H, self.n_kv * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, H, bias=False)
+        self.qkv = ConcatWeight(self.q_proj, self.k_proj, self.v_proj)  # decode path: one product
 
     def forward(self, x, k_cache, v_cache, seqlens, cos, sin):
         B, S, _ = x.shape
-        q = self.q_proj(x).view(B, S, self.n_heads, self.head_dim)  # q: [B, S, Hq, D]
-        k = self.k_proj(x).view(B, S, self.n_kv, self.head_dim)  # k: [B, S, Hkv, D]
-        v = self.v_proj(x).view(B, S, self.n_kv, self.head_dim)
+        q, k, v = decode_linear(x, self.qkv()).split(self.qkv.sizes, dim=-1)
+        q = q.view(B, S, self.n_heads, self.head_dim)  # q: [B, S, Hq, D]
+        k = k.view(B, S, self.n_kv, self.head_dim)  # k: [B, S, Hkv, D]
+        v = v.view(B, S, self.n_kv, self.head_dim)
         out = ops.draft_verify_attention(q, k_cache, v_cache, k, v, seqlens, cos, sin)
-        return self.o_proj(out.reshape(B, S, self.n_heads * self.head_dim))
+        return decode_linear(out.reshape(B, S, self.n_heads * self.head_dim), self.o_proj.weight)
 
     def forward_train(self, x, cos, sin):
         B, T, _ = x.shape
@@ -117,8 +120,14 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_up = ConcatWeight(self.gate_proj, self.up_proj)  # decode path: one product
 
     def forward(self, x):
+        """Decode path (Block.forward)."""
+        gate, up = decode_linear(x, self.gate_up()).split(self.gate_up.sizes, dim=-1)
+        return decode_linear(F.silu(gate) * up, self.down_proj.weight)
+
+    def forward_train(self, x):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -136,7 +145,7 @@ class Block(nn.Module):
 
     def forward_train(self, x, cos, sin):
         h = x + self.self_attn.forward_train(self.input_layernorm(x), cos, sin)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        return h + self.mlp.forward_train(self.post_attention_layernorm(h))
 
 
 class LlamaModel(nn.Module):
@@ -194,7 +203,15 @@ class LlamaForCausalLM(nn.Module):
 
     def exit_head(self, h: torch.Tensor) -> torch.Tensor:
         """Final norm + LM head on any layer's output: [B, S, H] -> [B, S, V]."""
-        return self.lm_head(self.model.norm(h))
+        return decode_linear(self.model.norm(h), self.lm_head.weight)
+
+    def refresh_decode_weights(self) -> None:
+        """Rebuild the concatenated q/k/v and gate/up weights of the decode path
+        where a weight changed (model/linear.py). Eager calls do it themselves;
+        run it before compiled decode steps (the engine does, once per generate)."""
+        for layer in self.model.layers:
+            layer.self_attn.qkv.refresh()
+            layer.mlp.gate_up.refresh()
 
     # --- whole-sequence entry points -----------------------------------------------
 

@@ -1,0 +1,84 @@
+"""Microbenchmark of linear_rows: the few-row products of a decode step.
+
+Each weight matrix of the default model (its decode path: q/k/v and gate/up
+concatenated, o, down, the LM head) and two of Llama-3.2-1B, times 1 to 16 rows
+(a draft step has 1 per sequence, a verify pass k+1), bf16. Side by side in one
+run: ATen's bf16 linear (what the model called before, oneDNN here) and
+linear_rows (the cpu backend's kernel; other backends run
+ATen's GEMM for this op, so they are the first column). Weights rotate through copies
+larger than the last-level cache, so they stream from DRAM as in a decode step.
+GB/s counts the weight bytes. The crossover in rows sets
+model/linear.py's ROWS_MAX.
+
+    python bench/bench_linear.py [--quick] [--note "quiet machine ..."]
+Writes bench/results/linear_rows.csv and linear_rows.png (or --out PREFIX).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.nn.functional as F
+
+import common  # noqa: E402  (puts the checkout on sys.path)
+from layerskip_kernels import ops
+
+SHAPES = {  # name: (K, N)
+    "stdlib qkv": (256, 384), "stdlib o": (256, 256), "stdlib gate_up": (256, 1536),
+    "stdlib down": (768, 256), "stdlib head": (256, 4096),
+    "llama-1b qkv": (2048, 3072), "llama-1b down": (8192, 2048),
+}
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    note = ""
+    if "--note" in argv:
+        i = argv.index("--note")
+        note = argv[i + 1]
+        del argv[i:i + 2]
+    args = common.kernel_bench_args(__doc__, "linear_rows", 200, argv)
+    meta, pairs, bw = common.start_run(args.device)
+    # Only the cpu backend has a kernel of ours; elsewhere linear_rows is ATen's GEMM.
+    impls = [("aten", device) for device in sorted({d for _, d in pairs})] + [p for p in pairs if p[0] == "cpu"]
+    shapes = {k: v for k, v in SHAPES.items() if not args.quick or k.startswith("stdlib")}
+    row_counts = (1, 4, 8, 16) if args.quick else (1, 2, 4, 8, 9, 12, 16)
+
+    rows = []
+    for name, (K, N) in shapes.items():
+        for M in row_counts:
+            nbytes = N * K * 2
+            base = None
+            for impl, device in impls:
+                fn = F.linear if impl == "aten" else ops._impl_linear_rows(impl)
+                g = torch.Generator().manual_seed(0)
+                make = lambda: (torch.randn(M, K, generator=g).to(device, torch.bfloat16),  # noqa: E731
+                                torch.randn(N, K, generator=g).to(device, torch.bfloat16))
+                call = common.rotating_calls(fn, make, nbytes, min_total=64 << 20)
+                t = common.time_fn(call, warmup=3, reps=args.reps, min_time_s=0.2, device=device)
+                del call
+                if impl == "aten":
+                    base = t["median_s"]
+                cols = common.timing_columns(t, nbytes, bw[device], base)
+                cols["speedup_vs_aten"] = cols.pop("speedup_vs_torch")
+                rows.append({**meta, "note": note, "op": "linear_rows", "impl": f"{impl}@{device}",
+                             "shape": name, "K": K, "N": N, "rows": M, "dtype": "bf16", **cols})
+                r = rows[-1]
+                print(f"{name:14s} rows={M:2d} {impl:6s}@{device}: {r['median_ms'] * 1e3:8.1f} us "
+                      f"{r['gbs']:6.1f} GB/s  x{r['speedup_vs_aten']:.2f} vs aten", flush=True)
+
+    common.write_csv(args.out + ".csv", rows)
+    common.print_table(rows, ["shape", "rows", "impl", "median_ms", "gbs", "speedup_vs_aten"])
+    common.plot_bars(
+        args.out + ".png", rows,
+        label=lambda r: f"{r['shape']} x{r['rows']}", series="impl", value="speedup_vs_aten",
+        ylabel="speedup over ATen bf16 linear (median)",
+        title=f"linear_rows, bf16, weights from DRAM, on {meta['gpu'] if args.device == 'cuda' else meta['cpu']}",
+        hline=1.0, hline_label="ATen",
+    )
+    print(f"wrote {args.out}.csv and {args.out}.png")
+
+
+if __name__ == "__main__":
+    main()

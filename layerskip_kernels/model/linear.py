@@ -1,0 +1,87 @@
+"""The matrix products of a decode step: few rows, many calls.
+
+A decode step multiplies 1 (autoregressive, draft) to k+1 (verify) rows per
+sequence by every weight matrix of the layers it runs. On a CPU, ATen's bf16
+GEMM (oneDNN) costs ~14 us per call at any such size, several times the time
+to stream a 256 x 256 weight, so the step was mostly per-call cost. Two
+changes, both for the decode path only (training keeps the checkpoint's
+modules):
+
+- `ConcatWeight`: q/k/v, and gate/up, run as one product each (4 products per
+  layer instead of 7). The concatenated matrix is derived from the modules'
+  weights and rebuilt whenever one of them changes (another storage, an
+  in-place update), so loading, `.to()` and training steps are seen. A
+  compiled step cannot read version counters: it uses the weights of the last
+  `LlamaForCausalLM.refresh_decode_weights()`, which generate runs at the start
+  of every call (as a captured CUDA graph reads the buffers it captured).
+- `decode_linear`: bf16 products of at most ROWS_MAX rows on a CPU go to
+  `ops.linear_rows` (our kernel); while torch.compile traces a single-row
+  product on a CPU it is written as multiply + fp32 sum, which inductor turns
+  into one vectorized loop fused with the norm before it. Everything else (fp32,
+  GPUs, prompts) is `F.linear`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import backends, ops
+
+__all__ = ["ROWS_MAX", "decode_linear", "ConcatWeight"]
+
+# Most rows that go to ops.linear_rows; past it ATen's GEMM is as fast or faster
+# (bench/bench_linear.py, bench/results/linear_rows.csv).
+ROWS_MAX = 8
+
+
+def decode_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x [..., K] @ weight[N, K]^T -> [..., N], by the fastest path for its size (module docstring)."""
+    if x.device.type != "cpu" or x.dtype != torch.bfloat16:
+        return F.linear(x, weight)
+    rows = x.numel() // x.shape[-1]  # a Python int under torch.compile(dynamic=False)
+    if rows == 1 and torch.compiler.is_compiling():
+        return (x.unsqueeze(-2).float() * weight.float()).sum(-1).to(x.dtype)
+    differentiable = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    if (rows <= ROWS_MAX and not differentiable and backends.native() is not None
+            and backends.get_backend() in (None, "cpu")):  # the op has no backward
+        return torch.ops.layerskip.linear_rows(x, weight)
+    return F.linear(x, weight)
+
+
+class ConcatWeight:
+    """The weights of several bias-free nn.Linear, concatenated along the output
+    dimension, for one product instead of several; split the result with
+    `sizes`. Not a parameter: derived, and rebuilt when a source changes."""
+
+    def __init__(self, *linears: nn.Linear):
+        self._linears = linears
+        self.sizes = [lin.out_features for lin in linears]
+        self._key = None
+        self._value: torch.Tensor | None = None
+
+    def _state(self):
+        return tuple((w.data_ptr(), w._version, w.dtype, w.device, w.shape)
+                     for w in (lin.weight for lin in self._linears))
+
+    def refresh(self) -> torch.Tensor:
+        key = self._state()
+        if key != self._key:
+            with torch.no_grad():
+                self._value = torch.cat([lin.weight.detach() for lin in self._linears])
+            if self._value.device.type == "cuda":
+                # An input of captured CUDA graphs: static, not copied at each replay.
+                torch._dynamo.mark_static_address(self._value, guard=False)
+            self._key = key
+        return self._value
+
+    def __call__(self) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            # Traced code cannot read version counters: a compiled step reads the
+            # weights of the last refresh (generate refreshes at every call), or
+            # concatenates inside the graph when there was none.
+            if self._value is None:
+                return torch.cat([lin.weight for lin in self._linears])
+            return self._value
+        return self.refresh()

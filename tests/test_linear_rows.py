@@ -1,0 +1,155 @@
+"""linear_rows (the decode step's few-row products) and the model's decode GEMM path.
+
+The cpu kernel (bf16, AVX512-BF16) against reference.linear_rows (bad input and
+odd layouts: tests/test_fuzz_ops.py); the concatenated q/k/v and gate/up weights staying in step with
+the modules' weights.
+"""
+
+import pytest
+import torch
+
+from layerskip_kernels import backends, ops, reference
+from layerskip_kernels.model import linear as decode_gemm
+from layerskip_kernels.model.config import LlamaConfig
+from layerskip_kernels.model.llama import LlamaForCausalLM
+
+native = pytest.mark.skipif(backends.native() is None, reason="layerskip_kernels._C is not built")
+
+# (dtype, atol, rtol) against the fp32-accumulated reference: bf16 rounds the
+# output once (2^-8 relative); the kernel's summation order differs from the
+# reference's, a few ulps of fp32 before that rounding.
+TOL = {torch.bfloat16: (1e-2, 8e-3), torch.float16: (1e-3, 1e-3), torch.float32: (1e-5, 1e-5)}
+
+SHAPES = [  # (rows, K, N): decode-step sizes, K tails of the 32-wide loop, one row block past 8
+    (1, 256, 384), (4, 256, 1536), (8, 768, 256), (3, 40, 7), (9, 33, 100), (16, 64, 65), (1, 31, 3), (5, 1, 2),
+]
+
+
+def _case(rows, K, N, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, K, generator=g).to(dtype)
+    w = (torch.randn(N, K, generator=g) / K**0.5).to(dtype)
+    return x, w
+
+
+@native
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("rows,K,N", SHAPES)
+def test_parity_cpu(rows, K, N, dtype):
+    x, w = _case(rows, K, N, dtype)
+    atol, rtol = TOL[dtype]
+    got = torch.ops.layerskip.linear_rows(x, w)
+    want = reference.linear_rows(x, w)
+    assert got.dtype == dtype and got.shape == (rows, N) and got.is_contiguous()
+    torch.testing.assert_close(got.float(), want.float(), atol=atol, rtol=rtol)
+
+
+@native
+def test_exact_when_products_are_exact():
+    # Small integers: every product and partial sum is exact in fp32, so any
+    # summation order gives the reference's result bit for bit (a wrong index
+    # or a dropped tail cannot hide inside the tolerance).
+    g = torch.Generator().manual_seed(1)
+    for rows, K, N in SHAPES:
+        x = torch.randint(-3, 4, (rows, K), generator=g).to(torch.bfloat16)
+        w = torch.randint(-3, 4, (N, K), generator=g).to(torch.bfloat16)
+        assert torch.equal(torch.ops.layerskip.linear_rows(x, w), reference.linear_rows(x, w)), (rows, K, N)
+
+
+@native
+def test_batch_dims_strides_and_empty():
+    x, w = _case(24, 64, 48, torch.bfloat16)
+    x3 = x.view(2, 3, 4, 64)[:, ::2]  # [2, 2, 4, 64], not contiguous
+    wt = w.t().contiguous().t()  # [48, 64] with strides (1, 48)
+    torch.testing.assert_close(ops.linear_rows(x3, wt).float(), reference.linear_rows(x3, wt).float(),
+                               atol=TOL[torch.bfloat16][0], rtol=TOL[torch.bfloat16][1])
+    assert ops.linear_rows(x3, wt).shape == (2, 2, 4, 48)
+    assert ops.linear_rows(torch.zeros(0, 64, dtype=torch.bfloat16), w).shape == (0, 48)
+    zero_k = ops.linear_rows(torch.zeros(3, 0, dtype=torch.bfloat16), torch.zeros(5, 0, dtype=torch.bfloat16))
+    assert torch.equal(zero_k, torch.zeros(3, 5, dtype=torch.bfloat16))
+
+
+@native
+def test_reads_nothing_past_the_rows():
+    # x and w are views ending exactly at the end of their storage's used part;
+    # the values after them are NaN: a read past a row (an unmasked tail) would
+    # put NaN into the output.
+    for K in (31, 33, 64):
+        xs = torch.full((3 * K + 64,), float("nan"), dtype=torch.bfloat16)
+        ws = torch.full((5 * K + 64,), float("nan"), dtype=torch.bfloat16)
+        x, w = _case(3, K, 5, torch.bfloat16)
+        xs[: 3 * K] = x.flatten()
+        ws[: 5 * K] = w.flatten()
+        got = torch.ops.layerskip.linear_rows(xs[: 3 * K].view(3, K), ws[: 5 * K].view(5, K))
+        assert not got.isnan().any(), K
+
+
+@native
+def test_opcheck_and_compile():
+    x, w = _case(4, 64, 32, torch.bfloat16)
+    torch.library.opcheck(torch.ops.layerskip.linear_rows.default, (x, w))
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    fn = torch.compile(lambda a, b: torch.ops.layerskip.linear_rows(a, b) * 2, fullgraph=True, backend="aot_eager")
+    assert torch.equal(fn(x, w), torch.ops.layerskip.linear_rows(x, w) * 2)
+    assert not counters["graph_break"]
+
+
+@native
+def test_decode_linear_routes_by_rows_and_grad(monkeypatch):
+    op = torch.ops.layerskip.linear_rows
+    calls = []
+    monkeypatch.setattr(torch.ops.layerskip, "linear_rows", lambda *a: calls.append(a[0].shape) or op(*a))
+    x1, w = _case(decode_gemm.ROWS_MAX, 64, 32, torch.bfloat16)
+    x2, _ = _case(decode_gemm.ROWS_MAX + 1, 64, 32, torch.bfloat16)
+    with torch.no_grad():
+        a = decode_gemm.decode_linear(x1, w)  # <= ROWS_MAX rows: the kernel
+        b = decode_gemm.decode_linear(x2, w)  # more: ATen
+    wg = w.clone().requires_grad_()
+    c = decode_gemm.decode_linear(x1, wg)  # needs a gradient: ATen (the op has no backward)
+    assert calls == [x1.shape]
+    assert torch.equal(a, op(x1, w)) and b.shape == (decode_gemm.ROWS_MAX + 1, 32)
+    c.float().sum().backward()
+    assert wg.grad is not None and wg.grad.abs().sum() > 0
+
+
+def _tiny(dtype=torch.bfloat16):
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
+                      rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(cfg).to(dtype).eval()
+
+
+def test_concat_weights_follow_the_modules():
+    m = _tiny(torch.float32)
+    attn, mlp = m.model.layers[0].self_attn, m.model.layers[1].mlp
+    cat = lambda *ls: torch.cat([lin.weight for lin in ls])  # noqa: E731
+    assert torch.equal(attn.qkv(), cat(attn.q_proj, attn.k_proj, attn.v_proj))
+    with torch.no_grad():
+        attn.k_proj.weight.add_(1.0)  # in place: the version counter moves
+    assert torch.equal(attn.qkv(), cat(attn.q_proj, attn.k_proj, attn.v_proj))
+    state = {k: v + 0.5 for k, v in m.state_dict().items()}
+    m.load_state_dict(state, assign=True)  # new storages
+    assert torch.equal(mlp.gate_up(), cat(mlp.gate_proj, mlp.up_proj))
+    m.to(torch.bfloat16)
+    assert mlp.gate_up().dtype == torch.bfloat16
+    assert torch.equal(mlp.gate_up(), cat(mlp.gate_proj, mlp.up_proj))
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        torch.testing.assert_close(m(ids).float(), m.exit_head(m.forward_train(ids)).float(), atol=0.05, rtol=0.02)
+
+
+def test_compiled_reads_the_last_refresh():
+    m = _tiny()
+    attn = m.model.layers[0].self_attn
+    cat = lambda: torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])  # noqa: E731
+    torch._dynamo.reset()
+    fn = torch.compile(lambda: attn.qkv() * 1, fullgraph=True, backend="eager")
+    assert torch.equal(fn(), cat())  # never refreshed: concatenated inside the graph
+    with torch.no_grad():
+        attn.q_proj.weight.mul_(2.0)
+    m.refresh_decode_weights()
+    assert torch.equal(fn(), cat())  # refreshed: the stored concatenation
+    torch._dynamo.reset()
