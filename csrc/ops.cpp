@@ -86,14 +86,34 @@ at::Tensor linear_rows_cpu(const at::Tensor& x, const at::Tensor& weight) {
   return cpu::linear_rows(x, weight);
 }
 
-// The op has no backward: its Autograd kernel runs it below autograd, so its
-// output never requires grad. In C++ rather than Python (ops.py does that for
-// the other ops) because a decode step calls it dozens of times.
+// Autograd kernels of the ops a decode step calls per layer: the ops have no
+// backward, so these run them below autograd (outputs never require grad). In
+// C++ rather than Python (ops.py registers the acceptance ops' ones) because
+// a compiled step calls them dozens of times.
+at::Tensor attention_autograd(const at::Tensor& q, at::Tensor& k_cache, at::Tensor& v_cache,
+                              const at::Tensor& k_new, const at::Tensor& v_new,
+                              const at::Tensor& cache_seqlens, const c10::optional<at::Tensor>& cos,
+                              const c10::optional<at::Tensor>& sin,
+                              c10::optional<double> softmax_scale) {
+  TORCH_CHECK(!k_cache.requires_grad(),
+              "k_cache is written in place and must not require grad (the layerskip ops have no backward)");
+  TORCH_CHECK(!v_cache.requires_grad(),
+              "v_cache is written in place and must not require grad (the layerskip ops have no backward)");
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("layerskip::draft_verify_attention", "")
+          .typed<at::Tensor(const at::Tensor&, at::Tensor&, at::Tensor&, const at::Tensor&,
+                            const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
+                            const c10::optional<at::Tensor>&, c10::optional<double>)>();
+  at::AutoDispatchBelowAutograd guard;
+  return op.call(q, k_cache, v_cache, k_new, v_new, cache_seqlens, cos, sin, softmax_scale);
+}
+
 at::Tensor linear_rows_autograd(const at::Tensor& x, const at::Tensor& weight) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("layerskip::linear_rows", "")
                              .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
-  at::AutoDispatchBelowADInplaceOrView guard;
+  at::AutoDispatchBelowAutograd guard;
   return op.call(x, weight);
 }
 
@@ -192,6 +212,7 @@ TORCH_LIBRARY_IMPL(layerskip, CPU, m) {
 }
 
 TORCH_LIBRARY_IMPL(layerskip, Autograd, m) {
+  m.impl("draft_verify_attention", &layerskip::attention_autograd);
   m.impl("linear_rows", &layerskip::linear_rows_autograd);
 }
 

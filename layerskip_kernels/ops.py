@@ -46,8 +46,8 @@ SCHEMAS = {
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 # Ops whose no-backward Autograd kernel the native extension registers itself
-# (in C++: called dozens of times per decode step).
-_NATIVE_AUTOGRAD = ("linear_rows",)
+# (in C++: called once or more per layer of every decode step).
+_NATIVE_AUTOGRAD = ("draft_verify_attention", "linear_rows")
 
 
 def _register() -> None:
