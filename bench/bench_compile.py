@@ -34,8 +34,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_e2e import (acceptance_from_tokens_per_step, analytic_limit, load_prompts, run_hf,  # noqa: E402
-                       run_ours, step_costs, token_agreement)
+from bench_e2e import (acceptance_from_tokens_per_step, analytic_limit, load_hf, load_prompts,  # noqa: E402
+                       run_hf, run_ours, step_costs, token_agreement)
 from common import RESULTS, copy_bandwidth_gbs, metadata, plot_bars, print_table, write_csv  # noqa: E402
 
 import layerskip_kernels as lk  # noqa: E402
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     E_ad, k_ad = rec.get("exit_layer", E), rec.get("num_speculations", k)
     prompts = load_prompts(os.path.join(path, "tokenizer.json"), max(args.num_prompts, max(args.batch_sizes)),
                            args.prompt_tokens)
-    hf = transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+    hf = load_hf(path)
     cc = transformers.CompileConfig(fullgraph=True, mode="default")
     cc._compile_all_devices = True  # transformers compiles only on CUDA unless told
     hf_static = dict(cache_implementation="static", compile_config=cc)

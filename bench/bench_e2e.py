@@ -157,6 +157,21 @@ def run_paired(model, prompts, B, n_new, exit_layer, k, reps):
     return med(ars), med(specs)
 
 
+def load_hf(path: str):
+    """transformers' Llama on the checkpoint, bf16, decoding as ours does in these
+    benchmarks: plain greedy. The checkpoint's generation_config.json turns on
+    the decoding aids (repetition penalty, no repeated 4-grams) that our CLI
+    applies; `lk.generate` applies none unless asked, so they are switched off
+    here (with them transformers would pay for the aids, and its early-exit
+    assistant would accept less, in a comparison ours does not take part in)."""
+    import transformers
+
+    hf = transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+    hf.generation_config.repetition_penalty = 1.0
+    hf.generation_config.no_repeat_ngram_size = 0
+    return hf
+
+
 def run_hf(hf, prompts, B, n_new, early_exit=None, **generate_kw):
     """transformers' generate over all prompts in batches of B; generate_kw go to it."""
     seqs, tokens, t = [], 0, 0.0
@@ -232,11 +247,7 @@ def main(argv=None) -> int:
     meta = dict(metadata(), model=os.path.basename(os.path.normpath(path)), dtype="bfloat16", note=note,
                 backend=lk.backends.resolve(torch.device("cpu")), max_new_tokens=args.max_new_tokens,
                 prompt_tokens=args.prompt_tokens)
-    hf = None
-    if not args.no_hf:
-        import transformers
-
-        hf = transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+    hf = None if args.no_hf else load_hf(path)
 
     # Warm-up: first calls pay for lazy initialization (kernels, allocator, rope tables).
     for e in (None, E):

@@ -62,6 +62,38 @@ def test_draft_and_verify_steps_compile_fullgraph(model, backend):
         assert (eager_cache.k - compiled_cache.k).abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_draft_greedy_is_the_stepwise_drafting_phase(model, compiled):
+    """steps.draft_greedy (the drafting phase in one function) gives the hidden
+    states, drafts and cache of k `draft` steps with argmax, then `early`."""
+    from layerskip_kernels.generation import steps
+
+    E, k = 2, 3
+    torch._dynamo.reset()
+
+    def fresh_cache():
+        cache = StaticKVCache.for_model(model, 2, 32)
+        cache.seqlens.copy_(torch.tensor([3, 9], dtype=torch.int32))
+        return cache
+
+    fused = torch.compile(steps.draft_greedy, fullgraph=True) if compiled else steps.draft_greedy
+    with torch.inference_mode():
+        a, b = fresh_cache(), fresh_cache()
+        tok, pos, hidden, drafts = torch.tensor([5, 7]), a.seqlens.clone(), [], []
+        for _ in range(k):
+            h, logits = steps.draft(model, E, tok, a, pos)
+            tok = logits.argmax(-1)
+            hidden.append(h)
+            drafts.append(tok)
+            pos += 1
+        hidden.append(steps.early(model, E, tok, a, pos))
+        got_hidden, got_drafts = fused(model, E, k, torch.tensor([5, 7]), b, b.seqlens)
+    assert torch.equal(got_drafts, torch.stack(drafts, 1))
+    torch.testing.assert_close(got_hidden, torch.stack(hidden, 1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b.k, a.k, atol=1e-5, rtol=1e-5)
+    assert torch.equal(b.seqlens, torch.tensor([3, 9], dtype=torch.int32))  # lengths are the engine's to advance
+
+
 # --------------------------------------------------------------------------- compiled engine (generation.steps)
 
 from helpers import damp_late_layers  # noqa: E402
@@ -108,7 +140,7 @@ def test_compiled_engine_equals_eager_sampling(damped, mode):
 def test_no_recompilation_and_no_graph_break_over_a_long_generation(damped):
     """256 tokens, rows finishing at different times, then a second call with
     another batch size and prompt lengths inside the same buckets: the graphs
-    of the first call (draft, early, verify) are all that is ever compiled."""
+    of the first call (greedy drafting phase, verify) are all that is ever compiled."""
     from torch._dynamo.utils import counters
 
     from layerskip_kernels.generation import steps
@@ -119,17 +151,17 @@ def test_no_recompilation_and_no_graph_break_over_a_long_generation(damped):
     kw = dict(exit_layer=2, num_speculations=3, eos_token_id=[], compile=True)
     out = lk.generate(damped, RAGGED, max_new_tokens=256, max_batch_size=4, **kw)
     assert [len(s) for s in out.sequences] == [256] * 4
-    assert counters["stats"]["unique_graphs"] == 3
+    assert counters["stats"]["unique_graphs"] == 2
     assert out.stats["compile_s"] > 0
     engine = lk.Engine(damped, max_batch_size=3, compile=True, exit_layer=2, num_speculations=3)
     for p, n in zip(RAGGED, (300, 31, 7, 120)):
         engine.add(p[:5], max_new_tokens=n, eos_token_id=[])
     assert [len(o.tokens) for o in engine.run()] == [300, 31, 7, 120]
-    assert counters["stats"]["unique_graphs"] == 3  # 3 slots -> bucket 4, cache 309 -> bucket 512
+    assert counters["stats"]["unique_graphs"] == 2  # 3 slots -> bucket 4, cache 309 -> bucket 512
     assert not counters["graph_break"] and not counters["recompiles"]
     second = lk.generate(damped, RAGGED[:3], max_new_tokens=260, **kw)
     assert second.stats["compile_s"] == 0  # the graphs were built and run once already
-    assert counters["stats"]["unique_graphs"] == 3
+    assert counters["stats"]["unique_graphs"] == 2
 
 
 @pytest.mark.parametrize("bad", [dict(exit_layer=4), dict(num_speculations=0, exit_layer=1), dict(temperature=0.0,

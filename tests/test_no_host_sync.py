@@ -103,7 +103,7 @@ def test_adaptive_drafting_reads_one_flag_per_draft_step(model, monkeypatch, bac
     """Adaptive drafting adds one documented read: after each draft step but the
     last, whether any row still drafts (the batch stops drafting when none does)."""
     log = []
-    guard_steps(monkeypatch, log, ALLOWED | {("_step_speculative", "__bool__")})
+    guard_steps(monkeypatch, log, ALLOWED | {("_draft_stepwise", "__bool__")})
     with lk.use_backend(backend):
         out = lk.generate(model, [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11]], max_new_tokens=8, exit_layer=2,
                           num_speculations=3, eos_token_id=[], speculation="adaptive")

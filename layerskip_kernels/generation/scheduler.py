@@ -376,8 +376,52 @@ class Engine:
             raise ValueError(f"drafting policy planned exit_layer={E}, num_drafts={plan.num_drafts}: they must be "
                              f"in [1, {self.L - 1}] and [1, num_speculations={self.k}]")
         base = self.cache.seqlens
+        if adaptive or self.do_sample or self.draft_head is not None or self.history is not None:
+            n_steps = self._draft_stepwise(plan, E, adaptive)
+        else:
+            # No draft step needs the host: the drafting phase is one step function.
+            n_steps = plan.num_drafts
+            self.exitq.hidden[:, : n_steps + 1], self.drafts[:, :n_steps] = self.steps.draft_greedy(
+                m, E, n_steps, self.pending, self.cache, base)
+        lens = self.draft_lens
+        # Compiled steps verify all k+1 positions whatever n_steps (one graph, no
+        # recompilation); positions past a row's draft length are scratch and
+        # draft_lens keeps acceptance off them. Eager verifies only n_steps+1.
+        n_verify = self.k if self.steps.compile else n_steps
+        hidden = self.exitq.hidden[:, : n_verify + 1]
+        target_logits = self.steps.verify(m, E, hidden, self.cache, base)  # [n, n_verify+1, V]
+        if self.history is not None:
+            # Verify position i predicts position base+1+i from the pending token and drafts 0..i-1.
+            target_logits = self._process(target_logits, base[:, None] + 1 + torch.arange(n_verify + 1, device=self.device))
+        draft_lens = lens if adaptive else None
+        drafts = self.drafts[:, :n_verify]
+        if self.do_sample:
+            target_probs = warp_probs(target_logits, self.temperature, self.top_k, self.top_p)
+            n, out = self._verify_sampling_rows(drafts, self.draft_probs[:, :n_verify], target_probs, draft_lens)
+        else:
+            n, out = ops.verify_greedy(drafts, target_logits, draft_lens=draft_lens)
+        self._advance(n + 1, out.gather(1, n.long()[:, None])[:, 0])
+        # The one host read of the iteration: accepted lengths, tokens (and draft lengths).
+        cols = [n.long()[:, None], out] + ([lens.long()[:, None]] if adaptive else [])
+        rows = torch.cat(cols, dim=1).tolist()
+        n_list = [r[0] for r in rows]
+        out_list = [r[1 : n_verify + 2] for r in rows]
+        drafted = [r[-1] for r in rows] if adaptive else [n_steps] * len(self.slots)
+        active = [s for s, a in enumerate(self.slots) if a is not None]
+        self.policy.observe(plan, drafted, n_list, active, time.perf_counter() - t0)
+        by_exit, steps_by_exit = self.stats["iterations_by_exit"], self.stats["draft_steps_by_exit"]
+        by_exit[E] = by_exit.get(E, 0) + 1
+        steps_by_exit[E] = steps_by_exit.get(E, 0) + n_steps
+        self._count(drafted=drafted, accepted=n_list)
+        return [row[: a + 1] for row, a in zip(out_list, n_list)]
+
+    def _draft_stepwise(self, plan, E: int, adaptive: bool) -> int:
+        """Draft step by step (each step's token choice may need the decoding aids,
+        sampling, the reduced head or the confidence stop), then the last draft
+        through the early layers. Returns the number of draft steps taken."""
+        m = self.model
         pos = self.draft_pos  # position of the token being fed, advanced in place
-        pos.copy_(base)
+        pos.copy_(self.cache.seqlens)
         tok = self.pending
         lens, drafting = self.draft_lens, self.drafting
         if adaptive:  # rows still drafting, and how many each has drafted
@@ -411,41 +455,12 @@ class Engine:
                 if i + 1 < plan.num_drafts and not bool(drafting.any()):
                     n_steps = i + 1
                     break
-        # Verify: the last draft through the early layers, then all positions
-        # through the remaining layers, reading the early layers' shared cache.
+        # The last draft through the early layers (verification starts from its
+        # layer-E input; the remaining layers read the early layers' shared cache).
         # A row that stopped drafting at d < n_steps had its position base+d
         # through the early layers in draft step d; its later positions are scratch.
         self.exitq.hidden[:, n_steps] = self.steps.early(m, E, tok, self.cache, pos)
-        # Compiled steps verify all k+1 positions whatever n_steps (one graph, no
-        # recompilation); positions past a row's draft length are scratch and
-        # draft_lens keeps acceptance off them. Eager verifies only n_steps+1.
-        n_verify = self.k if self.steps.compile else n_steps
-        hidden = self.exitq.hidden[:, : n_verify + 1]
-        target_logits = self.steps.verify(m, E, hidden, self.cache, base)  # [n, n_verify+1, V]
-        if self.history is not None:
-            # Verify position i predicts position base+1+i from the pending token and drafts 0..i-1.
-            target_logits = self._process(target_logits, base[:, None] + 1 + torch.arange(n_verify + 1, device=self.device))
-        draft_lens = lens if adaptive else None
-        drafts = self.drafts[:, :n_verify]
-        if self.do_sample:
-            target_probs = warp_probs(target_logits, self.temperature, self.top_k, self.top_p)
-            n, out = self._verify_sampling_rows(drafts, self.draft_probs[:, :n_verify], target_probs, draft_lens)
-        else:
-            n, out = ops.verify_greedy(drafts, target_logits, draft_lens=draft_lens)
-        self._advance(n + 1, out.gather(1, n.long()[:, None])[:, 0])
-        # The one host read of the iteration: accepted lengths, tokens (and draft lengths).
-        cols = [n.long()[:, None], out] + ([lens.long()[:, None]] if adaptive else [])
-        rows = torch.cat(cols, dim=1).tolist()
-        n_list = [r[0] for r in rows]
-        out_list = [r[1 : n_verify + 2] for r in rows]
-        drafted = [r[-1] for r in rows] if adaptive else [n_steps] * len(self.slots)
-        active = [s for s, a in enumerate(self.slots) if a is not None]
-        self.policy.observe(plan, drafted, n_list, active, time.perf_counter() - t0)
-        by_exit, steps_by_exit = self.stats["iterations_by_exit"], self.stats["draft_steps_by_exit"]
-        by_exit[E] = by_exit.get(E, 0) + 1
-        steps_by_exit[E] = steps_by_exit.get(E, 0) + n_steps
-        self._count(drafted=drafted, accepted=n_list)
-        return [row[: a + 1] for row, a in zip(out_list, n_list)]
+        return n_steps
 
     def _verify_sampling_rows(self, drafts, draft_probs, target_probs, draft_lens):
         """verify_sampling on the whole batch with the batch's seed, or on each

@@ -11,9 +11,13 @@ graph is reused at every position and whatever rows are active.
   draft_reduced(model, E, tokens, cache, pos, ids, weight)
                                                   tokens [n]        -> (hidden [n, H], logits [n, V])
   early(model, E, tokens, cache, pos)             tokens [n]        -> hidden [n, H]
+  draft_greedy(model, E, k, tokens, cache, pos)   tokens [n]        -> (hidden [n, k+1, H], drafts [n, k])
   verify(model, E, hidden, cache, base)           hidden [n, S, H]  -> logits [n, S, V]
 
-`draft_reduced` scores only the tokens `ids` (int64 [N]) with `weight` (the
+`draft_greedy` is k draft steps with the argmax taken inside, then `early` of
+the last draft: the whole drafting phase of an iteration in one graph, for
+when no step needs the host (greedy, no decoding aids, the full draft head, a
+fixed k). `draft_reduced` scores only the tokens `ids` (int64 [N]) with `weight` (the
 LM head's rows ids, [N, H]) and gives every other token logit -inf
 (generation.draft_vocab). `draft`, `draft_reduced` and `early` write layers [0, E) of K/V at `pos`; `verify` writes layers
 [E, L) at base .. base+S-1; `autoregressive` writes every layer at
@@ -35,7 +39,7 @@ import time
 
 import torch
 
-__all__ = ["autoregressive", "draft", "draft_reduced", "early", "verify", "StepFunctions", "bucket", "cache_shape", "compile_stats"]
+__all__ = ["autoregressive", "draft", "draft_reduced", "draft_greedy", "early", "verify", "StepFunctions", "bucket", "cache_shape", "compile_stats"]
 
 
 def autoregressive(model, tokens: torch.Tensor, cache) -> torch.Tensor:
@@ -56,6 +60,18 @@ def draft_reduced(model, E: int, tokens: torch.Tensor, cache, pos: torch.Tensor,
     return h, logits.index_copy(1, ids, sub)
 
 
+def draft_greedy(model, E: int, k: int, tokens: torch.Tensor, cache, pos: torch.Tensor):
+    hidden, drafts = [], []
+    tok = tokens
+    for i in range(k):
+        h = model.forward_layers(model.embed(tok[:, None]), 0, E, cache, pos + i)
+        tok = model.exit_head(h)[:, 0].argmax(-1)  # the greedy choice (ties: lowest id)
+        hidden.append(h[:, 0])
+        drafts.append(tok)
+    hidden.append(model.forward_layers(model.embed(tok[:, None]), 0, E, cache, pos + k)[:, 0])
+    return torch.stack(hidden, 1), torch.stack(drafts, 1)
+
+
 def early(model, E: int, tokens: torch.Tensor, cache, pos: torch.Tensor) -> torch.Tensor:
     return model.forward_layers(model.embed(tokens[:, None]), 0, E, cache, pos)[:, 0]
 
@@ -64,7 +80,8 @@ def verify(model, E: int, hidden: torch.Tensor, cache, base: torch.Tensor) -> to
     return model.exit_head(model.forward_layers(hidden, E, model.num_layers, cache, base))
 
 
-_EAGER = dict(autoregressive=autoregressive, draft=draft, draft_reduced=draft_reduced, early=early, verify=verify)
+_EAGER = dict(autoregressive=autoregressive, draft=draft, draft_reduced=draft_reduced, draft_greedy=draft_greedy,
+              early=early, verify=verify)
 _compiled: dict[str, object] = {}
 
 # Seconds spent in the first call of each graph, per step name (tracing +
