@@ -7,8 +7,8 @@ run: ATen's bf16 linear (what the model called before, oneDNN here) and
 linear_rows (the cpu backend's kernel; other backends run
 ATen's GEMM for this op, so they are the first column). Weights rotate through copies
 larger than the last-level cache, so they stream from DRAM as in a decode step.
-GB/s counts the weight bytes. The crossover in rows sets
-model/linear.py's ROWS_MAX.
+GB/s counts the weight bytes. The crossovers in rows set model/linear.py's
+ROWS_MAX, ROWS_MAX_LARGE and SMALL_WEIGHT_BYTES.
 
     python bench/bench_linear.py [--quick] [--note "quiet machine ..."]
 Writes bench/results/linear_rows.csv and linear_rows.png (or --out PREFIX).

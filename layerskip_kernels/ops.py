@@ -516,8 +516,8 @@ def linear_rows(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     The cpu backend has a kernel for bf16 (AVX512-BF16; other dtypes and builds
     without that ISA run ATen's linear). Every other backend runs the reference,
     ATen's GEMM (cuBLAS on a GPU): a GPU step is not bound by per-call costs
-    once it is a CUDA graph. The model calls it for steps of at most
-    `model.linear.ROWS_MAX` rows.
+    once it is a CUDA graph. The model calls it for the few-row products of its
+    decode steps (model/linear.py says which).
 
     Example:
         >>> x = torch.randn(2, 3, 8, dtype=torch.bfloat16); w = torch.randn(5, 8, dtype=torch.bfloat16)

@@ -97,19 +97,24 @@ def test_opcheck_and_compile():
 
 
 @native
-def test_decode_linear_routes_by_rows_and_grad(monkeypatch):
+def test_decode_linear_routes_by_rows_size_and_grad(monkeypatch):
     op = torch.ops.layerskip.linear_rows
     calls = []
-    monkeypatch.setattr(torch.ops.layerskip, "linear_rows", lambda *a: calls.append(a[0].shape) or op(*a))
-    x1, w = _case(decode_gemm.ROWS_MAX, 64, 32, torch.bfloat16)
-    x2, _ = _case(decode_gemm.ROWS_MAX + 1, 64, 32, torch.bfloat16)
+    monkeypatch.setattr(torch.ops.layerskip, "linear_rows", lambda *a: calls.append(tuple(a[0].shape)) or op(*a))
+    small = torch.zeros(32, 64, dtype=torch.bfloat16)  # 4 KB
+    K_large = decode_gemm.SMALL_WEIGHT_BYTES // (2 * 32) + 1  # 32 rows of it: just over the small-weight bound
+    large = torch.zeros(32, K_large, dtype=torch.bfloat16)
     with torch.no_grad():
-        a = decode_gemm.decode_linear(x1, w)  # <= ROWS_MAX rows: the kernel
-        b = decode_gemm.decode_linear(x2, w)  # more: ATen
+        for rows in (1, decode_gemm.ROWS_MAX, decode_gemm.ROWS_MAX + 1):
+            decode_gemm.decode_linear(torch.zeros(rows, 64, dtype=torch.bfloat16), small)
+        for rows in (decode_gemm.ROWS_MAX_LARGE, decode_gemm.ROWS_MAX_LARGE + 1):
+            decode_gemm.decode_linear(torch.zeros(rows, K_large, dtype=torch.bfloat16), large)
+        decode_gemm.decode_linear(torch.zeros(1, 64), small.float())  # fp32: ATen
+    assert calls == [(1, 64), (decode_gemm.ROWS_MAX, 64), (decode_gemm.ROWS_MAX_LARGE, K_large)]
+    x, w = _case(4, 64, 32, torch.bfloat16)
     wg = w.clone().requires_grad_()
-    c = decode_gemm.decode_linear(x1, wg)  # needs a gradient: ATen (the op has no backward)
-    assert calls == [x1.shape]
-    assert torch.equal(a, op(x1, w)) and b.shape == (decode_gemm.ROWS_MAX + 1, 32)
+    c = decode_gemm.decode_linear(x, wg)  # needs a gradient: ATen (the op has no backward)
+    assert len(calls) == 3
     c.float().sum().backward()
     assert wg.grad is not None and wg.grad.abs().sum() > 0
 

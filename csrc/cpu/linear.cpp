@@ -85,10 +85,18 @@ void tile(const uint16_t* x, const uint16_t* w, at::BFloat16* out, int64_t K, in
   if constexpr (kM * kN == 1) {
     out[m0 * N + n] = at::BFloat16(_mm512_reduce_add_ps(acc[0]));
   } else {
-    alignas(64) float sums[kAcc];
-    _mm512_store_ps(sums, sum16(acc));
-    for (int j = 0; j < kN; ++j)
-      for (int i = 0; i < kM; ++i) out[(m0 + i) * N + n + j] = at::BFloat16(sums[j * kM + i]);
+    // 16 sums to bf16 in one instruction (round to nearest even, as the
+    // reference's cast; VCVTNEPS2BF16 flushes fp32 denormals to zero).
+    const __m256i bits = (__m256i)_mm512_cvtneps_pbh(sum16(acc));
+    if constexpr (kM == 1 && kN == kAcc) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + m0 * N + n), bits);  // one row: 16 outputs in a row
+    } else {
+      alignas(32) uint16_t b[kAcc];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(b), bits);
+      auto* o = reinterpret_cast<uint16_t*>(out);
+      for (int j = 0; j < kN; ++j)
+        for (int i = 0; i < kM; ++i) o[(m0 + i) * N + n + j] = b[j * kM + i];
+    }
   }
 }
 
