@@ -1,14 +1,14 @@
 """Microbenchmark of linear_rows: the few-row products of a decode step.
 
 Each weight matrix of the default model (its decode path: q/k/v and gate/up
-concatenated, o, down, the LM head) and two of Llama-3.2-1B, times 1 to 16 rows
-(a draft step has 1 per sequence, a verify pass k+1), bf16. Side by side in one
+concatenated, o, down, the LM head) and two of Llama-3.2-1B, times 1 to 32 rows
+(a draft step has 1 per sequence, a verify pass k+1: 32 at batch 8, k = 3), bf16. Side by side in one
 run: ATen's bf16 linear (what the model called before, oneDNN here) and
 linear_rows (the cpu backend's kernel; other backends run
 ATen's GEMM for this op, so they are the first column). Weights rotate through copies
 larger than the last-level cache, so they stream from DRAM as in a decode step.
-GB/s counts the weight bytes. The crossovers in rows set model/linear.py's
-ROWS_MAX, ROWS_MAX_LARGE and SMALL_WEIGHT_BYTES.
+GB/s counts the weight bytes. The crossovers set model/linear.py's
+ROWS_ALWAYS, ROWS_MAX and ROWS_X_BYTES.
 
     python bench/bench_linear.py [--quick] [--note "quiet machine ..."]
 Writes bench/results/linear_rows.csv and linear_rows.png (or --out PREFIX).
@@ -43,7 +43,7 @@ def main(argv=None):
     # Only the cpu backend has a kernel of ours; elsewhere linear_rows is ATen's GEMM.
     impls = [("aten", device) for device in sorted({d for _, d in pairs})] + [p for p in pairs if p[0] == "cpu"]
     shapes = {k: v for k, v in SHAPES.items() if not args.quick or k.startswith("stdlib")}
-    row_counts = (1, 4, 8, 16) if args.quick else (1, 2, 4, 8, 9, 12, 16)
+    row_counts = (1, 4, 8, 16) if args.quick else (1, 2, 4, 8, 9, 12, 16, 24, 32)
 
     rows = []
     for name, (K, N) in shapes.items():

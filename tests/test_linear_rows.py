@@ -101,16 +101,17 @@ def test_decode_linear_routes_by_rows_size_and_grad(monkeypatch):
     op = torch.ops.layerskip.linear_rows
     calls = []
     monkeypatch.setattr(torch.ops.layerskip, "linear_rows", lambda *a: calls.append(tuple(a[0].shape)) or op(*a))
-    small = torch.zeros(32, 64, dtype=torch.bfloat16)  # 4 KB
-    K_large = decode_gemm.SMALL_WEIGHT_BYTES // (2 * 32) + 1  # 32 rows of it: just over the small-weight bound
-    large = torch.zeros(32, K_large, dtype=torch.bfloat16)
+    small = torch.zeros(32, 64, dtype=torch.bfloat16)  # 4 KB: every row count up to ROWS_MAX
+    # rows x bytes reaches ROWS_X_BYTES at exactly ROWS_ALWAYS + 2 rows of this weight
+    K = decode_gemm.ROWS_X_BYTES // (2 * 32 * (decode_gemm.ROWS_ALWAYS + 2))
+    large = torch.zeros(32, K, dtype=torch.bfloat16)
     with torch.no_grad():
         for rows in (1, decode_gemm.ROWS_MAX, decode_gemm.ROWS_MAX + 1):
             decode_gemm.decode_linear(torch.zeros(rows, 64, dtype=torch.bfloat16), small)
-        for rows in (decode_gemm.ROWS_MAX_LARGE, decode_gemm.ROWS_MAX_LARGE + 1):
-            decode_gemm.decode_linear(torch.zeros(rows, K_large, dtype=torch.bfloat16), large)
+        for rows in (decode_gemm.ROWS_ALWAYS + 2, decode_gemm.ROWS_ALWAYS + 3):
+            decode_gemm.decode_linear(torch.zeros(rows, K, dtype=torch.bfloat16), large)
         decode_gemm.decode_linear(torch.zeros(1, 64), small.float())  # fp32: ATen
-    assert calls == [(1, 64), (decode_gemm.ROWS_MAX, 64), (decode_gemm.ROWS_MAX_LARGE, K_large)]
+    assert calls == [(1, 64), (decode_gemm.ROWS_MAX, 64), (decode_gemm.ROWS_ALWAYS + 2, K)]
     x, w = _case(4, 64, 32, torch.bfloat16)
     wg = w.clone().requires_grad_()
     c = decode_gemm.decode_linear(x, wg)  # needs a gradient: ATen (the op has no backward)

@@ -14,8 +14,9 @@ modules):
   compiled step cannot read version counters: it uses the weights of the last
   `LlamaForCausalLM.refresh_decode_weights()`, which generate runs at the start
   of every call (as a captured CUDA graph reads the buffers it captured).
-- `decode_linear`: bf16 products of few rows on a CPU (ROWS_MAX for small
-  weights, ROWS_MAX_LARGE for large ones) go to `ops.linear_rows` (our kernel); while torch.compile traces a single-row
+- `decode_linear`: bf16 products of few rows on a CPU (ROWS_ALWAYS, or up to
+  ROWS_MAX within ROWS_X_BYTES of rows x weight bytes) go to
+  `ops.linear_rows` (our kernel); while torch.compile traces a single-row
   product on a CPU it is written as multiply + fp32 sum, which inductor turns
   into one vectorized loop fused with the norm before it. Everything else (fp32,
   GPUs, prompts) is `F.linear`.
@@ -29,16 +30,18 @@ import torch.nn.functional as F
 
 from .. import backends, ops
 
-__all__ = ["ROWS_MAX", "ROWS_MAX_LARGE", "SMALL_WEIGHT_BYTES", "decode_linear", "ConcatWeight"]
+__all__ = ["ROWS_ALWAYS", "ROWS_MAX", "ROWS_X_BYTES", "decode_linear", "ConcatWeight"]
 
 # Which products go to ops.linear_rows (bench/bench_linear.py,
-# bench/results/linear_rows.csv, weights streaming from DRAM): up to ROWS_MAX
-# rows for a weight of at most SMALL_WEIGHT_BYTES (every matrix of the default
-# model: 1.2-3.6x ATen at 1-16 rows), up to ROWS_MAX_LARGE rows for larger ones
-# (Llama-3.2-1B's: 1.5-3.8x at 1-4 rows, 0.8-1.0x at 8, compute-bound).
-ROWS_MAX = 16
-ROWS_MAX_LARGE = 4
-SMALL_WEIGHT_BYTES = 4 << 20
+# bench/results/linear_rows.csv): any of at most ROWS_ALWAYS rows (1.5-3.8x
+# ATen at 1-4 rows on every weight measured, up to Llama-3.2-1B's), and up to
+# ROWS_MAX rows while rows x weight bytes stays within ROWS_X_BYTES. Past
+# that the kernel is compute-bound and ATen's GEMM is as fast: e.g. the
+# default model's 2 MB LM head at 16 rows, its 0.8 MB gate/up at 32 rows,
+# Llama-3.2-1B's 12 MB q/k/v at 8 rows.
+ROWS_ALWAYS = 4
+ROWS_MAX = 32
+ROWS_X_BYTES = 24 << 20
 
 
 def decode_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -49,8 +52,8 @@ def decode_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if rows == 1 and torch.compiler.is_compiling():
         return (x.unsqueeze(-2).float() * weight.float()).sum(-1).to(x.dtype)
     differentiable = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-    limit = ROWS_MAX if weight.numel() * weight.element_size() <= SMALL_WEIGHT_BYTES else ROWS_MAX_LARGE
-    if (rows <= limit and not differentiable and backends.native() is not None
+    few = rows <= ROWS_ALWAYS or (rows <= ROWS_MAX and rows * weight.numel() * weight.element_size() <= ROWS_X_BYTES)
+    if (few and not differentiable and backends.native() is not None
             and backends.get_backend() in (None, "cpu")):  # the op has no backward
         return torch.ops.layerskip.linear_rows(x, weight)
     return F.linear(x, weight)
