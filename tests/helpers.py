@@ -72,3 +72,18 @@ def check_bf16_rule(got, ref, truth):
     ulp = 2.0**-7 * 2.0 ** math.floor(math.log2(truth.abs().max().item()))
     assert err <= err_ref + 2 * ulp, (err, err_ref)
     assert rms <= 1.01 * rms_ref, (rms, rms_ref)
+
+
+def tiny_model(layers=4, seed=0):
+    """A tiny random LlamaForCausalLM (fp32), built directly, no checkpoint."""
+    from layerskip_kernels.model import LlamaConfig, LlamaForCausalLM
+    from layerskip_kernels.train.trainer import init_weights
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      tie_word_embeddings=True)
+    model = LlamaForCausalLM(cfg)
+    init_weights(model, std=0.2)  # large init: layers change the hidden state visibly
+    return model
+

@@ -10,8 +10,8 @@ import torch
 
 from layerskip_kernels import backends, ops, reference
 from layerskip_kernels.model import linear as decode_gemm
-from layerskip_kernels.model.config import LlamaConfig
-from layerskip_kernels.model.llama import LlamaForCausalLM
+
+from helpers import tiny_model
 
 native = pytest.mark.skipif(backends.native() is None, reason="layerskip_kernels._C is not built")
 
@@ -120,16 +120,8 @@ def test_decode_linear_routes_by_rows_size_and_grad(monkeypatch):
     assert wg.grad is not None and wg.grad.abs().sum() > 0
 
 
-def _tiny(dtype=torch.bfloat16):
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
-                      rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    return LlamaForCausalLM(cfg).to(dtype).eval()
-
-
 def test_concat_weights_follow_the_modules():
-    m = _tiny(torch.float32)
+    m = tiny_model(layers=2).eval()
     attn, mlp = m.model.layers[0].self_attn, m.model.layers[1].mlp
     cat = lambda *ls: torch.cat([lin.weight for lin in ls])  # noqa: E731
     assert torch.equal(attn.qkv(), cat(attn.q_proj, attn.k_proj, attn.v_proj))
@@ -148,7 +140,7 @@ def test_concat_weights_follow_the_modules():
 
 
 def test_compiled_reads_the_last_refresh():
-    m = _tiny()
+    m = tiny_model(layers=2).to(torch.bfloat16).eval()
     attn = m.model.layers[0].self_attn
     cat = lambda: torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])  # noqa: E731
     torch._dynamo.reset()

@@ -11,19 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from layerskip_kernels.model import LlamaConfig, LlamaForCausalLM
+from layerskip_kernels.model import LlamaForCausalLM
 from layerskip_kernels.train import data, recipe
-from layerskip_kernels.train.trainer import TrainConfig, WarmupCosine, init_weights, save_pretrained, train
+from layerskip_kernels.train.trainer import TrainConfig, WarmupCosine, train
+
+from helpers import tiny_model
 
 
-def tiny_model(layers=4, seed=0):
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                      tie_word_embeddings=True)
-    model = LlamaForCausalLM(cfg)
-    init_weights(model, std=0.2)  # large init: layers change the hidden state visibly
-    return model
 
 
 # --------------------------------------------------------------------------- schedules

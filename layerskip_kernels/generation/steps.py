@@ -64,11 +64,11 @@ def draft_greedy(model, E: int, k: int, tokens: torch.Tensor, cache, pos: torch.
     hidden, drafts = [], []
     tok = tokens
     for i in range(k):
-        h = model.forward_layers(model.embed(tok[:, None]), 0, E, cache, pos + i)
-        tok = model.exit_head(h)[:, 0].argmax(-1)  # the greedy choice (ties: lowest id)
-        hidden.append(h[:, 0])
+        h, logits = draft(model, E, tok, cache, pos + i)
+        tok = logits.argmax(-1)  # the greedy choice (ties: lowest id)
+        hidden.append(h)
         drafts.append(tok)
-    hidden.append(model.forward_layers(model.embed(tok[:, None]), 0, E, cache, pos + k)[:, 0])
+    hidden.append(early(model, E, tok, cache, pos + k))
     return torch.stack(hidden, 1), torch.stack(drafts, 1)
 
 
