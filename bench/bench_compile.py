@@ -47,7 +47,8 @@ def weight_bytes(model, E: int) -> dict[str, int]:
     the LM head (the embedding reads one row per token: negligible)."""
     per_layer = [sum(p.numel() * p.element_size() for p in layer.parameters()) for layer in model.model.layers]
     head = model.lm_head.weight.numel() * model.lm_head.weight.element_size()
-    return dict(ar=sum(per_layer) + head, draft=sum(per_layer[:E]) + head,
+    head_int8 = model.lm_head.weight.numel() + 4 * model.lm_head.weight.shape[0]  # int8 rows, fp32 scales
+    return dict(ar=sum(per_layer) + head, draft=sum(per_layer[:E]) + head, draft_int8=sum(per_layer[:E]) + head_int8,
                 verify=sum(per_layer) + head)  # verify: layers [0, E) for one token, [E, L) for k+1, one head
 
 
@@ -138,6 +139,10 @@ def main(argv=None) -> int:
         "ours self-speculative (eager)": lambda ps, B: run_ours(model, ps, B, args.max_new_tokens, E, k),
         "ours autoregressive (compiled)": lambda ps, B: run_ours(model, ps, B, args.max_new_tokens, None, k, True),
         "ours self-speculative (compiled)": lambda ps, B: run_ours(model, ps, B, args.max_new_tokens, E, k, True),
+        "ours self-speculative, int8 draft head (eager)": lambda ps, B: run_ours(
+            model, ps, B, args.max_new_tokens, E, k, draft_quantization="int8"),
+        "ours self-speculative, int8 draft head (compiled)": lambda ps, B: run_ours(
+            model, ps, B, args.max_new_tokens, E, k, True, draft_quantization="int8"),
         f"ours self-speculative adaptive E~{E_ad} k<={k_ad} (compiled)": lambda ps, B: run_ours(
             model, ps, B, args.max_new_tokens, E_ad, k_ad, True, speculation="adaptive"),
         "transformers greedy": lambda ps, B: run_hf(hf, ps, B, args.max_new_tokens),
@@ -186,7 +191,7 @@ def main(argv=None) -> int:
     for B in args.batch_sizes:
         for compiled in (False, True):
             c = step_costs(model, B, context, E, k, compile=compiled)
-            for step in ("ar", "draft", "verify"):
+            for step in ("ar", "draft", "draft_int8", "verify"):
                 stream_s = wb[step] / (bw * 1e9)
                 steps_rows.append(dict(meta, kind="step", batch=B, compiled=compiled, step=step, ms=c[step] * 1e3,
                                        weight_mb=wb[step] / 1e6, copy_gbs=bw, x_weight_streaming=c[step] / stream_s,
@@ -198,8 +203,8 @@ def main(argv=None) -> int:
             cv = {r["step"]: r["ratio_to_ar"] for r in steps_rows if r["batch"] == row["batch"]
                   and r["compiled"] == compiled}
             a = acceptance_from_tokens_per_step(row["tokens_per_step"], k)
-            row.update(c=cv["draft"], v=cv["verify"], a=a, analytic_limit=analytic_limit(a, k, cv["draft"],
-                                                                                         cv["verify"]))
+            c = cv["draft_int8" if "int8" in row["engine"] else "draft"]
+            row.update(c=c, v=cv["verify"], a=a, analytic_limit=analytic_limit(a, k, c, cv["verify"]))
             row["fraction_of_limit"] = row["x_ours_ar_same_mode"] / row["analytic_limit"]
     write_csv(args.out + "_e2e.csv", e2e)
     print_table(steps_rows, ["batch", "compiled", "step", "ms", "weight_mb", "x_weight_streaming", "ratio_to_ar"])

@@ -66,8 +66,11 @@ def tiny_random_model(path: str):
 
 
 def step_costs(model, B: int, context: int, E: int, k: int, reps: int = 30, compile: bool = False) -> dict:
-    """Median seconds of one autoregressive step, one draft step and one verify
+    """Median seconds of one autoregressive step, one draft step (with the
+    model's head, and as "draft_int8" with the int8 draft head) and one verify
     step (the engine's step functions, eager or compiled, plus the token choice)."""
+    from layerskip_kernels.generation.draft_head import DraftHead
+
     sf = StepFunctions(compile, model.lm_head.weight.device)
     cache = StaticKVCache.for_model(model, B, context + k + 2)
     cache.seqlens.fill_(context)
@@ -84,13 +87,18 @@ def step_costs(model, B: int, context: int, E: int, k: int, reps: int = 30, comp
     def draft():
         sf.draft(model, E, tok, cache, lens)[1].argmax(-1)
 
+    head = DraftHead(model, quantization="int8")
+
+    def draft_int8():
+        sf.draft(model, E, tok, cache, lens, head)[1].argmax(-1)
+
     def verify():
         hidden[:, k] = sf.early(model, E, tok, cache, lens)
         lk.ops.verify_greedy(drafts, sf.verify(model, E, hidden, cache, lens))
 
     with torch.inference_mode(), lk.ops.trusted_inputs():
         return {name: time_fn(fn, warmup=3, reps=reps)["median_s"] for name, fn in
-                (("ar", ar), ("draft", draft), ("verify", verify))}
+                (("ar", ar), ("draft", draft), ("draft_int8", draft_int8), ("verify", verify))}
 
 
 def token_agreement(a: list[list[int]], b: list[list[int]]) -> float:
@@ -128,12 +136,13 @@ def analytic_limit(a: float, k: int, c: float, v: float) -> float:
 # --------------------------------------------------------------------------- runs
 
 
-def run_ours(model, prompts, B, n_new, exit_layer, k, compile=False, speculation="static"):
+def run_ours(model, prompts, B, n_new, exit_layer, k, compile=False, speculation="static", draft_quantization=None):
     """tokens/s and stats of lk.generate over all prompts in batches of B."""
     seqs, tokens, t, drafted, accepted, emitted_steps, row_steps = [], 0, 0.0, 0, 0, 0.0, 0
     for i in range(0, len(prompts), B):
         out = lk.generate(model, prompts[i:i + B], max_new_tokens=n_new, exit_layer=exit_layer, num_speculations=k,
-                          eos_token_id=[], compile=compile, speculation=speculation)
+                          eos_token_id=[], compile=compile, speculation=speculation,
+                          draft_quantization=draft_quantization)
         seqs += out.sequences
         tokens += out.stats["new_tokens"]
         t += out.stats["time_s"]

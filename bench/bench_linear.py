@@ -1,4 +1,4 @@
-"""Microbenchmark of linear_rows: the few-row products of a decode step.
+"""Microbenchmark of linear_rows (and linear_rows_int8): the few-row products of a decode step.
 
 Each weight matrix of the default model (its decode path: q/k/v and gate/up
 concatenated, o, down, the LM head) and two of Llama-3.2-1B, times 1 to 32 rows
@@ -8,7 +8,10 @@ linear_rows (the cpu backend's kernel; other backends run
 ATen's GEMM for this op, so they are the first column). Weights rotate through copies
 larger than the last-level cache, so they stream from DRAM as in a decode step.
 GB/s counts the weight bytes. The crossovers set model/linear.py's
-ROWS_ALWAYS, ROWS_MAX and ROWS_X_BYTES.
+ROWS_ALWAYS, ROWS_MAX and ROWS_X_BYTES. For the LM heads (the default model's,
+and Llama-3.2-1B's 128k-row one at the row counts of draft steps) a third
+column, "cpu-int8", is linear_rows_int8 on the int8 copy a quantized draft
+head scores with (generation/draft_head.py), still as a ratio to ATen's bf16.
 
     python bench/bench_linear.py [--quick] [--note "quiet machine ..."]
 Writes bench/results/linear_rows.csv and linear_rows.png (or --out PREFIX).
@@ -27,8 +30,10 @@ from layerskip_kernels import ops
 SHAPES = {  # name: (K, N)
     "stdlib qkv": (256, 384), "stdlib o": (256, 256), "stdlib gate_up": (256, 1536),
     "stdlib down": (768, 256), "stdlib head": (256, 4096),
-    "llama-1b qkv": (2048, 3072), "llama-1b down": (8192, 2048),
+    "llama-1b qkv": (2048, 3072), "llama-1b down": (8192, 2048), "llama-1b head": (2048, 128256),
 }
+HEADS = ("stdlib head", "llama-1b head")  # also timed with int8 weights (linear_rows_int8)
+DRAFT_ROWS = (1, 4, 8)  # the only row counts of the 525 MB head (a draft step's rows, batch 1-8)
 
 
 def main(argv=None):
@@ -47,14 +52,21 @@ def main(argv=None):
 
     rows = []
     for name, (K, N) in shapes.items():
-        for M in row_counts:
-            nbytes = N * K * 2
+        for M in (row_counts if name != "llama-1b head" else DRAFT_ROWS):
             base = None
-            for impl, device in impls:
-                fn = F.linear if impl == "aten" else ops._impl_linear_rows(impl)
+            for impl, device in impls + ([("cpu-int8", d) for i, d in impls if i == "cpu"] if name in HEADS else []):
                 g = torch.Generator().manual_seed(0)
-                make = lambda: (torch.randn(M, K, generator=g).to(device, torch.bfloat16),  # noqa: E731
-                                torch.randn(N, K, generator=g).to(device, torch.bfloat16))
+                if impl == "cpu-int8":
+                    nbytes = N * K + 4 * N
+                    fn = ops._impl_linear_rows_int8("cpu")
+                    make = lambda: (torch.randn(M, K, generator=g).to(device, torch.bfloat16),  # noqa: E731
+                                    torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8).to(device),
+                                    torch.rand(N, generator=g).to(device) / 127)
+                else:
+                    nbytes = N * K * 2
+                    fn = F.linear if impl == "aten" else ops._impl_linear_rows(impl)
+                    make = lambda: (torch.randn(M, K, generator=g).to(device, torch.bfloat16),  # noqa: E731
+                                    torch.randn(N, K, generator=g).to(device, torch.bfloat16))
                 call = common.rotating_calls(fn, make, nbytes, min_total=64 << 20)
                 t = common.time_fn(call, warmup=3, reps=args.reps, min_time_s=0.2, device=device)
                 del call
@@ -62,10 +74,12 @@ def main(argv=None):
                     base = t["median_s"]
                 cols = common.timing_columns(t, nbytes, bw[device], base)
                 cols["speedup_vs_aten"] = cols.pop("speedup_vs_torch")
-                rows.append({**meta, "note": note, "op": "linear_rows", "impl": f"{impl}@{device}",
-                             "shape": name, "K": K, "N": N, "rows": M, "dtype": "bf16", **cols})
+                op = "linear_rows_int8" if impl == "cpu-int8" else "linear_rows"
+                rows.append({**meta, "note": note, "op": op, "impl": f"{impl}@{device}", "shape": name, "K": K,
+                             "N": N, "rows": M, "dtype": "bf16 x, int8 weight" if op != "linear_rows" else "bf16",
+                             **cols})
                 r = rows[-1]
-                print(f"{name:14s} rows={M:2d} {impl:6s}@{device}: {r['median_ms'] * 1e3:8.1f} us "
+                print(f"{name:14s} rows={M:2d} {impl:8s}@{device}: {r['median_ms'] * 1e3:8.1f} us "
                       f"{r['gbs']:6.1f} GB/s  x{r['speedup_vs_aten']:.2f} vs aten", flush=True)
 
     common.write_csv(args.out + ".csv", rows)

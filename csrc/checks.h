@@ -218,15 +218,14 @@ inline void check_sampling_args(const at::Tensor& draft_tokens, const at::Tensor
               offset);
 }
 
-// Shape/dtype/device checks of linear_rows (no value reads).
-inline void check_linear_rows_args(const at::Tensor& x, const at::Tensor& weight) {
+// Checks linear_rows and linear_rows_int8 share: x [..., K] floating, weight
+// [N, K] on x's device, sizes within the op's limits (no value reads).
+inline void check_rows_product_args(const at::Tensor& x, const at::Tensor& weight) {
   TORCH_CHECK(x.dim() >= 1, "x must be [..., K], got a 0-d tensor");
   TORCH_CHECK(weight.dim() == 2, "weight must be [N, K], got ", weight.sizes());
   TORCH_CHECK(x.size(-1) == weight.size(1), "x must be [..., K] with K = weight.size(1) = ", weight.size(1),
               ", got ", x.sizes());
   TORCH_CHECK(is_float_dtype(x.scalar_type()), "x must be float32, float16 or bfloat16, got ", x.scalar_type());
-  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), "weight must have x's dtype ", x.scalar_type(), ", got ",
-              weight.scalar_type());
   TORCH_CHECK(weight.device() == x.device(), "weight must be on ", x.device(), " like x, got ", weight.device());
   check_numel(x, "x", "[..., K]");
   check_numel(weight, "weight", "[N, K]");
@@ -236,6 +235,23 @@ inline void check_linear_rows_args(const at::Tensor& x, const at::Tensor& weight
   TORCH_CHECK(!__builtin_mul_overflow(rows, weight.size(0), &out_numel) && out_numel <= kMaxElements,
               "the output [..., N] of x ", x.sizes(), " and weight ", weight.sizes(),
               " has more than 2^31 - 1 elements, the most this op supports");
+}
+
+// Shape/dtype/device checks of linear_rows (no value reads).
+inline void check_linear_rows_args(const at::Tensor& x, const at::Tensor& weight) {
+  check_rows_product_args(x, weight);
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), "weight must have x's dtype ", x.scalar_type(), ", got ",
+              weight.scalar_type());
+}
+
+// Shape/dtype/device checks of linear_rows_int8 (no value reads).
+inline void check_linear_rows_int8_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale) {
+  check_rows_product_args(x, weight);
+  TORCH_CHECK(weight.scalar_type() == at::kChar, "weight must be int8, got ", weight.scalar_type());
+  TORCH_CHECK(scale.dim() == 1 && scale.size(0) == weight.size(0), "scale must be [N] = [", weight.size(0),
+              "], got ", scale.sizes());
+  TORCH_CHECK(scale.scalar_type() == at::kFloat, "scale must be float32, got ", scale.scalar_type());
+  TORCH_CHECK(scale.device() == x.device(), "scale must be on ", x.device(), " like x, got ", scale.device());
 }
 
 }  // namespace layerskip

@@ -86,6 +86,11 @@ at::Tensor linear_rows_cpu(const at::Tensor& x, const at::Tensor& weight) {
   return cpu::linear_rows(x, weight);
 }
 
+at::Tensor linear_rows_int8_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale) {
+  check_linear_rows_int8_args(x, weight, scale);
+  return cpu::linear_rows_int8(x, weight, scale);
+}
+
 // Autograd kernels of the ops a decode step calls per layer: the ops have no
 // backward, so these run them below autograd (outputs never require grad). In
 // C++ rather than Python (ops.py registers the acceptance ops' ones) because
@@ -117,12 +122,28 @@ at::Tensor linear_rows_autograd(const at::Tensor& x, const at::Tensor& weight) {
   return op.call(x, weight);
 }
 
+at::Tensor linear_rows_int8_autograd(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("layerskip::linear_rows_int8", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+  at::AutoDispatchBelowAutograd guard;
+  return op.call(x, weight, scale);
+}
+
 #ifdef LAYERSKIP_WITH_CUDA
 // GPUs run this op as cuBLAS (ATen's linear): a decode step's GEMMs are not
 // launch-bound there once the step is a CUDA graph.
 at::Tensor linear_rows_cuda(const at::Tensor& x, const at::Tensor& weight) {
   check_linear_rows_args(x, weight);
   return at::linear(x, weight).contiguous();
+}
+
+// Not faster than bf16 weights on a GPU yet: the int8 weights are widened by a
+// separate op before the GEMM (a fused kernel is future work).
+at::Tensor linear_rows_int8_cuda(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale) {
+  check_linear_rows_int8_args(x, weight, scale);
+  return cpu::linear_rows_int8_aten(x, weight, scale);
 }
 
 // No value read of draft_lens here (a host sync): the kernels clamp it into
@@ -202,6 +223,7 @@ TORCH_LIBRARY(layerskip, m) {
       "verify_sampling(Tensor draft_tokens, Tensor draft_probs, Tensor target_probs, int seed, "
       "int offset, Tensor? draft_lens=None) -> (Tensor, Tensor)");
   m.def("linear_rows(Tensor x, Tensor weight) -> Tensor");
+  m.def("linear_rows_int8(Tensor x, Tensor weight, Tensor scale) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(layerskip, CPU, m) {
@@ -209,11 +231,13 @@ TORCH_LIBRARY_IMPL(layerskip, CPU, m) {
   m.impl("verify_greedy", &layerskip::greedy_cpu);
   m.impl("verify_sampling", &layerskip::sampling_cpu);
   m.impl("linear_rows", &layerskip::linear_rows_cpu);
+  m.impl("linear_rows_int8", &layerskip::linear_rows_int8_cpu);
 }
 
 TORCH_LIBRARY_IMPL(layerskip, Autograd, m) {
   m.impl("draft_verify_attention", &layerskip::attention_autograd);
   m.impl("linear_rows", &layerskip::linear_rows_autograd);
+  m.impl("linear_rows_int8", &layerskip::linear_rows_int8_autograd);
 }
 
 #ifdef LAYERSKIP_WITH_CUDA
@@ -222,6 +246,7 @@ TORCH_LIBRARY_IMPL(layerskip, CUDA, m) {
   m.impl("verify_greedy", &layerskip::greedy_cuda);
   m.impl("verify_sampling", &layerskip::sampling_cuda);
   m.impl("linear_rows", &layerskip::linear_rows_cuda);
+  m.impl("linear_rows_int8", &layerskip::linear_rows_int8_cuda);
 }
 #endif
 

@@ -19,7 +19,8 @@ import torch
 
 from . import backends, reference
 
-__all__ = ["draft_verify_attention", "verify_greedy", "verify_sampling", "linear_rows", "trusted_inputs",
+__all__ = ["draft_verify_attention", "verify_greedy", "verify_sampling", "linear_rows", "linear_rows_int8",
+           "trusted_inputs",
            "SCHEMAS", "SEED_RANGE"]
 
 # Seeds of verify_sampling, on every backend: the int64 range that the op
@@ -41,13 +42,14 @@ SCHEMAS = {
         "int offset, Tensor? draft_lens=None) -> (Tensor, Tensor)"
     ),
     "linear_rows": "linear_rows(Tensor x, Tensor weight) -> Tensor",
+    "linear_rows_int8": "linear_rows_int8(Tensor x, Tensor weight, Tensor scale) -> Tensor",
 }
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 # Ops whose no-backward Autograd kernel the native extension registers itself
 # (in C++: called once or more per layer of every decode step).
-_NATIVE_AUTOGRAD = ("draft_verify_attention", "linear_rows")
+_NATIVE_AUTOGRAD = ("draft_verify_attention", "linear_rows", "linear_rows_int8")
 
 
 def _register() -> None:
@@ -76,6 +78,10 @@ def _register() -> None:
 
     @torch.library.register_fake("layerskip::linear_rows")
     def _(x, weight):
+        return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+    @torch.library.register_fake("layerskip::linear_rows_int8")
+    def _(x, weight, scale):
         return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
     # The ops have no backward. Without an autograd kernel PyTorch would give
@@ -481,7 +487,8 @@ def verify_sampling(
         return fn(draft_tokens, draft_probs, target_probs, seed, offset, draft_lens)
 
 
-def _check_linear_rows(x, weight):
+def _check_linear_rows(x, weight, scale=None):
+    """Checks of linear_rows, and of linear_rows_int8 when scale is given."""
     if not isinstance(x, torch.Tensor) or not isinstance(weight, torch.Tensor):
         raise TypeError(f"x and weight must be tensors, got {type(x).__name__} and {type(weight).__name__}")
     if x.dim() < 1:
@@ -492,9 +499,19 @@ def _check_linear_rows(x, weight):
         raise ValueError(f"x must be [..., K] with K = weight.size(1) = {weight.shape[1]}, got {tuple(x.shape)}")
     if x.dtype not in _FLOATS:
         raise ValueError(f"x must be float32, float16 or bfloat16, got {x.dtype}")
-    if weight.dtype != x.dtype:
+    if scale is None and weight.dtype != x.dtype:
         raise ValueError(f"weight must have x's dtype {x.dtype}, got {weight.dtype}")
     _same_device(x, weight, "weight", "x")
+    if scale is not None:
+        if weight.dtype != torch.int8:
+            raise ValueError(f"weight must be int8, got {weight.dtype}")
+        if not isinstance(scale, torch.Tensor):
+            raise TypeError(f"scale must be a tensor, got {type(scale).__name__}")
+        if scale.dim() != 1 or scale.shape[0] != weight.shape[0]:
+            raise ValueError(f"scale must be [N] = [{weight.shape[0]}], got {tuple(scale.shape)}")
+        if scale.dtype != torch.float32:
+            raise ValueError(f"scale must be float32, got {scale.dtype}")
+        _same_device(x, scale, "scale", "x")
     _check_numel(x, "x", "[..., K]")
     _check_numel(weight, "weight", "[N, K]")
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
@@ -532,3 +549,36 @@ def linear_rows(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 def _impl_linear_rows(backend: str):
     """linear_rows of one backend: the cpu kernel, or the reference everywhere else."""
     return torch.ops.layerskip.linear_rows if backend == "cpu" else reference.linear_rows
+
+
+def linear_rows_int8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """(x @ weight^T) * scale: a few-row product with int8 weights (fp32 accumulation).
+
+    Args:
+        x: [..., K] fp32/fp16/bf16, any strides.
+        weight: int8 [N, K], x's device.
+        scale: fp32 [N], one factor per weight row, x's device.
+
+    Returns:
+        [..., N] in x's dtype, contiguous.
+
+    The cpu backend has a kernel for bf16 x (AVX512-BF16: the weights are
+    widened to bf16 in registers, so the product streams half the bytes of a
+    bf16 weight); other dtypes, builds without that ISA and every other backend
+    run the reference. The draft's quantized LM head runs it
+    (generation/draft_head.py).
+
+    Example:
+        >>> x = torch.randn(1, 8, dtype=torch.bfloat16)
+        >>> w = torch.randint(-127, 128, (5, 8), dtype=torch.int8); s = torch.rand(5)
+        >>> linear_rows_int8(x, w, s).shape
+        torch.Size([1, 5])
+    """
+    _check_linear_rows(x, weight, scale)
+    with torch.no_grad():
+        return _impl_linear_rows_int8(backends.resolve(x.device))(x, weight, scale)
+
+
+def _impl_linear_rows_int8(backend: str):
+    """linear_rows_int8 of one backend: the cpu kernel, or the reference everywhere else."""
+    return torch.ops.layerskip.linear_rows_int8 if backend == "cpu" else reference.linear_rows_int8

@@ -52,6 +52,7 @@ __all__ = [
     "verify_greedy",
     "verify_sampling",
     "linear_rows",
+    "linear_rows_int8",
     "philox4x32_10",
     "philox_uniform",
     "sampling_uniforms",
@@ -298,4 +299,16 @@ def linear_rows(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """
     acc = _acc_dtype(x)
     return (x.to(acc) @ weight.to(acc).T).to(x.dtype).contiguous()
+
+
+def linear_rows_int8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """(x @ weight^T) * scale with fp32 accumulation, in x's dtype. x: [..., K];
+    weight: int8 [N, K]; scale: fp32 [N] (one per weight row) -> [..., N].
+
+    A weight-only int8 product: the weights are integers (exact in every float
+    dtype), each row's sum is scaled once. The draft's quantized LM head
+    (generation/draft_head.py) runs it.
+    """
+    acc = _acc_dtype(x)
+    return ((x.to(acc) @ weight.to(acc).T) * scale.to(acc)).to(x.dtype).contiguous()
 

@@ -182,6 +182,36 @@ def test_generate_with_a_reduced_draft_vocabulary(tiny_with_tokenizer, tmp_path,
     assert main(args[:-1] + ["-1"]) == 2
 
 
+def test_generate_with_an_int8_draft_head(tiny_with_tokenizer, tmp_path, capsys):
+    """--draft-quantization int8 (or a recorded default) drafts with the int8 head;
+    the text is the autoregressive one; a bad recorded value is refused."""
+    from tokenizers import Tokenizer
+
+    path = _copy_with_layerskip_defaults(tiny_with_tokenizer, tmp_path / "m", default_draft_quantization="int8")
+    tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    model = lk.LlamaForCausalLM.from_pretrained(path)
+    ar, _ = expected_cli_text(tok, model, "def add(", True, max_new_tokens=8)
+    base = ["generate", "--model", str(path), "--prompt", "def add(", "--max-new-tokens", "8", "--dtype", "float32",
+            "--exit-layer", "2", "--num-speculations", "3"]
+    seen = []
+    real = lk.generate
+    try:
+        lk.generate = lambda *a, **kw: seen.append(kw["draft_quantization"]) or real(*a, **kw)
+        assert main(base) == 0
+        assert main(base + ["--draft-quantization", "none"]) == 0
+    finally:
+        lk.generate = real
+    captured = capsys.readouterr()
+    assert captured.out == ar + ar and seen == ["int8", None]
+    assert "[self-speculative E=2 k=3 draft-head=int8]" in captured.err
+    bad = _copy_with_layerskip_defaults(tiny_with_tokenizer, tmp_path / "bad", default_draft_quantization="int4")
+    assert main(["generate", "--model", str(bad), "--prompt", "x", "--max-new-tokens", "2"]) == 1
+    assert "default_draft_quantization" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # argparse's choices
+        main(base + ["--draft-quantization", "int4"])
+    assert exc.value.code == 2 and "--draft-quantization" in capsys.readouterr().err
+
+
 def _copy_with_layerskip_defaults(src, dst, **layerskip):
     import json
     import shutil

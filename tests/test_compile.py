@@ -190,3 +190,58 @@ def test_compiled_adaptive_drafting_equals_eager_without_recompiling(damped):
     exits = set(compiled.stats["iterations_by_exit"])
     assert counters["stats"]["unique_graphs"] == 3 * len(exits)
     assert not counters["graph_break"]
+
+
+# --------------------------------------------------------------------------- dropped module guards (steps._compiled_fn)
+
+
+def test_models_of_different_shapes_never_share_graphs(damped, tmp_path):
+    """On CPU the compiled steps skip dynamo's guards on the model's attributes;
+    each model has its own graphs instead. Two models of different shapes,
+    interleaved, each give their eager tokens."""
+    path = tmp_path / "other"
+    make_hf_checkpoint(path, "mha_untied", num_hidden_layers=3)
+    other = lk.LlamaForCausalLM.from_pretrained(path)
+    kw = dict(max_new_tokens=12, exit_layer=1, num_speculations=2, eos_token_id=[])
+    want = {id(m): lk.generate(m, RAGGED, **kw).sequences for m in (damped, other)}
+    for m in (damped, other, damped, other):
+        assert lk.generate(m, RAGGED, compile=True, **kw).sequences == want[id(m)]
+
+
+def test_a_model_changed_after_compiling_gets_new_graphs(tmp_path):
+    """New weights (same shapes) are read at every call; another dtype or a
+    model object at a reused address gets graphs of its own."""
+    import gc
+
+    from layerskip_kernels.generation import steps
+
+    path = tmp_path / "m"
+    make_hf_checkpoint(path, "gqa_tied", num_hidden_layers=3)
+    model = lk.LlamaForCausalLM.from_pretrained(path)
+    kw = dict(max_new_tokens=10, exit_layer=1, num_speculations=2, eos_token_id=[])
+    first = lk.generate(model, RAGGED, compile=True, **kw).sequences
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(-1.0)  # in place: same tensors, other values
+    flipped = lk.generate(model, RAGGED, **kw).sequences
+    assert flipped != first
+    assert lk.generate(model, RAGGED, compile=True, **kw).sequences == flipped
+    # Another dtype: the fp32 graphs are not reused (they would read bf16 weights as fp32).
+    model.to(torch.bfloat16)
+    sf = steps.StepFunctions(True, "cpu")
+    cache = StaticKVCache.for_model(model, 2, 32)
+    cache.seqlens.copy_(torch.tensor([3, 9], dtype=torch.int32))
+    model.rope(32, torch.device("cpu"))
+    model.refresh_decode_weights()
+    tok = torch.tensor([5, 7])
+    with torch.inference_mode():
+        compiled = sf.autoregressive(model, tok, cache)
+        eager = steps.autoregressive(model, tok, cache)
+    assert compiled.dtype == torch.bfloat16
+    torch.testing.assert_close(compiled.float(), eager.float(), atol=0.05, rtol=0.02)
+    # A model that dies leaves a dead weak reference: a later model with the same id gets new graphs.
+    slot = steps._compiled[(id(model), "cpu")]
+    assert slot.model() is model
+    del model, sf, cache
+    gc.collect()
+    assert slot.model() is None

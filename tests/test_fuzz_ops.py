@@ -690,3 +690,64 @@ def test_linear_rows_bad_input(entry):
     if entry[0] == "ops":
         with pytest.raises(TypeError, match="x and weight must be tensors"):
             call(entry, "linear_rows", [1.0], torch.zeros(1, 1))
+
+
+# --------------------------------------------------------------------------- linear_rows_int8
+
+
+def linear_int8_inputs(c):
+    """linear_inputs' x and layouts, with int8 weights and a (possibly strided) fp32 scale."""
+    x, w = linear_inputs(c)
+    g = torch.Generator().manual_seed(c["seed"] + 1)
+    N, K = w.shape
+    q = torch.randint(-128, 128, (2 * N, K + 5), generator=g, dtype=torch.int8)
+    q = {"contiguous": lambda: q[:N, :K].contiguous(), "sliced": lambda: q[::2, 2:K + 2],
+         "transposed": lambda: q[:N, :K].t().contiguous().t()}[c["w_layout"]]()
+    scale = (torch.rand(2 * N, generator=g) / (127 * K**0.5))[::2]
+    return x, q, scale
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=ENTRY_IDS)
+@FUZZ
+@given(c=linear_case())
+def test_linear_rows_int8_valid_layouts(entry, c):
+    # Any layout and size, as for linear_rows: the reference's product,
+    # contiguous, operands unchanged, no gradient.
+    x, w, scale = linear_int8_inputs(c)
+    before = [t.clone() for t in (x, w, scale)]
+    want = reference.linear_rows_int8(x, w, scale)
+    got = call(entry, "linear_rows_int8", x, w, scale)
+    atol, rtol = LINEAR_TOL[c["dtype"]]
+    assert got.shape == (*x.shape[:-1], w.shape[0]) and got.dtype == x.dtype and got.is_contiguous()
+    torch.testing.assert_close(got.float(), want.float(), atol=atol, rtol=rtol)
+    assert all(torch.equal(t, b) for t, b in zip((x, w, scale), before))
+    assert not got.requires_grad
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=ENTRY_IDS)
+def test_linear_rows_int8_bad_input(entry):
+    bf, i8 = dict(dtype=torch.bfloat16), dict(dtype=torch.int8)
+    bad = [
+        (torch.zeros(2, 3, **bf), torch.zeros(4, 5, **i8), torch.ones(4), "K"),
+        (torch.zeros(2, 3, **bf), torch.zeros(3, **i8), torch.ones(3), "weight"),
+        (torch.zeros((), **bf), torch.zeros(1, 1, **i8), torch.ones(1), "x"),
+        (torch.zeros(2, 3, **bf), torch.zeros(4, 3, **bf), torch.ones(4), "weight must be int8"),
+        (torch.zeros(2, 3, **bf), torch.zeros(4, 3, dtype=torch.uint8), torch.ones(4), "weight must be int8"),
+        (torch.zeros(2, 3, dtype=torch.int64), torch.zeros(4, 3, **i8), torch.ones(4), "x"),
+        (torch.zeros(2, 3, **bf), torch.zeros(4, 3, **i8), torch.ones(5), "scale"),
+        (torch.zeros(2, 3, **bf), torch.zeros(4, 3, **i8), torch.ones(4, 1), "scale"),
+        (torch.zeros(2, 3, **bf), torch.zeros(4, 3, **i8), torch.ones(4, **bf), "scale must be float32"),
+        (torch.zeros(1, 1, **bf).expand(2**31, 1), torch.zeros(2, 1, **i8), torch.ones(2), "x"),
+        (torch.zeros(1, 1, **bf).expand(2**16, 1), torch.zeros(1, 1, **i8).expand(2**16, 1), torch.ones(2**16),
+         "output"),
+    ]
+    for x, w, s, name in bad:
+        with pytest.raises(error_types(entry), match=name):
+            call(entry, "linear_rows_int8", x, w, s)
+    x = torch.randn(3, 8, requires_grad=True)
+    assert not call(entry, "linear_rows_int8", x, torch.ones(2, 8, **i8), torch.ones(2)).requires_grad
+    if entry[0] == "ops":
+        with pytest.raises(TypeError, match="tensors"):
+            call(entry, "linear_rows_int8", [1.0], torch.zeros(1, 1, **i8), torch.ones(1))
+        with pytest.raises(TypeError, match="scale must be a tensor"):
+            call(entry, "linear_rows_int8", torch.zeros(1, 1), torch.zeros(1, 1, **i8), [1.0])

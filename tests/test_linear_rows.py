@@ -1,8 +1,10 @@
-"""linear_rows (the decode step's few-row products) and the model's decode GEMM path.
+"""linear_rows (the decode step's few-row products), linear_rows_int8 (the same
+with int8 weights and per-row scales) and the model's decode GEMM path.
 
-The cpu kernel (bf16, AVX512-BF16) against reference.linear_rows (bad input and
-odd layouts: tests/test_fuzz_ops.py); the concatenated q/k/v and gate/up weights staying in step with
-the modules' weights.
+The cpu kernels (bf16, AVX512-BF16) against reference.linear_rows and
+reference.linear_rows_int8 (bad input and odd layouts: tests/test_fuzz_ops.py);
+the concatenated q/k/v and gate/up weights staying in step with the modules'
+weights.
 """
 
 import pytest
@@ -93,6 +95,89 @@ def test_opcheck_and_compile():
     counters.clear()
     fn = torch.compile(lambda a, b: torch.ops.layerskip.linear_rows(a, b) * 2, fullgraph=True, backend="aot_eager")
     assert torch.equal(fn(x, w), torch.ops.layerskip.linear_rows(x, w) * 2)
+    assert not counters["graph_break"]
+
+
+# --------------------------------------------------------------------------- linear_rows_int8
+
+
+def _case_int8(rows, K, N, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, K, generator=g).to(dtype)
+    w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8)
+    scale = torch.rand(N, generator=g) / (127 * K**0.5)
+    return x, w, scale
+
+
+@native
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("rows,K,N", SHAPES)
+def test_int8_parity_cpu(rows, K, N, dtype):
+    x, w, scale = _case_int8(rows, K, N, dtype)
+    atol, rtol = TOL[dtype]
+    got = torch.ops.layerskip.linear_rows_int8(x, w, scale)
+    want = reference.linear_rows_int8(x, w, scale)
+    assert got.dtype == dtype and got.shape == (rows, N) and got.is_contiguous()
+    torch.testing.assert_close(got.float(), want.float(), atol=atol, rtol=rtol)
+
+
+@native
+def test_int8_exact_when_products_are_exact():
+    # Every int8 value widened to bf16 is exact; with small integer inputs and
+    # power-of-two scales the whole result is exact in any summation order, so
+    # a wrong index, a lost sign or a dropped tail cannot hide in a tolerance.
+    g = torch.Generator().manual_seed(2)
+    for rows, K, N in SHAPES:
+        x = torch.randint(-3, 4, (rows, K), generator=g).to(torch.bfloat16)
+        w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8)
+        w[0, 0] = -128  # the one int8 value with no positive twin
+        scale = 2.0 ** torch.randint(-8, 1, (N,), generator=g).float()
+        got = torch.ops.layerskip.linear_rows_int8(x, w, scale)
+        assert torch.equal(got, reference.linear_rows_int8(x, w, scale)), (rows, K, N)
+
+
+@native
+def test_int8_reads_nothing_past_the_rows():
+    # As test_reads_nothing_past_the_rows; int8 has no NaN, so the weights'
+    # storage continues with 127 and a read past a row would change the sum.
+    for K in (31, 33, 64):
+        xs = torch.full((3 * K + 64,), float("nan"), dtype=torch.bfloat16)
+        ws = torch.full((5 * K + 64,), 127, dtype=torch.int8)
+        x, w, scale = _case_int8(3, K, 5, torch.bfloat16)
+        xs[: 3 * K] = x.flatten()
+        ws[: 5 * K] = w.flatten()
+        got = torch.ops.layerskip.linear_rows_int8(xs[: 3 * K].view(3, K), ws[: 5 * K].view(5, K), scale)
+        assert not got.isnan().any(), K
+        torch.testing.assert_close(got.float(), reference.linear_rows_int8(x, w, scale).float(),
+                                   atol=TOL[torch.bfloat16][0], rtol=TOL[torch.bfloat16][1])
+
+
+@native
+def test_int8_batch_dims_strides_and_empty():
+    x, w, scale = _case_int8(24, 64, 48, torch.bfloat16)
+    x3 = x.view(2, 3, 4, 64)[:, ::2]  # [2, 2, 4, 64], not contiguous
+    wt = w.t().contiguous().t()  # [48, 64] with strides (1, 48)
+    st = torch.stack([scale, scale], 1)[:, 0]  # [48] with stride 2
+    torch.testing.assert_close(ops.linear_rows_int8(x3, wt, st).float(),
+                               reference.linear_rows_int8(x3, wt, st).float(),
+                               atol=TOL[torch.bfloat16][0], rtol=TOL[torch.bfloat16][1])
+    assert ops.linear_rows_int8(x3, wt, st).shape == (2, 2, 4, 48)
+    assert ops.linear_rows_int8(torch.zeros(0, 64, dtype=torch.bfloat16), w, scale).shape == (0, 48)
+    zero_k = ops.linear_rows_int8(torch.zeros(3, 0, dtype=torch.bfloat16), torch.zeros(5, 0, dtype=torch.int8),
+                                  torch.ones(5))
+    assert torch.equal(zero_k, torch.zeros(3, 5, dtype=torch.bfloat16))
+
+
+@native
+def test_int8_opcheck_and_compile():
+    x, w, scale = _case_int8(4, 64, 32, torch.bfloat16)
+    torch.library.opcheck(torch.ops.layerskip.linear_rows_int8.default, (x, w, scale))
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    fn = torch.compile(lambda a, b, c: torch.ops.layerskip.linear_rows_int8(a, b, c) * 2, fullgraph=True,
+                       backend="aot_eager")
+    assert torch.equal(fn(x, w, scale), torch.ops.layerskip.linear_rows_int8(x, w, scale) * 2)
     assert not counters["graph_break"]
 
 

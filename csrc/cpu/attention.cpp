@@ -38,6 +38,7 @@ namespace {
 
 constexpr int kTile = 32;     // keys per tile: two AVX-512 vectors of scores
 constexpr int kMaxRows = 64;  // query rows (heads x queries) per pass over the keys
+constexpr int64_t kWorkPerThread = 192 * 1024;  // multiply-adds that pay for one more thread
 // From this many rows on, transposing a key tile costs less than the
 // horizontal sums of the dot-product path (a rough crossover: G = 4 heads at S = 1
 // stay on the dot path, verify steps with S >= 2 take the transposed one).
@@ -348,7 +349,15 @@ void attention_launch(const AttnParams& P, const int32_t* lens, const scalar_t* 
   const int64_t s_per_chunk = std::max<int64_t>(1, std::min<int64_t>(P.S, G > 0 ? kMaxRows / G : P.S));
   const int64_t rows = std::max<int64_t>(1, std::min<int64_t>(s_per_chunk * G, kMaxRows));
   const int64_t tasks = P.B * P.Hkv;
-  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tasks)));
+  // A thread per kWorkPerThread multiply-adds (QK and PV): a decode step's
+  // attention is a few thousand of them per head, less than waking a second
+  // thread costs (bench/bench_attention.py: one thread is faster below ~300k).
+  int64_t keys = 0;
+  for (int64_t b = 0; b < P.B; ++b) keys += std::min<int64_t>(std::max<int64_t>(lens[b], 0) + P.S, P.T_max);
+  const int64_t work = 2 * keys * P.S * P.G * P.Hkv * P.D;
+  const int64_t by_work = std::max<int64_t>(1, work / kWorkPerThread);
+  const int threads = static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>({static_cast<int64_t>(at::get_num_threads()), tasks, by_work})));
   // Scratch is allocated here, not inside the parallel region: an exception
   // (std::bad_alloc) escaping an OpenMP region terminates the process, while
   // here it reaches the caller as a Python MemoryError.

@@ -33,4 +33,12 @@ std::tuple<at::Tensor, at::Tensor> verify_sampling(const at::Tensor& draft_token
 // dtype, contiguous (fp32 accumulation).
 at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& weight);
 
+// x: [..., K]; weight: int8 [N, K]; scale: fp32 [N]. Returns (x @ weight^T) * scale:
+// [..., N] in x's dtype, contiguous (fp32 accumulation).
+at::Tensor linear_rows_int8(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale);
+
+// The same product from ATen ops (any device): weights widened to fp32, one GEMM,
+// the scales, the cast. Runs where the kernel does not (other dtypes, CUDA).
+at::Tensor linear_rows_int8_aten(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale);
+
 }  // namespace layerskip::cpu

@@ -45,6 +45,10 @@ def add_arguments(p) -> None:
                    help="the draft head scores only this many of the most frequent training tokens "
                         "(the model's token_frequencies.safetensors); verification scores all; 0 is all "
                         "(default: the model's layerskip.default_draft_vocab, else 0)")
+    p.add_argument("--draft-quantization", default=None, choices=["none", "int8"],
+                   help="int8: the draft scores with an int8 copy of the LM head (half its bytes per draft "
+                        "step); verification uses the model's own head, so output is unchanged "
+                        "(default: the model's layerskip.default_draft_quantization, else none)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="compile the decode steps with torch.compile (CUDA graphs on a GPU); off by default: "
                         "on CPU the first compile costs more than it saves on a default-length generation "
@@ -203,6 +207,14 @@ def _plan(args, path, tokenizer, model):
         if recorded_draft_vocab:
             args.draft_vocab = v.check_int(f"{source}: layerskip.default_draft_vocab",
                                            defaults.get("default_draft_vocab", 0), 0, cfg.vocab_size)
+        if args.draft_quantization is None:
+            recorded = defaults.get("default_draft_quantization")
+            if recorded not in (None, "int8"):
+                raise ValueError(f"{source}: layerskip.default_draft_quantization must be null or \"int8\", "
+                                 f"got {recorded!r}")
+            args.draft_quantization = recorded
+        elif args.draft_quantization == "none":
+            args.draft_quantization = None
         adaptive = adaptive_settings(cfg, source) if args.speculation == "adaptive" else {}  # checked there
     except ValueError as e:
         raise _unusable(str(e)) from None
@@ -298,7 +310,8 @@ def run(args) -> int:
                           top_k=args.top_k, top_p=args.top_p, seed=args.seed, streamer=stream,
                           repetition_penalty=args.repetition_penalty,
                           no_repeat_ngram_size=args.no_repeat_ngram_size, first_token_ids=first,
-                          compile=args.compile, speculation=args.speculation, draft_vocab=args.draft_ids)
+                          compile=args.compile, speculation=args.speculation, draft_vocab=args.draft_ids,
+                          draft_quantization=args.draft_quantization)
     tail = tokenizer.decode(prefix + generated)[shown[0]:]
     sys.stdout.write(tail + "\n")
     sys.stdout.flush()  # the text before the stats line on a shared terminal
@@ -309,6 +322,8 @@ def run(args) -> int:
         mode = f"self-speculative adaptive E{near}{exit_layer} k<={k}"
     if exit_layer and args.draft_ids is not None:
         mode += f" draft-vocab={len(args.draft_ids)}"
+    if exit_layer and args.draft_quantization:
+        mode += f" draft-head={args.draft_quantization}"
     acc = f"{s['acceptance_rate']:.1%}" if s["acceptance_rate"] is not None else "n/a"
     tps = f"{s['tokens_per_step']:.2f}" if s["tokens_per_step"] is not None else "n/a"
     compiled = f", compiled (+{s['compile_s']:.1f} s compiling)" if args.compile else ""

@@ -15,7 +15,8 @@ outside the subset; see ops.verify_sampling).
 The model directory records how often each token occurs in its training split
 (`FREQUENCIES_FILE`, written by the trainer, or by
 `python -m layerskip_kernels.train.frequencies MODEL_DIR` for older models).
-`bench/bench_draft_vocab.py` measures whether a subset size pays.
+`bench/bench_draft_vocab.py` measures whether a subset size pays. The head that
+scores the subset is generation.draft_head.DraftHead (which can also be int8).
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ import os
 
 import torch
 
-__all__ = ["FREQUENCIES_FILE", "save_frequencies", "load_frequencies", "frequent_tokens", "check_draft_vocab",
-           "DraftHead"]
+__all__ = ["FREQUENCIES_FILE", "save_frequencies", "load_frequencies", "frequent_tokens", "check_draft_vocab"]
 
 FREQUENCIES_FILE = "token_frequencies.safetensors"
 
@@ -99,13 +99,3 @@ def check_draft_vocab(draft_vocab, vocab_size: int) -> torch.Tensor | None:
     if bool((ids[1:] == ids[:-1]).any()):
         raise ValueError("draft_vocab ids must be distinct")
     return ids
-
-
-class DraftHead:
-    """The draft's LM head restricted to `ids`: ids on the model's device and
-    the matching rows of the LM head, copied once (contiguous [N, H])."""
-
-    def __init__(self, model, ids: torch.Tensor):
-        w = model.lm_head.weight
-        self.ids = ids.to(w.device)
-        self.weight = w.detach().index_select(0, self.ids).contiguous()

@@ -66,6 +66,7 @@ def generate(
     compile: bool = False,
     speculation: str = "static",
     draft_vocab=None,
+    draft_quantization: str | None = None,
 ) -> GenerationOutput:
     """Generate up to `max_new_tokens` tokens per row.
 
@@ -113,6 +114,10 @@ def generate(
             only (generation.draft_vocab, e.g. frequent_tokens(model_dir, 1024)).
             Verification scores the full vocabulary: greedy output is unchanged
             and sampling keeps the full model's distribution.
+        draft_quantization: None (the draft scores with the LM head as it is)
+            or "int8": with an int8 copy of it, one fp32 scale per row
+            (generation.draft_head; half the head's bytes per draft step).
+            Verification uses the model's own head: output stays exact.
 
     Returns:
         GenerationOutput(sequences, stats): per-row generated tokens (prompt
@@ -144,7 +149,8 @@ def generate(
         # Built before the clock starts: with compile=True this imports torch's
         # compiler stack, a one-time cost like compilation itself.
         engine = Engine(model, max_batch_size, exit_layer, a.num_speculations, a.do_sample, aids, seed=seed,
-                        compile=compile, speculation=speculation, draft_vocab=draft_vocab)
+                        compile=compile, speculation=speculation, draft_vocab=draft_vocab,
+                        draft_quantization=draft_quantization)
         t0 = time.perf_counter()
         for b, p in enumerate(prompts):
             engine.add_request(Request(p, a.max_new_tokens, frozenset(a.eos_ids), seed, a.temperature, a.top_k,

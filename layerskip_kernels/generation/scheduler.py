@@ -38,7 +38,8 @@ from .. import ops
 from ..cache import ExitQueryCache, StaticKVCache
 from .policy import make_policy
 from .processors import DecodingAids, TokenHistory
-from .draft_vocab import DraftHead, check_draft_vocab
+from .draft_head import DraftHead, check_draft_quantization
+from .draft_vocab import check_draft_vocab
 from .steps import StepFunctions, cache_shape
 from .token_healing import check_first_token_ids
 from .validation import validate_generate_args
@@ -120,14 +121,19 @@ class Engine:
             (generation.policy).
         draft_vocab: None, or distinct token ids the draft head scores
             (generation.draft_vocab); verification scores every token.
+        draft_quantization: None, or "int8": the draft scores with an int8
+            copy of the LM head (generation.draft_head); verification scores
+            with the model's own.
 
     Arguments are validated by the caller (`generate` or `validation`).
     """
 
     def __init__(self, model, max_batch_size: int, exit_layer: int | None = None, num_speculations: int = 4,
                  do_sample: bool = False, aids: DecodingAids = DecodingAids(), seed: int | None = None,
-                 compile: bool = False, speculation="static", draft_vocab: torch.Tensor | None = None):
+                 compile: bool = False, speculation="static", draft_vocab: torch.Tensor | None = None,
+                 draft_quantization: str | None = None):
         draft_vocab = check_draft_vocab(draft_vocab, model.config.vocab_size)  # before anything is built
+        draft_quantization = check_draft_quantization(draft_quantization)
         self.model = model
         self.L = model.config.num_hidden_layers
         self.E = exit_layer
@@ -139,7 +145,8 @@ class Engine:
         self.device, self.dtype = p.device, p.dtype
         self.steps = StepFunctions(compile, self.device)
         self.policy = make_policy(speculation, model, exit_layer, self.k) if exit_layer is not None else None
-        self.draft_head = DraftHead(model, draft_vocab) if draft_vocab is not None and exit_layer is not None else None
+        own_head = draft_vocab is None and draft_quantization is None
+        self.draft_head = None if own_head or exit_layer is None else DraftHead(model, draft_vocab, draft_quantization)
         self.shared_seed = seed
         self.shared_rng = None if seed is None else torch.Generator(device=self.device).manual_seed(seed % 2**64)
         self.shared_offset = 0
@@ -360,9 +367,12 @@ class Engine:
     # --- steps (one batched iteration over every slot) ------------------------------
 
     def _step_autoregressive(self) -> list[list[int]]:
-        logits = self.steps.autoregressive(self.model, self.pending, self.cache)
-        logits = self._process(logits[:, None], self.cache.seqlens[:, None] + 1)[:, 0]
-        tok, _ = self._choose(logits)
+        if self.do_sample or self.history is not None:
+            logits = self.steps.autoregressive(self.model, self.pending, self.cache)
+            logits = self._process(logits[:, None], self.cache.seqlens[:, None] + 1)[:, 0]
+            tok, _ = self._choose(logits)
+        else:  # the argmax inside the step
+            tok = self.steps.greedy_token(self.model, self.pending, self.cache)
         self._advance(1, tok)
         self._count(drafted=[0] * len(self.slots), accepted=[0] * len(self.slots))
         return [[t] for t in tok.tolist()]  # the one host read of the iteration
@@ -376,34 +386,37 @@ class Engine:
             raise ValueError(f"drafting policy planned exit_layer={E}, num_drafts={plan.num_drafts}: they must be "
                              f"in [1, {self.L - 1}] and [1, num_speculations={self.k}]")
         base = self.cache.seqlens
-        if adaptive or self.do_sample or self.draft_head is not None or self.history is not None:
+        # Compiled steps verify all k+1 positions whatever the draft length (one
+        # graph, no recompilation); positions past a row's draft length are
+        # scratch and draft_lens keeps acceptance off them. Eager verifies only
+        # the positions drafted.
+        if adaptive or self.do_sample or self.history is not None:
             n_steps = self._draft_stepwise(plan, E, adaptive)
+            n_verify = self.k if self.steps.compile else n_steps
+            hidden, drafts = self.exitq.hidden[:, : n_verify + 1], self.drafts[:, :n_verify]
         else:
             # No draft step needs the host: the drafting phase is one step function.
-            n_steps = plan.num_drafts
-            self.exitq.hidden[:, : n_steps + 1], self.drafts[:, :n_steps] = self.steps.draft_greedy(
-                m, E, n_steps, self.pending, self.cache, base)
-        lens = self.draft_lens
-        # Compiled steps verify all k+1 positions whatever n_steps (one graph, no
-        # recompilation); positions past a row's draft length are scratch and
-        # draft_lens keeps acceptance off them. Eager verifies only n_steps+1.
-        n_verify = self.k if self.steps.compile else n_steps
-        hidden = self.exitq.hidden[:, : n_verify + 1]
-        target_logits = self.steps.verify(m, E, hidden, self.cache, base)  # [n, n_verify+1, V]
-        if self.history is not None:
-            # Verify position i predicts position base+1+i from the pending token and drafts 0..i-1.
-            target_logits = self._process(target_logits, base[:, None] + 1 + torch.arange(n_verify + 1, device=self.device))
-        draft_lens = lens if adaptive else None
-        drafts = self.drafts[:, :n_verify]
-        if self.do_sample:
-            target_probs = warp_probs(target_logits, self.temperature, self.top_k, self.top_p)
-            n, out = self._verify_sampling_rows(drafts, self.draft_probs[:, :n_verify], target_probs, draft_lens)
-        else:
-            n, out = ops.verify_greedy(drafts, target_logits, draft_lens=draft_lens)
-        self._advance(n + 1, out.gather(1, n.long()[:, None])[:, 0])
+            n_steps = n_verify = plan.num_drafts
+            hidden, drafts = self.steps.draft_greedy(m, E, n_steps, self.pending, self.cache, base, self.draft_head)
+        draft_lens = self.draft_lens if adaptive else None
+        if self.do_sample or self.history is not None:
+            target_logits = self.steps.verify(m, E, hidden, self.cache, base)  # [n, n_verify+1, V]
+            if self.history is not None:
+                # Verify position i predicts position base+1+i from the pending token and drafts 0..i-1.
+                target_logits = self._process(target_logits,
+                                              base[:, None] + 1 + torch.arange(n_verify + 1, device=self.device))
+            if self.do_sample:
+                target_probs = warp_probs(target_logits, self.temperature, self.top_k, self.top_p)
+                n, out = self._verify_sampling_rows(drafts, self.draft_probs[:, :n_verify], target_probs, draft_lens)
+            else:
+                n, out = ops.verify_greedy(drafts, target_logits, draft_lens=draft_lens)
+            accepted = torch.cat([n.long()[:, None], out], dim=1)
+            pending = out.gather(1, n.long()[:, None])[:, 0]
+        else:  # greedy acceptance inside the verify step
+            accepted, pending = self.steps.verify_accept(m, E, hidden, self.cache, base, drafts, draft_lens)
+        self._advance(accepted[:, 0] + 1, pending)
         # The one host read of the iteration: accepted lengths, tokens (and draft lengths).
-        cols = [n.long()[:, None], out] + ([lens.long()[:, None]] if adaptive else [])
-        rows = torch.cat(cols, dim=1).tolist()
+        rows = (torch.cat([accepted, self.draft_lens.long()[:, None]], dim=1) if adaptive else accepted).tolist()
         n_list = [r[0] for r in rows]
         out_list = [r[1 : n_verify + 2] for r in rows]
         drafted = [r[-1] for r in rows] if adaptive else [n_steps] * len(self.slots)
@@ -417,7 +430,7 @@ class Engine:
 
     def _draft_stepwise(self, plan, E: int, adaptive: bool) -> int:
         """Draft step by step (each step's token choice may need the decoding aids,
-        sampling, the reduced head or the confidence stop), then the last draft
+        sampling or the confidence stop), then the last draft
         through the early layers. Returns the number of draft steps taken."""
         m = self.model
         pos = self.draft_pos  # position of the token being fed, advanced in place
@@ -429,13 +442,9 @@ class Engine:
             torch.logical_and(self.alive, plan.row_caps > 0, out=drafting)
         n_steps = plan.num_drafts
         for i in range(plan.num_drafts):
-            if self.draft_head is None:
-                self.exitq.hidden[:, i], logits = self.steps.draft(m, E, tok, self.cache, pos)
-            else:
-                self.exitq.hidden[:, i], logits = self.steps.draft_reduced(m, E, tok, self.cache, pos,
-                                                                           self.draft_head.ids, self.draft_head.weight)
+            self.exitq.hidden[:, i], logits = self.steps.draft(m, E, tok, self.cache, pos, self.draft_head)
             logits = self._process(logits[:, None], pos[:, None] + 1)[:, 0]
-            if self.draft_head is not None and self.history is not None:
+            if self.draft_head is not None and self.draft_head.ids is not None and self.history is not None:
                 # The aids may ban every token of the subset: such a row drafts from
                 # a uniform q instead (any q is a valid proposal; verification decides).
                 logits = torch.where(torch.isfinite(logits).any(-1, keepdim=True), logits, 0.0)

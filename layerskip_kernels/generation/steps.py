@@ -6,27 +6,34 @@ one graph per value) and tensors whose shapes depend only on the slot count,
 the cache length and k; positions are int32 tensors, never Python ints, so a
 graph is reused at every position and whatever rows are active.
 
-  autoregressive(model, tokens, cache)            tokens [n]        -> logits [n, V]
-  draft(model, E, tokens, cache, pos)             tokens [n]        -> (hidden [n, H], logits [n, V])
-  draft_reduced(model, E, tokens, cache, pos, ids, weight)
-                                                  tokens [n]        -> (hidden [n, H], logits [n, V])
-  early(model, E, tokens, cache, pos)             tokens [n]        -> hidden [n, H]
-  draft_greedy(model, E, k, tokens, cache, pos)   tokens [n]        -> (hidden [n, k+1, H], drafts [n, k])
-  verify(model, E, hidden, cache, base)           hidden [n, S, H]  -> logits [n, S, V]
+  autoregressive(model, tokens, cache)                  tokens [n]        -> logits [n, V]
+  draft(model, E, tokens, cache, pos, head)             tokens [n]        -> (hidden [n, H], logits [n, V])
+  early(model, E, tokens, cache, pos)                   tokens [n]        -> hidden [n, H]
+  draft_greedy(model, E, k, tokens, cache, pos, head)   tokens [n]        -> (hidden [n, k+1, H], drafts [n, k])
+  verify(model, E, hidden, cache, base)                 hidden [n, S, H]  -> logits [n, S, V]
+  greedy_token(model, tokens, cache)                    tokens [n]        -> next tokens [n]
+  verify_accept(model, E, hidden, cache, base, drafts, draft_lens)
+                                                        hidden [n, k+1, H] -> (accepted [n, k+2], next [n])
 
+`head` is None (the model's final norm and LM head) or a
+generation.draft_head.DraftHead (a vocabulary subset, int8 rows, or both).
 `draft_greedy` is k draft steps with the argmax taken inside, then `early` of
 the last draft: the whole drafting phase of an iteration in one graph, for
-when no step needs the host (greedy, no decoding aids, the full draft head, a
-fixed k). `draft_reduced` scores only the tokens `ids` (int64 [N]) with `weight` (the
-LM head's rows ids, [N, H]) and gives every other token logit -inf
-(generation.draft_vocab). `draft`, `draft_reduced` and `early` write layers [0, E) of K/V at `pos`; `verify` writes layers
+when no step needs the host (greedy, no decoding aids, a fixed k). `draft`
+and `early` write layers [0, E) of K/V at `pos`; `verify` writes layers
 [E, L) at base .. base+S-1; `autoregressive` writes every layer at
 cache.seqlens. None of them advances a length: the engine decides what is kept.
+`greedy_token` is `autoregressive` with the argmax, and `verify_accept` is
+`verify` with greedy acceptance (ops.verify_greedy): each row of `accepted` is
+the accepted count, then the tokens to append (-1 padded), and `next` the last
+of them, so the iteration's one host read is one tensor. The engine uses them
+when no logits go through the host (greedy, no decoding aids).
 
 `StepFunctions(compile=...)` hands the engine either these functions (eager) or
 their compiled versions. Compiled functions are shared by every engine of the
-process: dynamo compiles one graph per (model, E, dtype, shape bucket) and
-guards on those, so a later `generate` call with the same bucket reuses it.
+process: dynamo compiles one graph per (model, E, dtype, shape bucket), so a
+later `generate` call with the same bucket reuses it (on CPU without dynamo's
+per-call checks of every model attribute: see _compiled_fn).
 The attention and acceptance ops stay opaque to inductor (they are our
 kernels); it fuses the norms, SiLU*mul, residual adds and casts around them.
 """
@@ -36,10 +43,15 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import types
+import weakref
 
 import torch
 
-__all__ = ["autoregressive", "draft", "draft_reduced", "draft_greedy", "early", "verify", "StepFunctions", "bucket", "cache_shape", "compile_stats"]
+from .. import ops
+
+__all__ = ["autoregressive", "draft", "draft_greedy", "early", "verify", "greedy_token", "verify_accept",
+           "StepFunctions", "bucket", "cache_shape", "compile_stats"]
 
 
 def autoregressive(model, tokens: torch.Tensor, cache) -> torch.Tensor:
@@ -47,24 +59,16 @@ def autoregressive(model, tokens: torch.Tensor, cache) -> torch.Tensor:
     return model.exit_head(h)[:, 0]
 
 
-def draft(model, E: int, tokens: torch.Tensor, cache, pos: torch.Tensor):
-    h = model.forward_layers(model.embed(tokens[:, None]), 0, E, cache, pos)
-    return h[:, 0], model.exit_head(h)[:, 0]
-
-
-def draft_reduced(model, E: int, tokens: torch.Tensor, cache, pos: torch.Tensor, ids: torch.Tensor,
-                  weight: torch.Tensor):
+def draft(model, E: int, tokens: torch.Tensor, cache, pos: torch.Tensor, head=None):
     h = model.forward_layers(model.embed(tokens[:, None]), 0, E, cache, pos)[:, 0]
-    sub = torch.nn.functional.linear(model.model.norm(h), weight)  # [n, N]
-    logits = sub.new_full((sub.shape[0], model.config.vocab_size), float("-inf"))
-    return h, logits.index_copy(1, ids, sub)
+    return h, (model.exit_head(h) if head is None else head.logits(model, h))
 
 
-def draft_greedy(model, E: int, k: int, tokens: torch.Tensor, cache, pos: torch.Tensor):
+def draft_greedy(model, E: int, k: int, tokens: torch.Tensor, cache, pos: torch.Tensor, head=None):
     hidden, drafts = [], []
     tok = tokens
     for i in range(k):
-        h, logits = draft(model, E, tok, cache, pos + i)
+        h, logits = draft(model, E, tok, cache, pos + i, head)
         tok = logits.argmax(-1)  # the greedy choice (ties: lowest id)
         hidden.append(h)
         drafts.append(tok)
@@ -80,9 +84,20 @@ def verify(model, E: int, hidden: torch.Tensor, cache, base: torch.Tensor) -> to
     return model.exit_head(model.forward_layers(hidden, E, model.num_layers, cache, base))
 
 
-_EAGER = dict(autoregressive=autoregressive, draft=draft, draft_reduced=draft_reduced, draft_greedy=draft_greedy,
-              early=early, verify=verify)
-_compiled: dict[str, object] = {}
+def greedy_token(model, tokens: torch.Tensor, cache) -> torch.Tensor:
+    return autoregressive(model, tokens, cache).argmax(-1)  # ties: lowest id
+
+
+def verify_accept(model, E: int, hidden: torch.Tensor, cache, base: torch.Tensor, drafts: torch.Tensor,
+                  draft_lens: torch.Tensor | None = None):
+    n, out = ops.verify_greedy(drafts, verify(model, E, hidden, cache, base), draft_lens=draft_lens)
+    n = n.long()[:, None]
+    return torch.cat([n, out], dim=1), out.gather(1, n)[:, 0]
+
+
+_EAGER = dict(autoregressive=autoregressive, draft=draft, draft_greedy=draft_greedy, early=early, verify=verify,
+              greedy_token=greedy_token, verify_accept=verify_accept)
+_compiled: dict[tuple, object] = {}  # (id(model), device type) -> _ModelGraphs
 
 # Seconds spent in the first call of each graph, per step name (tracing +
 # inductor codegen, or loading them from the on-disk cache; later calls only run).
@@ -122,9 +137,50 @@ def _quiet_cpp_extension_import() -> None:
         log.setLevel(level)
 
 
-def _compiled_fn(name: str, device: torch.device):
-    key = f"{name}:{device.type}"
-    fn = _compiled.get(key)
+class _ModelGraphs:
+    """The compiled step functions of one model in one state (see _compiled_fn)."""
+
+    def __init__(self, model, state):
+        self.model = weakref.ref(model)
+        self.state = state
+        self.fns: dict[str, object] = {}
+
+
+def _model_state(model) -> tuple:
+    """What a graph specializes on that lives inside the model: its dtype and
+    device, and the RoPE tables' length (they only grow, in model.rope)."""
+    w = model.lm_head.weight
+    rope = model._rope
+    return (w.dtype, w.device, None if rope is None else tuple(rope[0].shape))
+
+
+def _fresh_copy(fn):
+    """fn with a code object of its own: dynamo keeps its graphs (and their
+    guards) on the code object, so each copy has its own set."""
+    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
+def _compiled_fn(name: str, model, device: torch.device):
+    """The compiled step `name` for this model (in its current state) on `device`.
+
+    Dynamo's guards on nn.Modules (every parameter, buffer and attribute of the
+    model: ~600 checks) cost 60-200 us per call on this CPU, a tenth of a
+    compiled decode step. On CPU they are dropped
+    (torch.compiler.skip_guard_on_all_nn_modules_unsafe), which is safe because
+    each model gets its own copy of the step function (so its own graphs), held
+    by a weak reference (an id reused by a later model does not match), and a
+    new copy when `_model_state` changes. Parameters are graph inputs read at
+    every call: new weights of the same shapes need no recompilation. The
+    remaining guards (tensor arguments, the cache, E, k) stay.
+    """
+    slot_key = (id(model), device.type)
+    slot = _compiled.get(slot_key)
+    state = _model_state(model)
+    if slot is None or slot.model() is not model or slot.state != state:
+        for key in [k for k, v in _compiled.items() if v.model() is None]:
+            del _compiled[key]  # graphs of models that no longer exist
+        slot = _compiled[slot_key] = _ModelGraphs(model, state)
+    fn = slot.fns.get(name)
     if fn is None:
         if device.type == "cpu":
             _quiet_cpp_extension_import()
@@ -132,11 +188,15 @@ def _compiled_fn(name: str, device: torch.device):
         cfg.recompile_limit = max(cfg.recompile_limit, _RECOMPILE_LIMIT)
         cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 4 * _RECOMPILE_LIMIT)
         # CUDA: graph-captured ("reduce-overhead": one replay per step, no
-        # per-kernel launch from Python). CPU: inductor's C++ wrapper removes
-        # the Python launcher between its kernels.
-        opts = dict(mode="reduce-overhead") if device.type == "cuda" else dict(options={"cpp_wrapper": True})
-        fn = torch.compile(_EAGER[name], fullgraph=True, dynamic=False, **opts)
-        _compiled[key] = fn
+        # per-kernel launch from Python; its guards are kept: not measured on a
+        # GPU yet). CPU: inductor's C++ wrapper removes the Python launcher
+        # between its kernels, and the module guards go (docstring).
+        if device.type == "cuda":
+            opts = dict(mode="reduce-overhead")
+        else:
+            opts = dict(options={"cpp_wrapper": True,
+                                 "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe})
+        fn = slot.fns[name] = torch.compile(_fresh_copy(_EAGER[name]), fullgraph=True, dynamic=False, **opts)
     return fn
 
 
@@ -148,18 +208,19 @@ class StepFunctions:
         self.device = torch.device(device)
         self.compile_s = 0.0  # seconds of this object's first calls of each graph (see _timed)
         for name, fn in _EAGER.items():
-            setattr(self, name, self._timed(name, _compiled_fn(name, self.device)) if compile else fn)
+            setattr(self, name, self._timed(name) if compile else fn)
 
-    def _timed(self, name: str, fn):
-        def call(*args):
-            key = (name,) + tuple(_signature(a) for a in args)
+    def _timed(self, name: str):
+        def call(model, *args):
+            fn = _compiled_fn(name, model, self.device)
+            key = (name, id(fn)) + tuple(_signature(a) for a in args)
             if key in _warm:
-                return fn(*args)
+                return fn(model, *args)
             # First call of this graph in this process: tracing and codegen (or
             # loading them from inductor's on-disk caches) and the first run,
             # which loads the compiled module. Counted as one-time cost.
             t0 = time.perf_counter()
-            out = fn(*args)
+            out = fn(model, *args)
             dt = time.perf_counter() - t0
             _warm.add(key)
             self.compile_s += dt
@@ -179,6 +240,8 @@ def _signature(arg):
         return (tuple(arg.shape), arg.dtype, arg.device)
     if isinstance(arg, torch.nn.Module):
         return id(arg)
+    if hasattr(arg, "signature"):  # DraftHead
+        return arg.signature()
     if hasattr(arg, "k") and hasattr(arg, "seqlens"):  # StaticKVCache
         return (tuple(arg.k.shape), arg.k.dtype, arg.k.device)
     return arg
