@@ -13,7 +13,11 @@ on the first --tokens positions of the held-out files (teacher-forced, fp32):
   often its top-1 equals the last layer's, for the full head and for the head
   restricted to the top N (the measure that decides; `ceiling` bounds it);
 - head_share: the draft LM head's share of a draft step's weights at exit E
-  (embedding-sized head vs E layers), with all V rows and with N rows.
+  (embedding-sized head vs E layers), with all V rows and with N rows;
+- the same agreement with the int8 draft head (generate(draft_quantization=
+  "int8"), per-row scales: half the head's bytes), and how often its top-1
+  equals the bf16 (here fp32) head's: `agreement_reduced_int8`,
+  `int8_same_top1`.
 
 Token counts and weight counts, not timings: the figures do not depend on
 machine load.
@@ -34,6 +38,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import metadata, print_table, write_csv  # noqa: E402
 
 import layerskip_kernels as lk  # noqa: E402
+from layerskip_kernels import reference  # noqa: E402
+from layerskip_kernels.generation.draft_head import quantize_rows_int8  # noqa: E402
 from layerskip_kernels.train import data  # noqa: E402
 from layerskip_kernels.train.evaluate import heldout_tokens  # noqa: E402
 from layerskip_kernels.train.frequencies import training_token_counts  # noqa: E402
@@ -41,14 +47,17 @@ from layerskip_kernels.train.frequencies import training_token_counts  # noqa: E
 
 @torch.no_grad()
 def exit_and_last_logits(model, E: int, tokens: torch.Tensor, num_tokens: int, seq_len: int):
-    """fp32 logits [num_tokens, V] of exit E and of the last layer at the first num_tokens positions."""
-    exit_l, last = [], []
+    """fp32 logits [num_tokens, V] of exit E (with the model's head and with its
+    int8 copy) and of the last layer at the first num_tokens positions."""
+    exit_l, exit_q, last = [], [], []
+    q, scale = quantize_rows_int8(model.lm_head.weight)
     for start in range(0, num_tokens, seq_len):
         x = tokens[start:start + seq_len].long()[None]
         hidden = model.forward_train(x, return_hidden=True)
         exit_l.append(model.exit_head(hidden[E - 1])[0].float())
+        exit_q.append(reference.linear_rows_int8(model.model.norm(hidden[E - 1])[0], q, scale).float())
         last.append(model.exit_head(hidden[-1])[0].float())
-    return torch.cat(exit_l)[:num_tokens], torch.cat(last)[:num_tokens]
+    return torch.cat(exit_l)[:num_tokens], torch.cat(exit_q)[:num_tokens], torch.cat(last)[:num_tokens]
 
 
 def main(argv=None) -> int:
@@ -75,7 +84,7 @@ def main(argv=None) -> int:
     held = heldout_tokens(tok)
     n = min(args.tokens, held.numel() - 1)
     targets = held[1:n + 1].long()
-    exit_logits, last_logits = exit_and_last_logits(model, E, held, n, cfg.max_position_embeddings)
+    exit_logits, exit_int8, last_logits = exit_and_last_logits(model, E, held, n, cfg.max_position_embeddings)
     top1 = last_logits.argmax(-1)
     layer_params = sum(t.numel() for t in model.model.layers[0].parameters())
     rows = []
@@ -90,11 +99,16 @@ def main(argv=None) -> int:
             "agreement_full": (exit_logits.argmax(-1) == top1).double().mean().item(),
             "agreement_reduced": (exit_logits.masked_fill(~keep, float("-inf")).argmax(-1) == top1)
             .double().mean().item(),
+            "agreement_reduced_int8": (exit_int8.masked_fill(~keep, float("-inf")).argmax(-1) == top1)
+            .double().mean().item(),
+            "int8_same_top1": (exit_int8.masked_fill(~keep, float("-inf")).argmax(-1)
+                               == exit_logits.masked_fill(~keep, float("-inf")).argmax(-1)).double().mean().item(),
             "head_share": V * H / (V * H + E * layer_params),
             "head_share_reduced": min(N, V) * H / (min(N, V) * H + E * layer_params),
         })
     write_csv(args.out + ".csv", rows)
-    print_table(rows, ["draft_vocab", "coverage", "ceiling", "agreement_full", "agreement_reduced", "head_share", "head_share_reduced"])
+    print_table(rows, ["draft_vocab", "coverage", "ceiling", "agreement_full", "agreement_reduced",
+                       "agreement_reduced_int8", "int8_same_top1", "head_share", "head_share_reduced"])
     print(f"wrote {args.out}.csv")
     return 0
 

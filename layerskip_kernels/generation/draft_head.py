@@ -14,8 +14,9 @@ approximations, alone or together:
 - `quantization="int8"`: the head's rows as int8 with one fp32 scale per row
   (symmetric, absmax / 127), scored by `ops.linear_rows_int8`: half the bytes
   of bf16. On the default model's held-out text the int8 head's greedy choice
-  agrees with the bf16 head's on 99.3% of positions and with the full model as
-  often as the bf16 head does (bench/results/draft_head.csv).
+  agrees with the bf16 head's on 99.2% of positions and with the full model as
+  often as the bf16 head does (bench/bench_draft_vocab.py,
+  bench/results/draft_vocab.csv).
 
     generate(model, prompts, exit_layer=3, draft_quantization="int8")
 

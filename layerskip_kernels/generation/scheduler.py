@@ -40,7 +40,7 @@ from .policy import make_policy
 from .processors import DecodingAids, TokenHistory
 from .draft_head import DraftHead, check_draft_quantization
 from .draft_vocab import check_draft_vocab
-from .steps import StepFunctions, cache_shape
+from .steps import StepFunctions, cache_shape, packed
 from .token_healing import check_first_token_ids
 from .validation import validate_generate_args
 from .warping import warp_probs
@@ -390,30 +390,21 @@ class Engine:
         # graph, no recompilation); positions past a row's draft length are
         # scratch and draft_lens keeps acceptance off them. Eager verifies only
         # the positions drafted.
-        if adaptive or self.do_sample or self.history is not None:
+        draft_lens = self.draft_lens if adaptive else None
+        if not (adaptive or self.do_sample or self.history is not None):
+            # Nothing needs the host before the accepted tokens: the whole
+            # iteration (k drafts, verify, acceptance) is one step function.
+            n_steps = n_verify = plan.num_drafts
+            accepted, pending = self.steps.speculate_greedy(m, E, n_steps, self.pending, self.cache, base,
+                                                            self.draft_head)
+        else:
             n_steps = self._draft_stepwise(plan, E, adaptive)
             n_verify = self.k if self.steps.compile else n_steps
             hidden, drafts = self.exitq.hidden[:, : n_verify + 1], self.drafts[:, :n_verify]
-        else:
-            # No draft step needs the host: the drafting phase is one step function.
-            n_steps = n_verify = plan.num_drafts
-            hidden, drafts = self.steps.draft_greedy(m, E, n_steps, self.pending, self.cache, base, self.draft_head)
-        draft_lens = self.draft_lens if adaptive else None
-        if self.do_sample or self.history is not None:
-            target_logits = self.steps.verify(m, E, hidden, self.cache, base)  # [n, n_verify+1, V]
-            if self.history is not None:
-                # Verify position i predicts position base+1+i from the pending token and drafts 0..i-1.
-                target_logits = self._process(target_logits,
-                                              base[:, None] + 1 + torch.arange(n_verify + 1, device=self.device))
-            if self.do_sample:
-                target_probs = warp_probs(target_logits, self.temperature, self.top_k, self.top_p)
-                n, out = self._verify_sampling_rows(drafts, self.draft_probs[:, :n_verify], target_probs, draft_lens)
+            if not (self.do_sample or self.history is not None):  # adaptive greedy: acceptance inside the step
+                accepted, pending = self.steps.verify_accept(m, E, hidden, self.cache, base, drafts, draft_lens)
             else:
-                n, out = ops.verify_greedy(drafts, target_logits, draft_lens=draft_lens)
-            accepted = torch.cat([n.long()[:, None], out], dim=1)
-            pending = out.gather(1, n.long()[:, None])[:, 0]
-        else:  # greedy acceptance inside the verify step
-            accepted, pending = self.steps.verify_accept(m, E, hidden, self.cache, base, drafts, draft_lens)
+                accepted, pending = self._verify_on_host(E, hidden, drafts, draft_lens, n_verify)
         self._advance(accepted[:, 0] + 1, pending)
         # The one host read of the iteration: accepted lengths, tokens (and draft lengths).
         rows = (torch.cat([accepted, self.draft_lens.long()[:, None]], dim=1) if adaptive else accepted).tolist()
@@ -427,6 +418,21 @@ class Engine:
         steps_by_exit[E] = steps_by_exit.get(E, 0) + n_steps
         self._count(drafted=drafted, accepted=n_list)
         return [row[: a + 1] for row, a in zip(out_list, n_list)]
+
+    def _verify_on_host(self, E: int, hidden, drafts, draft_lens, n_verify: int):
+        """The verify pass, then the decoding aids and sampling on its logits,
+        then acceptance: (accepted [n, k+2], next tokens [n]) as verify_accept."""
+        base = self.cache.seqlens
+        target_logits = self.steps.verify(self.model, E, hidden, self.cache, base)  # [n, n_verify+1, V]
+        if self.history is not None:
+            # Verify position i predicts position base+1+i from the pending token and drafts 0..i-1.
+            target_logits = self._process(target_logits, base[:, None] + 1 + torch.arange(n_verify + 1, device=self.device))
+        if self.do_sample:
+            target_probs = warp_probs(target_logits, self.temperature, self.top_k, self.top_p)
+            n, out = self._verify_sampling_rows(drafts, self.draft_probs[:, :n_verify], target_probs, draft_lens)
+        else:
+            n, out = ops.verify_greedy(drafts, target_logits, draft_lens=draft_lens)
+        return packed(n, out)
 
     def _draft_stepwise(self, plan, E: int, adaptive: bool) -> int:
         """Draft step by step (each step's token choice may need the decoding aids,

@@ -14,6 +14,8 @@ graph is reused at every position and whatever rows are active.
   greedy_token(model, tokens, cache)                    tokens [n]        -> next tokens [n]
   verify_accept(model, E, hidden, cache, base, drafts, draft_lens)
                                                         hidden [n, k+1, H] -> (accepted [n, k+2], next [n])
+  speculate_greedy(model, E, k, tokens, cache, base, head)
+                                                        tokens [n]        -> (accepted [n, k+2], next [n])
 
 `head` is None (the model's final norm and LM head) or a
 generation.draft_head.DraftHead (a vocabulary subset, int8 rows, or both).
@@ -28,6 +30,9 @@ cache.seqlens. None of them advances a length: the engine decides what is kept.
 the accepted count, then the tokens to append (-1 padded), and `next` the last
 of them, so the iteration's one host read is one tensor. The engine uses them
 when no logits go through the host (greedy, no decoding aids).
+`speculate_greedy` is a whole greedy iteration, `draft_greedy` then
+`verify_accept`: one graph, one call (a compiled call has a fixed cost of
+tens of microseconds on a CPU; on a GPU, one graph replay per iteration).
 
 `StepFunctions(compile=...)` hands the engine either these functions (eager) or
 their compiled versions. Compiled functions are shared by every engine of the
@@ -51,7 +56,7 @@ import torch
 from .. import ops
 
 __all__ = ["autoregressive", "draft", "draft_greedy", "early", "verify", "greedy_token", "verify_accept",
-           "StepFunctions", "bucket", "cache_shape", "compile_stats"]
+           "speculate_greedy", "packed", "StepFunctions", "bucket", "cache_shape", "compile_stats"]
 
 
 def autoregressive(model, tokens: torch.Tensor, cache) -> torch.Tensor:
@@ -90,13 +95,22 @@ def greedy_token(model, tokens: torch.Tensor, cache) -> torch.Tensor:
 
 def verify_accept(model, E: int, hidden: torch.Tensor, cache, base: torch.Tensor, drafts: torch.Tensor,
                   draft_lens: torch.Tensor | None = None):
-    n, out = ops.verify_greedy(drafts, verify(model, E, hidden, cache, base), draft_lens=draft_lens)
-    n = n.long()[:, None]
-    return torch.cat([n, out], dim=1), out.gather(1, n)[:, 0]
+    return packed(*ops.verify_greedy(drafts, verify(model, E, hidden, cache, base), draft_lens=draft_lens))
+
+
+def packed(num_accepted: torch.Tensor, out_tokens: torch.Tensor):
+    """An acceptance op's result as (accepted [n, k+2]: count, then tokens; next token [n])."""
+    n = num_accepted.long()[:, None]
+    return torch.cat([n, out_tokens], dim=1), out_tokens.gather(1, n)[:, 0]
+
+
+def speculate_greedy(model, E: int, k: int, tokens: torch.Tensor, cache, base: torch.Tensor, head=None):
+    hidden, drafts = draft_greedy(model, E, k, tokens, cache, base, head)
+    return verify_accept(model, E, hidden, cache, base, drafts)
 
 
 _EAGER = dict(autoregressive=autoregressive, draft=draft, draft_greedy=draft_greedy, early=early, verify=verify,
-              greedy_token=greedy_token, verify_accept=verify_accept)
+              greedy_token=greedy_token, verify_accept=verify_accept, speculate_greedy=speculate_greedy)
 _compiled: dict[tuple, object] = {}  # (id(model), device type) -> _ModelGraphs
 
 # Seconds spent in the first call of each graph, per step name (tracing +
