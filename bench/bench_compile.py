@@ -8,11 +8,14 @@ Writes three CSVs (and one PNG) under bench/results/:
                      self-speculative, transformers greedy, assistant_early_exit
                      (batch 1) and transformers with a static cache + torch.compile;
                      each engine's repetitions interleaved with the others.
-  compile_steps.csv  one autoregressive / draft / verify step, eager and compiled,
-                     in ms and as a multiple of its weight-streaming time (bytes
-                     of the weights it reads / this machine's copy bandwidth, the
-                     physical limit of a memory-bound step); c and v as the
-                     analytic limit uses them.
+  compile_steps.csv  the engine's greedy steps, eager and compiled (bench_e2e.
+                     step_costs: an autoregressive step, a whole self-speculative
+                     iteration, what one draft step adds to it and the rest, also
+                     with the int8 draft head; bench_e2e.step_costs says what each
+                     is), in ms and as a multiple of their
+                     weight-streaming time (bytes of the weights read / this
+                     machine's copy bandwidth, the physical limit of a
+                     memory-bound step); c and v as the analytic limit uses them.
   compile_cost.csv   one-time compile seconds per step function and shape bucket,
                      in a fresh process with an empty inductor cache ("cold") and
                      again in a second process ("warm", inductor's on-disk cache),
@@ -42,14 +45,16 @@ import layerskip_kernels as lk  # noqa: E402
 from layerskip_kernels.generation.policy import adaptive_settings  # noqa: E402
 
 
-def weight_bytes(model, E: int) -> dict[str, int]:
+def weight_bytes(model, E: int, k: int) -> dict[str, int]:
     """Bytes of weights one step reads: the linear layers of the layers it runs and
     the LM head (the embedding reads one row per token: negligible)."""
     per_layer = [sum(p.numel() * p.element_size() for p in layer.parameters()) for layer in model.model.layers]
     head = model.lm_head.weight.numel() * model.lm_head.weight.element_size()
     head_int8 = model.lm_head.weight.numel() + 4 * model.lm_head.weight.shape[0]  # int8 rows, fp32 scales
-    return dict(ar=sum(per_layer) + head, draft=sum(per_layer[:E]) + head, draft_int8=sum(per_layer[:E]) + head_int8,
-                verify=sum(per_layer) + head)  # verify: layers [0, E) for one token, [E, L) for k+1, one head
+    b = dict(ar=sum(per_layer) + head, draft=sum(per_layer[:E]) + head, draft_int8=sum(per_layer[:E]) + head_int8,
+             verify=sum(per_layer) + head)  # verify: layers [0, E) for one token, [E, L) for k+1, one head
+    b.update(iteration=k * b["draft"] + b["verify"], iteration_int8=k * b["draft_int8"] + b["verify"])
+    return b
 
 
 _COMPILE_PROBE = r"""
@@ -108,7 +113,7 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--num-prompts", type=int, default=8)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-cost", action="store_true", help="skip the compile-cost and CLI subprocess runs")
     ap.add_argument("--note", default="", help="conditions of the run, written on every row")
@@ -185,13 +190,13 @@ def main(argv=None) -> int:
               ylabel="tokens/s (all rows)", title=f"{meta['model']} bf16 E={E} k={k}, CPU {meta['cpu'][:30]}")
 
     bw = copy_bandwidth_gbs()
-    wb = weight_bytes(model, E)
+    wb = weight_bytes(model, E, k)
     steps_rows = []
     context = args.prompt_tokens + args.max_new_tokens // 2
     for B in args.batch_sizes:
         for compiled in (False, True):
             c = step_costs(model, B, context, E, k, compile=compiled)
-            for step in ("ar", "draft", "draft_int8", "verify"):
+            for step in ("ar", "draft", "verify", "iteration", "draft_int8", "iteration_int8"):
                 stream_s = wb[step] / (bw * 1e9)
                 steps_rows.append(dict(meta, kind="step", batch=B, compiled=compiled, step=step, ms=c[step] * 1e3,
                                        weight_mb=wb[step] / 1e6, copy_gbs=bw, x_weight_streaming=c[step] / stream_s,
@@ -203,14 +208,16 @@ def main(argv=None) -> int:
             cv = {r["step"]: r["ratio_to_ar"] for r in steps_rows if r["batch"] == row["batch"]
                   and r["compiled"] == compiled}
             a = acceptance_from_tokens_per_step(row["tokens_per_step"], k)
-            c = cv["draft_int8" if "int8" in row["engine"] else "draft"]
-            row.update(c=c, v=cv["verify"], a=a, analytic_limit=analytic_limit(a, k, c, cv["verify"]))
+            int8 = "int8" in row["engine"]
+            it = cv["iteration_int8" if int8 else "iteration"]  # k c + v, measured whole
+            row.update(c=cv["draft_int8" if int8 else "draft"], v=cv["verify"], iteration_over_ar=it, a=a,
+                       analytic_limit=analytic_limit(a, k, 0.0, it))
             row["fraction_of_limit"] = row["x_ours_ar_same_mode"] / row["analytic_limit"]
     write_csv(args.out + "_e2e.csv", e2e)
     print_table(steps_rows, ["batch", "compiled", "step", "ms", "weight_mb", "x_weight_streaming", "ratio_to_ar"])
     write_csv(args.out + "_steps.csv", steps_rows)
-    print_table([r for r in e2e if "c" in r], ["batch", "engine", "a", "c", "v", "analytic_limit",
-                                                 "fraction_of_limit"])
+    print_table([r for r in e2e if "c" in r], ["batch", "engine", "a", "c", "v", "iteration_over_ar",
+                                                 "analytic_limit", "fraction_of_limit"])
 
     if not args.no_cost:
         cost = compile_costs(E, k, args.batch_sizes, meta) + cli_costs(meta)
