@@ -143,8 +143,9 @@ def main(argv=None) -> int:
     costs = {}
     for e in range(1, L):
         c = step_costs(model, 1, context, e, k_top, reps=15, compile=cmp)
-        # Adaptive drafting calls each draft step and the verify pass separately.
-        costs[e] = dict(c=c["draft_call"] / c["ar"], v=c["verify_call"] / c["ar"])
+        # Adaptive drafting calls each draft step and the verify pass separately,
+        # as step_costs times "draft" and "verify".
+        costs[e] = dict(c=c["draft"] / c["ar"], v=c["verify"] / c["ar"])
 
     run(model, prompts[:1], 8, compile=cmp)  # warm-up
     # Screening, one pass each (a noisy maximum, so the winners are re-measured
