@@ -116,6 +116,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-cost", action="store_true", help="skip the compile-cost and CLI subprocess runs")
+    ap.add_argument("--cost-only", action="store_true", help="only the compile-cost and CLI subprocess runs")
     ap.add_argument("--note", default="", help="conditions of the run, written on every row")
     ap.add_argument("--out", default=os.path.join(RESULTS, "compile"))
     args = ap.parse_args(argv)
@@ -138,6 +139,8 @@ def main(argv=None) -> int:
     hf_static = dict(cache_implementation="static", compile_config=cc)
     meta = dict(metadata(), model=os.path.basename(os.path.normpath(path)), dtype="bfloat16", exit_layer=E, k=k,
                 max_new_tokens=args.max_new_tokens, prompt_tokens=args.prompt_tokens, note=args.note)
+    if args.cost_only:
+        return write_costs(args.out, E, k, args.batch_sizes, meta)
 
     engines = {
         "ours autoregressive (eager)": lambda ps, B: run_ours(model, ps, B, args.max_new_tokens, None, k),
@@ -219,10 +222,13 @@ def main(argv=None) -> int:
     print_table([r for r in e2e if "c" in r], ["batch", "engine", "a", "c", "v", "iteration_over_ar",
                                                  "analytic_limit", "fraction_of_limit"])
 
-    if not args.no_cost:
-        cost = compile_costs(E, k, args.batch_sizes, meta) + cli_costs(meta)
-        print_table(cost, ["kind", "batch_bucket", "state", "what", "seconds", "stats_line"])
-        write_csv(args.out + "_cost.csv", cost)
+    return 0 if args.no_cost else write_costs(args.out, E, k, args.batch_sizes, meta)
+
+
+def write_costs(out: str, E: int, k: int, batch_sizes, meta) -> int:
+    cost = compile_costs(E, k, batch_sizes, meta) + cli_costs(meta)
+    print_table(cost, ["kind", "batch_bucket", "state", "what", "seconds", "stats_line"])
+    write_csv(out + "_cost.csv", cost)
     return 0
 
 

@@ -245,3 +245,17 @@ def test_a_model_changed_after_compiling_gets_new_graphs(tmp_path):
     del model, sf, cache
     gc.collect()
     assert slot.model() is None
+
+
+def test_one_time_compiler_setup_happens_before_the_clock(monkeypatch):
+    """generate() builds its engine (and so its StepFunctions) before it starts
+    timing: the compiler's one-time setup (a slow import on CPU) must run there,
+    not inside the first timed step."""
+    from layerskip_kernels.generation import steps
+
+    calls = []
+    monkeypatch.setattr(steps, "_prepare_compiler", lambda device: calls.append(device.type))
+    sf = steps.StepFunctions(True, "cpu")
+    assert calls == ["cpu"]
+    steps.StepFunctions(False, "cpu")  # eager: nothing to prepare
+    assert calls == ["cpu"] and callable(sf.speculate_greedy)
