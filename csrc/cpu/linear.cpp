@@ -171,8 +171,9 @@ at::Tensor rows_product(const at::Tensor& x, const at::Tensor& weight, const flo
   // Grain (weight rows per task): a second thread pays for its wake-up (~2 us)
   // from about kParallelWork weight elements of one row; a pass over more input
   // rows is more work per element, ~(rows + 3) / 4 times (loads are shared,
-  // VDPBF16PS are not). So a 256 x 256 or 256 x 768 matrix stays on one thread
-  // at 1-8 rows, the LM head does not (bench/bench_linear.py, rows x threads).
+  // VDPBF16PS are not). So the default model's q/k/v, o and down stay on one
+  // thread at 1-4 rows, its 4096-row LM head does not (timed with one and two
+  // threads at those sizes; bench/bench_linear.py's "cache" rows show the result).
   const int64_t passes = (M + kRowBlock - 1) / kRowBlock;
   const int64_t per_row = std::max<int64_t>(1, K * passes * (std::min(M, kRowBlock) + 3) / 4);
   const int64_t grain = std::max<int64_t>(16, (kParallelWork + per_row - 1) / per_row);

@@ -186,6 +186,7 @@ def _load(args, device):
 def _plan(args, path, tokenizer, model):
     """Exit layer, k and prompt ids, all checked against the model."""
     from . import validation as v
+    from .draft_head import check_draft_quantization
     from .policy import SPECULATION_MODES, adaptive_settings
 
     cfg = model.config
@@ -209,10 +210,11 @@ def _plan(args, path, tokenizer, model):
                                            defaults.get("default_draft_vocab", 0), 0, cfg.vocab_size)
         if args.draft_quantization is None:
             recorded = defaults.get("default_draft_quantization")
-            if recorded not in (None, "int8"):
+            try:
+                args.draft_quantization = check_draft_quantization(recorded)
+            except ValueError:
                 raise ValueError(f"{source}: layerskip.default_draft_quantization must be null or \"int8\", "
-                                 f"got {recorded!r}")
-            args.draft_quantization = recorded
+                                 f"got {recorded!r}") from None
         elif args.draft_quantization == "none":
             args.draft_quantization = None
         adaptive = adaptive_settings(cfg, source) if args.speculation == "adaptive" else {}  # checked there

@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import backends, ops
-from ..model.linear import decode_linear
+from ..model.linear import decode_linear, decode_linear_int8
 
 __all__ = ["DRAFT_QUANTIZATIONS", "check_draft_quantization", "quantize_rows_int8", "DraftHead"]
 
@@ -82,12 +81,7 @@ class DraftHead:
     def logits(self, model, h: torch.Tensor) -> torch.Tensor:
         """Draft logits [..., V] of hidden states h [..., H] (before the final norm)."""
         x = model.model.norm(h)
-        if self.scale is None:
-            sub = decode_linear(x, self.weight)
-        elif backends.native() is not None and backends.get_backend() in (None, "cpu") and x.device.type == "cpu":
-            sub = torch.ops.layerskip.linear_rows_int8(x, self.weight, self.scale)
-        else:
-            sub = ops.linear_rows_int8(x, self.weight, self.scale)
+        sub = decode_linear(x, self.weight) if self.scale is None else decode_linear_int8(x, self.weight, self.scale)
         if self.ids is None:
             return sub
         full = sub.new_full((*sub.shape[:-1], self.vocab_size), float("-inf"))

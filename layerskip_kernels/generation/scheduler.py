@@ -386,10 +386,6 @@ class Engine:
             raise ValueError(f"drafting policy planned exit_layer={E}, num_drafts={plan.num_drafts}: they must be "
                              f"in [1, {self.L - 1}] and [1, num_speculations={self.k}]")
         base = self.cache.seqlens
-        # Compiled steps verify all k+1 positions whatever the draft length (one
-        # graph, no recompilation); positions past a row's draft length are
-        # scratch and draft_lens keeps acceptance off them. Eager verifies only
-        # the positions drafted.
         draft_lens = self.draft_lens if adaptive else None
         if not (adaptive or self.do_sample or self.history is not None):
             # Nothing needs the host before the accepted tokens: the whole
@@ -399,6 +395,10 @@ class Engine:
                                                             self.draft_head)
         else:
             n_steps = self._draft_stepwise(plan, E, adaptive)
+            # Compiled steps verify all k+1 positions whatever the draft length (one
+            # graph, no recompilation); positions past a row's draft length are
+            # scratch and draft_lens keeps acceptance off them. Eager verifies only
+            # the positions drafted.
             n_verify = self.k if self.steps.compile else n_steps
             hidden, drafts = self.exitq.hidden[:, : n_verify + 1], self.drafts[:, :n_verify]
             if not (self.do_sample or self.history is not None):  # adaptive greedy: acceptance inside the step

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .. import backends, ops
 
-__all__ = ["ROWS_ALWAYS", "ROWS_MAX", "ROWS_X_BYTES", "decode_linear", "ConcatWeight"]
+__all__ = ["ROWS_ALWAYS", "ROWS_MAX", "ROWS_X_BYTES", "decode_linear", "decode_linear_int8", "ConcatWeight"]
 
 # Which products go to ops.linear_rows (bench/bench_linear.py,
 # bench/results/linear_rows.csv): any of at most ROWS_ALWAYS rows (1.5-3.8x
@@ -50,12 +50,26 @@ def decode_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if x.device.type != "cpu" or x.dtype != torch.bfloat16:
         return F.linear(x, weight)
     rows = x.numel() // x.shape[-1]  # a Python int under torch.compile(dynamic=False)
-    differentiable = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     few = rows <= ROWS_ALWAYS or (rows <= ROWS_MAX and rows * weight.numel() * weight.element_size() <= ROWS_X_BYTES)
-    if (few and not differentiable and backends.native() is not None
-            and backends.get_backend() in (None, "cpu")):  # the op has no backward
+    if few and _cpu_kernel(x, weight):
         return torch.ops.layerskip.linear_rows(x, weight)
     return F.linear(x, weight)
+
+
+def decode_linear_int8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """(x [..., K] @ weight[N, K]^T) * scale[N] for int8 weights (ops.linear_rows_int8):
+    the cpu kernel called directly where `decode_linear` would call it, else the
+    op's backend choice (the reference widens the weights first)."""
+    if x.device.type == "cpu" and _cpu_kernel(x, weight):
+        return torch.ops.layerskip.linear_rows_int8(x, weight, scale)
+    return ops.linear_rows_int8(x, weight, scale)
+
+
+def _cpu_kernel(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a product may run our cpu kernel directly: it is built, no other
+    backend was asked for, and no gradient is needed (the ops have no backward)."""
+    differentiable = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    return not differentiable and backends.native() is not None and backends.get_backend() in (None, "cpu")
 
 
 class ConcatWeight:
