@@ -89,6 +89,7 @@ def check_stats(stats, iters, k):
     assert stats["steps"] == max(len(r) for r in iters)
     assert stats["acceptance_rate"] == (accepted / drafted if drafted else None)
     assert stats["tokens_per_step"] == (emitted / row_steps if row_steps else None)
+    assert 0 < stats["prefill_s"] < stats["time_s"]  # the prompts' part of the decoding time
 
 
 def check_generate(model, hf, prompts, n, E, k, eos=()):

@@ -122,7 +122,8 @@ def generate(
     Returns:
         GenerationOutput(sequences, stats): per-row generated tokens (prompt
         excluded) and drafted, accepted, acceptance_rate, tokens_per_step, time_s,
-        tokens_per_s, compile_s.
+        tokens_per_s, compile_s, prefill_s (the part of time_s spent reading
+        prompts: each prompt's first token comes from it).
     """
     a = validate_generate_args(
         model, input_ids, attention_mask, max_new_tokens=max_new_tokens, exit_layer=exit_layer,
@@ -173,6 +174,7 @@ def generate(
         time_s=elapsed,
         tokens_per_s=s["new_tokens"] / elapsed if elapsed > 0 else None,
         compile_s=compile_s,
+        prefill_s=s["prefill_s"],
         # Self-speculation: iterations and batched draft steps run at each exit layer.
         iterations_by_exit=dict(s["iterations_by_exit"]),
         draft_steps_by_exit=dict(s["draft_steps_by_exit"]),

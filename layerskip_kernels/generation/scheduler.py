@@ -152,7 +152,7 @@ class Engine:
         self.shared_offset = 0
         self.waiting: deque[tuple[int, Request]] = deque()
         self.next_id = 0
-        self.stats = dict(drafted=0, accepted=0, steps=0, row_steps=0, emitted=0, new_tokens=0,
+        self.stats = dict(drafted=0, accepted=0, steps=0, row_steps=0, emitted=0, new_tokens=0, prefill_s=0.0,
                           iterations_by_exit={}, draft_steps_by_exit={})
 
     def add_request(self, request: Request) -> int:
@@ -249,8 +249,10 @@ class Engine:
                 rid, req = self.waiting.popleft()
                 acts.append(_Active(rid, req, self.device, t_start, own_rng=self.shared_rng is None))
                 self.slots[s] = acts[-1]
+            t0 = time.perf_counter()
             first = self._prefill(run[0], acts)
             now = time.perf_counter()
+            self.stats["prefill_s"] += now - t0
             for s, act, tok in zip(run, acts, first):
                 act.t_first = now
                 self._emit(s, [tok], done, from_prefill=True)
