@@ -10,6 +10,8 @@ autoregressive step, and the fraction of that limit reached.
 
     python bench/bench_e2e.py                 # default model, batch 1 and 8, plus the E x k sweep
     python bench/bench_e2e.py --quick         # fewer prompts/tokens, small sweep
+    python bench/bench_e2e.py --compile --no-hf --batch-sizes 1 --sweep-exit-layers 2 3 4 \
+        --sweep-k 2 3 4 6 --out bench/results/e2e_compiled   # the sweep with compiled steps
 """
 
 from __future__ import annotations
@@ -184,13 +186,13 @@ def run_ours(model, prompts, B, n_new, exit_layer, k, compile=False, speculation
                 tokens_per_step=emitted_steps / row_steps if row_steps else float("nan"))
 
 
-def run_paired(model, prompts, B, n_new, exit_layer, k, reps):
+def run_paired(model, prompts, B, n_new, exit_layer, k, reps, compile=False):
     """Autoregressive and self-speculative runs interleaved `reps` times; the
     tokens/s of each is the median, so slow phases of a shared machine hit both."""
     ars, specs = [], []
     for _ in range(reps):
-        ars.append(run_ours(model, prompts, B, n_new, None, k))
-        specs.append(run_ours(model, prompts, B, n_new, exit_layer, k))
+        ars.append(run_ours(model, prompts, B, n_new, None, k, compile))
+        specs.append(run_ours(model, prompts, B, n_new, exit_layer, k, compile))
     med = lambda runs: sorted(runs, key=lambda r: r["tokens_per_s"])[len(runs) // 2]
     return med(ars), med(specs)
 
@@ -251,6 +253,9 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions of each ours-vs-ours pair")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--compile", action="store_true",
+                    help="our engines with compiled steps (generate(compile=True)); their compilation is done in "
+                         "warm-up runs, outside the timings")
     ap.add_argument("--out", default=os.path.join(RESULTS, "e2e"))
     ap.add_argument("--note", default="", help="conditions of the run, written on every row")
     args = ap.parse_args(argv)
@@ -284,12 +289,13 @@ def main(argv=None) -> int:
                                                              args.prompt_tokens), generator=g).tolist()
     meta = dict(metadata(), model=os.path.basename(os.path.normpath(path)), dtype="bfloat16", note=note,
                 backend=lk.backends.resolve(torch.device("cpu")), max_new_tokens=args.max_new_tokens,
-                prompt_tokens=args.prompt_tokens)
+                prompt_tokens=args.prompt_tokens, compiled=args.compile)
+    cc = args.compile
     hf = None if args.no_hf else load_hf(path)
 
     # Warm-up: first calls pay for lazy initialization (kernels, allocator, rope tables).
     for e in (None, E):
-        run_ours(model, prompts[:1], 1, 8, e, k)
+        run_ours(model, prompts[:1], 1, 8, e, k, cc)
     if hf is not None:
         run_hf(hf, prompts[:1], 1, 8)
 
@@ -297,9 +303,11 @@ def main(argv=None) -> int:
     context = args.prompt_tokens + args.max_new_tokens // 2
     for B in args.batch_sizes:
         ps = prompts[: max(B, args.num_prompts if B == 1 else B)]
-        ar, spec = run_paired(model, ps, B, args.max_new_tokens, E, k, args.reps)
+        for e in (None, E):  # warm-up at this batch size (with compile: its shape bucket's graphs)
+            run_ours(model, ps[:B], B, 8, e, k, cc)
+        ar, spec = run_paired(model, ps, B, args.max_new_tokens, E, k, args.reps, cc)
         agree = token_agreement(spec["sequences"], ar["sequences"])
-        costs = step_costs(model, B, context, E, k)
+        costs = step_costs(model, B, context, E, k, compile=cc)
         c, v = costs["draft"] / costs["ar"], costs["verify"] / costs["ar"]
         it = costs["iteration"] / costs["ar"]  # k c + v, as the engine runs an iteration
         a = acceptance_from_tokens_per_step(spec["tokens_per_step"], k)
@@ -334,8 +342,9 @@ def main(argv=None) -> int:
         ps = prompts[: max(1, args.num_prompts // 2)]
         for e in exits:
             for kk in args.sweep_k:
-                ar, spec = run_paired(model, ps, 1, args.max_new_tokens, e, kk, args.reps)
-                costs = step_costs(model, 1, context, e, kk, reps=15)
+                run_ours(model, ps[:1], 1, 8, e, kk, cc)  # warm-up (with compile: this (E, k)'s graphs)
+                ar, spec = run_paired(model, ps, 1, args.max_new_tokens, e, kk, args.reps, cc)
+                costs = step_costs(model, 1, context, e, kk, reps=15, compile=cc)
                 c, v = costs["draft"] / costs["ar"], costs["verify"] / costs["ar"]
                 it = costs["iteration"] / costs["ar"]
                 a = acceptance_from_tokens_per_step(spec["tokens_per_step"], kk)
@@ -367,7 +376,8 @@ def _plot_engines(rows, path):
     ax.invert_yaxis()
     ax.set_xlabel("tokens/s (all rows)")
     r0 = rows[0]
-    ax.set_title(f"{r0['model']} bf16, E={r0['exit_layer']} k={r0['k']}, CPU: {r0['cpu'][:40]}", fontsize=9)
+    mode = ", compiled steps" if r0.get("compiled") else ""
+    ax.set_title(f"{r0['model']} bf16, E={r0['exit_layer']} k={r0['k']}{mode}, CPU: {r0['cpu'][:40]}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -391,7 +401,9 @@ def _plot_heatmap(sweep, exits, ks, path, meta):
     ax.set_yticklabels(exits)
     ax.set_xlabel("num_speculations k")
     ax.set_ylabel("exit layer E")
-    ax.set_title(f"self-spec / autoregressive speedup, batch 1, bf16\n{meta['model']}, {meta['cpu'][:40]}", fontsize=9)
+    mode = "compiled steps" if meta.get("compiled") else "eager steps"
+    ax.set_title(f"self-spec / autoregressive speedup, batch 1, bf16, {mode}\n{meta['model']}, {meta['cpu'][:40]}",
+                 fontsize=9)
     fig.colorbar(im)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
