@@ -9,12 +9,20 @@
 // (prefill) is split into chunks of queries so the per-thread buffers stay
 // bounded; a chunk reads only the keys its last query can see.
 //
-// Two ways to compute the score block Q·K^T of a tile, because the cache keeps
+// Three ways to compute the score block Q·K^T of a tile, because the cache keeps
 // keys in rows ([t][d]) and vectorizing over d needs a horizontal sum per score:
-//   - few rows (decode): one dot product per (row, key), vectorized over d;
-//   - many rows: the tile is stored transposed ([d][t]) once, and each row's
-//     scores are a vector over keys built by broadcast-FMAs, no horizontal sums.
-//     The transpose is scalar work per key, which only pays off with many rows.
+//   - few rows (decode: G*S < kTransposeRows): one dot product per (row, key),
+//     vectorized over d;
+//   - a task of kTransposeRows to kMaxRows query rows (verify steps, short
+//     prompts) keeps each row in a lane of its own, kLanes rows to a group
+//     (queries stored [d][row]): a key's scores for a group are one vector of
+//     broadcast-FMAs, and so are the softmax and P·V, with no horizontal sums
+//     and no transpose of the keys (with fewer rows most lanes would idle: the
+//     dot products cost less);
+//   - more rows (long prompts, in chunks of whole queries): the tile is stored
+//     transposed ([d][t]) once, and each row's scores are a vector over keys
+//     built by broadcast-FMAs, no horizontal sums. The transpose is scalar work
+//     per key, which only pays off with many rows.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
@@ -39,10 +47,13 @@ namespace {
 constexpr int kTile = 32;     // keys per tile: two AVX-512 vectors of scores
 constexpr int kMaxRows = 64;  // query rows (heads x queries) per pass over the keys
 constexpr int64_t kWorkPerThread = 192 * 1024;  // multiply-adds that pay for one more thread
-// From this many rows on, transposing a key tile costs less than the
-// horizontal sums of the dot-product path (a rough crossover: G = 4 heads at S = 1
-// stay on the dot path, verify steps with S >= 2 take the transposed one).
+// From this many rows on, vectors of rows (up to kLanes) or a transposed key
+// tile (more) cost less than the horizontal sums of the dot-product path (a
+// rough crossover: G = 4 heads at S = 1 stay on the dot path, verify steps with
+// S >= 2 do not).
 constexpr int kTransposeRows = 8;
+// Query rows held across the lanes of one AVX-512 vector of fp32 (see above).
+constexpr int kLanes = 16;
 
 // exp(x) for x <= 0 in fp32 (within ~2 ulp), exactly 0 below -87 and at -inf.
 // glibc's vector expf is only declared under -ffast-math, which the exact
@@ -133,36 +144,38 @@ void scores_dot(const float* __restrict q, int nrows, const float* __restrict k,
   }
 }
 
-// Scores of up to 4 rows against a transposed tile kT [d][kTile]: a vector over
-// keys per row; 4 rows share each load of kT and give 8 independent FMA chains.
-template <int kD, int NR>
-LS_FORCE_INLINE void scores_t_block(const float* __restrict q, const float* __restrict kT, int64_t Drt,
-                                    float* __restrict out) {
+// out[i][w] = a_i · bT[:, w] for NA rows a_i (stride D) against bT stored [d][W]:
+// a vector over w per row; the NA rows share each load of bT[d] and give NA
+// independent FMA chains. Transposed keys: a = query rows, bT = a key tile
+// [d][kTile]. Rows in lanes: a = keys, bT = a group's queries [d][kLanes].
+template <int kD, int NA, int W>
+LS_FORCE_INLINE void dot_block(const float* __restrict a, const float* __restrict bT, int64_t Drt,
+                               float* __restrict out) {
   const int64_t D = kD > 0 ? kD : Drt;
-  float s[NR][kTile];
-  for (int r = 0; r < NR; ++r)
+  float s[NA][W];
+  for (int i = 0; i < NA; ++i)
 #pragma omp simd
-    for (int t = 0; t < kTile; ++t) s[r][t] = 0.f;
+    for (int w = 0; w < W; ++w) s[i][w] = 0.f;
   for (int64_t d = 0; d < D; ++d) {
-    const float* kd = kT + d * kTile;
-    for (int r = 0; r < NR; ++r) {
-      const float qd = q[r * D + d];
+    const float* bd = bT + d * W;
+    for (int i = 0; i < NA; ++i) {
+      const float ad = a[i * D + d];
 #pragma omp simd
-      for (int t = 0; t < kTile; ++t) s[r][t] = std::fma(qd, kd[t], s[r][t]);
+      for (int w = 0; w < W; ++w) s[i][w] = std::fma(ad, bd[w], s[i][w]);
     }
   }
-  for (int r = 0; r < NR; ++r)
+  for (int i = 0; i < NA; ++i)
 #pragma omp simd
-    for (int t = 0; t < kTile; ++t) out[r * kTile + t] = s[r][t];
+    for (int w = 0; w < W; ++w) out[i * W + w] = s[i][w];
 }
 
 template <int kD>
 void scores_transposed(const float* q, int nrows, const float* kT, int64_t Drt, float* out) {
   const int64_t D = kD > 0 ? kD : Drt;
   int r = 0;
-  for (; r + 4 <= nrows; r += 4) scores_t_block<kD, 4>(q + r * D, kT, Drt, out + r * kTile);
-  for (; r + 2 <= nrows; r += 2) scores_t_block<kD, 2>(q + r * D, kT, Drt, out + r * kTile);
-  for (; r < nrows; ++r) scores_t_block<kD, 1>(q + r * D, kT, Drt, out + r * kTile);
+  for (; r + 4 <= nrows; r += 4) dot_block<kD, 4, kTile>(q + r * D, kT, Drt, out + r * kTile);
+  for (; r + 2 <= nrows; r += 2) dot_block<kD, 2, kTile>(q + r * D, kT, Drt, out + r * kTile);
+  for (; r < nrows; ++r) dot_block<kD, 1, kTile>(q + r * D, kT, Drt, out + r * kTile);
 }
 
 // acc_i[0..D) = acc_i * rescale_i + sum_t p_i[t] * v[t][:] for NR rows at once
@@ -201,6 +214,174 @@ LS_FORCE_INLINE void accumulate_pv(float* __restrict acc, const float* rescale, 
   }
 }
 
+// acc[d][lane] = acc[d][lane] * rescale[lane] + sum_t p[t][lane] * v[t][d], NB values
+// of d at a time held in registers across the keys. Keys at index >= first_masked
+// (the step's new keys, which later queries of the block see and earlier ones do
+// not) add only to lanes with key <= last[lane]: p = 0 there already, but 0 * v
+// would turn an inf or NaN in a later query's v_new into NaN in an earlier output.
+template <int kD>
+void accumulate_pv_lanes(float* __restrict acc, const float* __restrict rescale, const float* __restrict p,
+                         const float* __restrict v, int nt, int64_t Drt, int64_t t0, int64_t first_masked,
+                         const int64_t* __restrict last) {
+  constexpr int NB = 8;
+  const int64_t D = kD > 0 ? kD : Drt;
+  const int n_plain = static_cast<int>(std::clamp<int64_t>(first_masked - t0, 0, nt));
+  int64_t d0 = 0;
+  for (; d0 + NB <= D; d0 += NB) {
+    float a[NB][kLanes];
+    for (int j = 0; j < NB; ++j)
+#pragma omp simd
+      for (int r = 0; r < kLanes; ++r) a[j][r] = acc[(d0 + j) * kLanes + r] * rescale[r];
+    for (int t = 0; t < n_plain; ++t) {
+      const float* pt = p + t * kLanes;
+      for (int j = 0; j < NB; ++j) {
+        const float vv = v[t * D + d0 + j];
+#pragma omp simd
+        for (int r = 0; r < kLanes; ++r) a[j][r] = std::fma(pt[r], vv, a[j][r]);
+      }
+    }
+    for (int t = n_plain; t < nt; ++t) {
+      const float* pt = p + t * kLanes;
+      const int64_t key = t0 + t;
+      for (int j = 0; j < NB; ++j) {
+        const float vv = v[t * D + d0 + j];
+#pragma omp simd
+        for (int r = 0; r < kLanes; ++r) a[j][r] = key <= last[r] ? std::fma(pt[r], vv, a[j][r]) : a[j][r];
+      }
+    }
+    for (int j = 0; j < NB; ++j)
+#pragma omp simd
+      for (int r = 0; r < kLanes; ++r) acc[(d0 + j) * kLanes + r] = a[j][r];
+  }
+  if constexpr (kD % NB != 0 || kD == 0) {
+    for (; d0 < D; ++d0) {  // a D that is not a multiple of NB: the rest one value of d at a time
+      float* ad = acc + d0 * kLanes;
+#pragma omp simd
+      for (int r = 0; r < kLanes; ++r) ad[r] *= rescale[r];
+      for (int t = 0; t < nt; ++t) {
+        const float* pt = p + t * kLanes;
+        const float vv = v[t * D + d0];
+        const int64_t key = t0 + t;
+#pragma omp simd
+        for (int r = 0; r < kLanes; ++r) ad[r] = key <= last[r] ? std::fma(pt[r], vv, ad[r]) : ad[r];
+      }
+    }
+  }
+}
+
+// Attention of a whole task's G*S <= kMaxRows query rows, row R = s*G + g in lane
+// R % kLanes of group R / kLanes (lanes past G*S idle: they see no key). K and V
+// are read once, a tile of kTile keys at a time converted to fp32 in rows and
+// shared by every group; the online softmax runs per lane.
+template <typename scalar_t, bool kRope, int kD>
+void attention_lanes(const AttnParams& P, int64_t b, int64_t h, int64_t L, const scalar_t* q,
+                     const scalar_t* kc, const scalar_t* vc, const float* cos, const float* sin,
+                     scalar_t* out, Scratch& W) {
+  constexpr int kMaxGroups = kMaxRows / kLanes;
+  const int64_t D = kD > 0 ? kD : P.D;
+  const int64_t S = P.S, G = P.G;
+  const int nrows = static_cast<int>(S * G);
+  const int groups = (nrows + kLanes - 1) / kLanes;
+  float* kbuf = W.k.data();  // [kTile][D]
+  float* vbuf = W.v.data();  // [kTile][D]
+  // Per group: queries qT and accumulators acc [D][kLanes], scores [kTile][kLanes].
+  auto qT = [&](int grp) { return W.q.data() + grp * D * kLanes; };
+  auto acc = [&](int grp) { return W.acc.data() + grp * D * kLanes; };
+  auto sc = [&](int grp) { return W.p.data() + grp * kTile * kLanes; };
+  alignas(64) float m[kMaxGroups][kLanes], l[kMaxGroups][kLanes];
+  alignas(64) float m_new[kLanes], rescale[kLanes], sum[kLanes], m_tile[kLanes];
+  alignas(64) int64_t last[kMaxGroups][kLanes];  // the last key a lane sees; -1: an idle lane
+  for (int grp = 0; grp < groups; ++grp) {
+    for (int r = 0; r < kLanes; ++r) {
+      const int R = grp * kLanes + r;
+      last[grp][r] = R < nrows ? L + R / G : -1;
+      m[grp][r] = -INFINITY;
+      l[grp][r] = 0.f;
+    }
+    float* qg = qT(grp);
+    for (int r = 0; r < kLanes; ++r) {
+      const int R = grp * kLanes + r;
+      if (R >= nrows) {
+        for (int64_t d = 0; d < D; ++d) qg[d * kLanes + r] = 0.f;
+        continue;
+      }
+      const int64_t s = R / G, g = R % G;
+      load_head<scalar_t, kRope>(q + b * P.q.s0 + s * P.q.s1 + (h * G + g) * P.q.s2, P.q.s3, D, P, cos, sin,
+                                 L + s, W.tmp.data());
+      for (int64_t d = 0; d < D; ++d) qg[d * kLanes + r] = W.tmp[d] * P.scale;
+    }
+    std::fill(acc(grp), acc(grp) + D * kLanes, 0.f);
+  }
+
+  const int64_t n_keys = L + S;  // keys the block's last query sees
+  for (int64_t t0 = 0; t0 < n_keys; t0 += kTile) {
+    const int nt = static_cast<int>(std::min<int64_t>(kTile, n_keys - t0));
+    for (int t = 0; t < nt; ++t) {
+      const scalar_t* ksrc = kc + (t0 + t) * P.kc.s2;
+      const scalar_t* vsrc = vc + (t0 + t) * P.vc.s2;
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) kbuf[t * D + d] = static_cast<float>(ksrc[d]);
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) vbuf[t * D + d] = static_cast<float>(vsrc[d]);
+    }
+    for (int grp = 0; grp < groups; ++grp) {
+      float* scg = sc(grp);
+      const int64_t* lastg = last[grp];
+      int t = 0;
+      for (; t + 8 <= nt; t += 8) dot_block<kD, 8, kLanes>(kbuf + t * D, qT(grp), D, scg + t * kLanes);
+      for (; t < nt; ++t) dot_block<kD, 1, kLanes>(kbuf + t * D, qT(grp), D, scg + t * kLanes);
+
+      // Causal mask and the tile's max per lane, then the new running max.
+#pragma omp simd
+      for (int r = 0; r < kLanes; ++r) m_tile[r] = -INFINITY;
+      for (int u = 0; u < nt; ++u) {
+        const int64_t key = t0 + u;
+        float* pu = scg + u * kLanes;
+#pragma omp simd
+        for (int r = 0; r < kLanes; ++r) {
+          const float x = key <= lastg[r] ? pu[r] : -INFINITY;
+          pu[r] = x;
+          m_tile[r] = std::max(m_tile[r], x);
+        }
+      }
+      // A lane whose scores so far are all -inf adds nothing yet (p = 0, no rescale).
+      float* mg = m[grp];
+      float* lg = l[grp];
+#pragma omp simd
+      for (int r = 0; r < kLanes; ++r) {
+        m_new[r] = std::max(mg[r], m_tile[r]);
+        const bool empty = m_new[r] == -INFINITY;
+        rescale[r] = empty ? 1.f : (mg[r] == -INFINITY ? 0.f : exp_nonpos(mg[r] - m_new[r]));
+        sum[r] = 0.f;
+      }
+      for (int u = 0; u < nt; ++u) {
+        float* pu = scg + u * kLanes;
+#pragma omp simd
+        for (int r = 0; r < kLanes; ++r) {
+          const float e = m_new[r] == -INFINITY ? 0.f : exp_nonpos(pu[r] - m_new[r]);
+          pu[r] = e;
+          sum[r] += e;
+        }
+      }
+#pragma omp simd
+      for (int r = 0; r < kLanes; ++r) {
+        lg[r] = lg[r] * rescale[r] + sum[r];
+        mg[r] = m_new[r];
+      }
+      accumulate_pv_lanes<kD>(acc(grp), rescale, scg, vbuf, nt, D, t0, L, lastg);
+    }
+  }
+
+  for (int R = 0; R < nrows; ++R) {
+    const int grp = R / kLanes, r = R % kLanes;
+    const int64_t s = R / G, g = R % G;
+    const float inv = 1.f / l[grp][r];
+    const float* ag = acc(grp);
+    scalar_t* o = out + ((b * S + s) * P.Hq + h * G + g) * D;
+    for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(ag[d * kLanes + r] * inv);
+  }
+}
+
 // One (batch row b, kv head h) task: cache write, then attention of its G*S rows.
 template <typename scalar_t, bool kRope, int kD>
 void attention_task(const AttnParams& P, int64_t b, int64_t h, int64_t L, const scalar_t* q,
@@ -224,6 +405,10 @@ void attention_task(const AttnParams& P, int64_t b, int64_t h, int64_t L, const 
     for (int64_t d = 0; d < D; ++d) vdst[d] = vsrc[d * P.vn.s3];
   }
   if (G == 0) return;
+  if (S * G >= kTransposeRows && S * G <= kMaxRows) {
+    attention_lanes<scalar_t, kRope, kD>(P, b, h, L, q, kc, vc, cos, sin, out, W);
+    return;
+  }
 
   // (2) Attention, one chunk of query rows at a time. Rows are numbered
   // R = s * G + g over the whole task and r = R - R0 inside a chunk; a chunk is
@@ -364,7 +549,9 @@ void attention_launch(const AttnParams& P, const int32_t* lens, const scalar_t* 
   // here it reaches the caller as a Python MemoryError.
   std::vector<Scratch> scratch;
   scratch.reserve(threads);
-  for (int i = 0; i < threads; ++i) scratch.emplace_back(rows, P.D);
+  // Rows rounded up to whole groups of lanes (attention_lanes).
+  const int64_t lane_rows = (rows + kLanes - 1) / kLanes * kLanes;
+  for (int i = 0; i < threads; ++i) scratch.emplace_back(lane_rows, P.D);
 #pragma omp parallel num_threads(threads)
   {
 #ifdef _OPENMP
