@@ -35,13 +35,14 @@ def _case(rows, K, N, dtype, seed=0):
 
 
 @native
+@pytest.mark.parametrize("op", ["linear_rows", "linear_rows_int8"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("rows,K,N", SHAPES)
-def test_parity_cpu(rows, K, N, dtype):
-    x, w = _case(rows, K, N, dtype)
+def test_parity_cpu(op, rows, K, N, dtype):
+    args = (_case if op == "linear_rows" else _case_int8)(rows, K, N, dtype)
     atol, rtol = TOL[dtype]
-    got = torch.ops.layerskip.linear_rows(x, w)
-    want = reference.linear_rows(x, w)
+    got = getattr(torch.ops.layerskip, op)(*args)
+    want = getattr(reference, op)(*args)
     assert got.dtype == dtype and got.shape == (rows, N) and got.is_contiguous()
     torch.testing.assert_close(got.float(), want.float(), atol=atol, rtol=rtol)
 
@@ -107,18 +108,6 @@ def _case_int8(rows, K, N, dtype, seed=0):
     w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8)
     scale = torch.rand(N, generator=g) / (127 * K**0.5)
     return x, w, scale
-
-
-@native
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-@pytest.mark.parametrize("rows,K,N", SHAPES)
-def test_int8_parity_cpu(rows, K, N, dtype):
-    x, w, scale = _case_int8(rows, K, N, dtype)
-    atol, rtol = TOL[dtype]
-    got = torch.ops.layerskip.linear_rows_int8(x, w, scale)
-    want = reference.linear_rows_int8(x, w, scale)
-    assert got.dtype == dtype and got.shape == (rows, N) and got.is_contiguous()
-    torch.testing.assert_close(got.float(), want.float(), atol=atol, rtol=rtol)
 
 
 @native

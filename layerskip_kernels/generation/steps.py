@@ -205,8 +205,7 @@ def _compiled_fn(name: str, model, device: torch.device):
             del _compiled[key]  # graphs of models that no longer exist
         slot = _compiled[slot_key] = _ModelGraphs(model, state)
     fn = slot.fns.get(name)
-    if fn is None:
-        _prepare_compiler(device)
+    if fn is None:  # the compiler's one-time setup ran when StepFunctions was built
         # CUDA: graph-captured ("reduce-overhead": one replay per step, no
         # per-kernel launch from Python; its guards are kept: not measured on a
         # GPU yet). CPU: inductor's C++ wrapper removes the Python launcher
