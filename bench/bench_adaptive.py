@@ -37,8 +37,9 @@ from bench_e2e import load_prompts, step_costs, token_agreement  # noqa: E402
 from common import RESULTS, metadata, plot_bars, print_table, write_csv  # noqa: E402
 
 import layerskip_kernels as lk  # noqa: E402
-from layerskip_kernels.generation.draft_vocab import FREQUENCIES_FILE, frequent_tokens  # noqa: E402
-from layerskip_kernels.generation.policy import adaptive_policy, adaptive_settings  # noqa: E402
+from layerskip_kernels.generation.config import SpeculationConfig  # noqa: E402
+from layerskip_kernels.generation.policy import adaptive_policy  # noqa: E402
+from layerskip_kernels.vocab import FREQUENCIES_FILE, frequent_tokens  # noqa: E402
 
 
 def run(model, prompts, n_new, exit_layer=None, k=4, speculation="static", compile=False, draft_vocab=None):
@@ -129,7 +130,8 @@ def main(argv=None) -> int:
     model = lk.LlamaForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
     L = model.num_layers
     defaults = model.config.extra["layerskip"]
-    adaptive_settings(model.config, os.path.join(path, "config.json"))  # a bad record fails now, not mid-run
+    # A bad record fails now, not mid-run.
+    SpeculationConfig.from_model(path, model, speculation="adaptive", draft_vocab=0)
     prompts = load_prompts(os.path.join(path, "tokenizer.json"), args.num_prompts, args.prompt_tokens)
     meta = dict(metadata(), model=os.path.basename(os.path.normpath(path)), dtype="bfloat16", batch=1,
                 max_new_tokens=args.max_new_tokens, prompt_tokens=args.prompt_tokens, num_prompts=len(prompts),
@@ -181,7 +183,8 @@ def main(argv=None) -> int:
     best_ad = max(screened, key=lambda r: r["tokens_per_s"])["settings"]
     # The static configuration the CLI runs: the recorded default (bench_e2e.py's
     # sweep, finish.sh's defaults step), else this run's best.
-    Ed, kd = defaults.get("default_exit_layer") or E0, defaults.get("default_num_speculations") or k0
+    recorded = SpeculationConfig.from_model(path, model, speculation="static", draft_vocab=0)
+    Ed, kd = recorded.exit_layer or E0, recorded.num_speculations if "default_num_speculations" in defaults else k0
     vocabs = {}
     if not os.path.exists(os.path.join(path, FREQUENCIES_FILE)):
         print(f"no {FREQUENCIES_FILE} in {path}: no reduced draft vocabulary screened")

@@ -47,7 +47,7 @@ from bench_e2e import (acceptance_from_tokens_per_step, analytic_limit, load_hf,
 from common import RESULTS, copy_bandwidth_gbs, metadata, plot_bars, print_table, write_csv  # noqa: E402
 
 import layerskip_kernels as lk  # noqa: E402
-from layerskip_kernels.generation.policy import adaptive_settings  # noqa: E402
+from layerskip_kernels.generation.config import SpeculationConfig  # noqa: E402
 
 
 def weight_bytes(model, E: int, k: int) -> dict[str, int]:
@@ -147,11 +147,11 @@ def main(argv=None) -> int:
 
     path = args.model or lk.default_model_path()
     model = lk.LlamaForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
-    defaults = model.config.extra["layerskip"]
-    E, k = defaults["default_exit_layer"], defaults["default_num_speculations"]
+    static = SpeculationConfig.from_model(path, model, drafting=True, speculation="static", draft_vocab=0)
+    E, k = static.exit_layer, static.num_speculations
     # adaptive drafting at its recorded exit layer and k_max (bench_adaptive.py --record), as the CLI runs it
-    rec = adaptive_settings(model.config, os.path.join(path, "config.json"))
-    E_ad, k_ad = rec.get("exit_layer", E), rec.get("num_speculations", k)
+    adaptive = SpeculationConfig.from_model(path, model, drafting=True, speculation="adaptive", draft_vocab=0)
+    E_ad, k_ad = adaptive.exit_layer, adaptive.num_speculations
     prompts = load_prompts(os.path.join(path, "tokenizer.json"), max(args.num_prompts, max(args.batch_sizes)),
                            args.prompt_tokens)
     hf = load_hf(path)

@@ -39,6 +39,7 @@ from common import metadata, print_table, write_csv  # noqa: E402
 
 import layerskip_kernels as lk  # noqa: E402
 from layerskip_kernels import reference  # noqa: E402
+from layerskip_kernels.generation.config import SpeculationConfig  # noqa: E402
 from layerskip_kernels.generation.draft_head import quantize_rows_int8  # noqa: E402
 from layerskip_kernels.train import data  # noqa: E402
 from layerskip_kernels.train.evaluate import heldout_tokens  # noqa: E402
@@ -77,7 +78,8 @@ def main(argv=None) -> int:
     tok = data.load_tokenizer(path)
     cfg = model.config
     V, L, H = cfg.vocab_size, cfg.num_hidden_layers, cfg.hidden_size
-    E = args.exit_layer or cfg.extra.get("layerskip", {}).get("default_exit_layer") or max(1, L // 4)
+    E = SpeculationConfig.from_model(path, model, drafting=True, speculation="static", draft_vocab=0,
+                                     exit_layer=args.exit_layer or None).exit_layer
 
     freq = training_token_counts(tok)
     order = torch.sort(freq, descending=True, stable=True).indices  # as draft_vocab.frequent_tokens

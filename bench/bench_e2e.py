@@ -29,6 +29,7 @@ from common import RESULTS, metadata, print_table, sync, write_csv  # noqa: E402
 
 import layerskip_kernels as lk  # noqa: E402
 from layerskip_kernels.cache import StaticKVCache  # noqa: E402
+from layerskip_kernels.generation.config import SpeculationConfig  # noqa: E402
 from layerskip_kernels.generation.steps import StepFunctions  # noqa: E402
 
 
@@ -277,9 +278,10 @@ def main(argv=None) -> int:
             print("NOTE:", note)
     model = lk.LlamaForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
     L = model.num_layers
-    defaults = model.config.extra.get("layerskip", {})
-    E = args.exit_layer or defaults.get("default_exit_layer") or max(1, L // 4)
-    k = args.num_speculations or defaults.get("default_num_speculations") or 4
+    # The model's recorded static defaults (the CLI's), or the flags.
+    spec = SpeculationConfig.from_model(path, model, drafting=True, speculation="static", draft_vocab=0,
+                                        exit_layer=args.exit_layer or None, num_speculations=args.num_speculations or None)
+    E, k = spec.exit_layer, spec.num_speculations
     tok_path = os.path.join(path, "tokenizer.json")
     if os.path.exists(tok_path):
         prompts = load_prompts(tok_path, max(args.num_prompts, max(args.batch_sizes)), args.prompt_tokens)

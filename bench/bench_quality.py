@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import RESULTS, metadata, print_table, write_csv  # noqa: E402
 
 import layerskip_kernels as lk  # noqa: E402
+from layerskip_kernels.generation.config import SpeculationConfig  # noqa: E402
 from bench_e2e import load_prompts  # noqa: E402
 
 SETTINGS = {
@@ -77,8 +78,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     path = args.model or lk.default_model_path()
     model = lk.LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
-    d = model.config.extra.get("layerskip", {})
-    E, k = d.get("default_exit_layer", 4), d.get("default_num_speculations", 2)
+    spec = SpeculationConfig.from_model(path, model, drafting=True, speculation="static", draft_vocab=0)
+    E, k = spec.exit_layer, spec.num_speculations
     prompts = load_prompts(os.path.join(path, "tokenizer.json"), args.prompts, 64)
     meta = metadata()
     rows = []

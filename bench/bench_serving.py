@@ -32,7 +32,7 @@ from common import RESULTS, metadata, print_table, write_csv  # noqa: E402
 
 import layerskip_kernels as lk  # noqa: E402
 from bench_e2e import load_prompts  # noqa: E402
-from layerskip_kernels.generation.policy import adaptive_settings  # noqa: E402
+from layerskip_kernels.generation.config import SpeculationConfig  # noqa: E402
 
 
 def budgets(n: int) -> list[int]:
@@ -93,11 +93,11 @@ def main(argv=None):
 
     path = args.model or lk.default_model_path()
     model = lk.LlamaForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype))
-    d = model.config.extra.get("layerskip", {})
+
     # adaptive drafting: its own recorded exit layer and k_max (bench_adaptive.py --record), as in the CLI
-    rec = adaptive_settings(model.config, os.path.join(path, "config.json")) if args.speculation == "adaptive" else {}
-    E = args.exit_layer or rec.get("exit_layer") or d.get("default_exit_layer", 4)
-    k = args.num_speculations or rec.get("num_speculations") or d.get("default_num_speculations", 2)
+    spec = SpeculationConfig.from_model(path, model, drafting=True, speculation=args.speculation, draft_vocab=0,
+                                        exit_layer=args.exit_layer or None, num_speculations=args.num_speculations or None)
+    E, k = spec.exit_layer, spec.num_speculations
     n_prompts = 16 if args.quick else 64
     prompts = load_prompts(os.path.join(path, "tokenizer.json"), n_prompts, 64)
     news = budgets(len(prompts))

@@ -182,14 +182,13 @@ def bench_backends(include_gpu: bool = True) -> list[tuple[str, str]]:
     `torch` comes first: it is the baseline of that device's ratios."""
     from layerskip_kernels import backends
 
-    pairs = [("torch", "cpu")]
-    if backends._why_unavailable("cpu", "cpu") is None:
-        pairs.append(("cpu", "cpu"))
+    # The registry's backends in its order (torch first): the compiled CPU ones on
+    # CPU tensors; on CUDA tensors every one that runs there (Triton under the
+    # interpreter is left out: it is a test vehicle, not a CPU backend).
+    pairs = [(name, "cpu") for name in backends.BACKENDS
+             if name != "triton" and backends.why_unavailable(name, "cpu") is None]
     if include_gpu and torch.cuda.is_available():
-        pairs.append(("torch", "cuda"))
-        for name in ("triton", "cuda"):
-            if backends._why_unavailable(name, "cuda") is None:
-                pairs.append((name, "cuda"))
+        pairs += [(name, "cuda") for name in backends.BACKENDS if backends.why_unavailable(name, "cuda") is None]
     return pairs
 
 

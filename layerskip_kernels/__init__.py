@@ -15,6 +15,7 @@ import os
 __version__ = "0.1.0"
 
 from . import ops
+from . import backends
 from .backends import available_backends, get_backend, set_backend, use_backend
 from .cache import ExitQueryCache, StaticKVCache
 from .model import LlamaConfig, LlamaForCausalLM
@@ -50,17 +51,22 @@ def default_model_path() -> str:
     return path
 
 
-def generate(*args, **kwargs):
-    """Autoregressive or self-speculative generation; see layerskip_kernels.generation."""
-    from .generation import generate as _generate
-
-    return _generate(*args, **kwargs)
+# Imported on first use (generation pulls in the decoding stack); the names
+# resolve to the real objects, so help() and inspect.signature show their
+# arguments and docstrings.
+_LAZY = {"generate": ("generation.api", "generate"), "Engine": ("generation.engine", "Engine")}
 
 
 def __getattr__(name):
-    # The continuous-batching engine, imported on first use like generate.
-    if name == "Engine":
-        from .generation.scheduler import Engine
+    if name in _LAZY:
+        import importlib
 
-        return Engine
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(f".{module}", __name__), attr)
+        globals()[name] = value  # later lookups skip this function
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

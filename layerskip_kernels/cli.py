@@ -18,6 +18,8 @@ def _info(args) -> int:
     print("build_info:", json.dumps(native.build_info(), sort_keys=True) if native else "(extension not built)")
     for name, reason in lk.available_backends().items():
         print(f"  {name:7s} {'available' if reason is None else 'unavailable: ' + reason}")
+    print("ops by backend (reference: the backend has no kernel for the op and runs reference.py):")
+    print("\n".join("  " + line for line in backends.table().splitlines()))
     try:
         print("default model:", lk.default_model_path())
     except FileNotFoundError as e:
@@ -28,7 +30,7 @@ def _info(args) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="layerskip", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("info", help="build flags, available backends, default model")
+    sub.add_parser("info", help="build flags, available backends, the op x backend table, default model")
 
     from layerskip_kernels.generation.cli import add_arguments as add_generate
 

@@ -38,15 +38,12 @@ def _interpreter_rounds_bf16_to_nearest():
 
 _interpreter_rounds_bf16_to_nearest()
 
-KERNEL_BACKENDS = ("cpu", "triton", "cuda")
+# Every backend with kernels of its own (the registry's, less the reference).
+KERNEL_BACKENDS = tuple(name for name in lk.backends.BACKENDS if name != "torch")
 
 
 def backend_device(name: str) -> str:
-    if name == "cuda":
-        return "cuda"
-    if name == "triton":
-        return "cuda" if os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
-    return "cpu"
+    return lk.backends.device_type(name)
 
 
 def backend_params():

@@ -310,7 +310,7 @@ def test_generate_with_default_model_offline():
     autoregressive one through the API (in bf16 a near-tie may round either way)."""
     from tokenizers import Tokenizer
 
-    from layerskip_kernels.generation.cli import _generation_defaults
+    from layerskip_kernels.generation.config import recorded_aids as _generation_defaults
     from layerskip_kernels.generation.policy import adaptive_settings
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")

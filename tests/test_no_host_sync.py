@@ -4,8 +4,8 @@ Every way Python code turns a tensor into a host value (`item`, `tolist`,
 `__bool__`, `__int__`, `__index__`, `__float__`, ...) is patched to raise while
 generate() runs a decode step; prefill and the per-generate setup are free to
 read. The one read a step is allowed is the documented one: the step's emitted
-tokens and accepted lengths, read by the step function itself (and the CPU
-copy of the EOS ids in `_emit`). On a GPU each patched call would be a
+tokens and accepted lengths, read by the iteration strategy's `_read_results`
+(generation.iteration). On a GPU each patched call would be a
 device-to-host sync; here, with CPU tensors, the patch catches the same Python
 calls, so the test holds for every backend that runs here.
 """
@@ -17,16 +17,16 @@ import pytest
 import torch
 
 import layerskip_kernels as lk
-from layerskip_kernels.generation import scheduler
+from layerskip_kernels.generation import engine as engine_mod
 from layerskip_kernels.model.config import LlamaConfig
 
 from conftest import backend_params
 
 READS = ("item", "tolist", "__bool__", "__int__", "__index__", "__float__", "__complex__", "numpy", "__array__")
-# (function, attribute): the reads a step makes on purpose. The step functions
-# read the accepted lengths and emitted tokens once per iteration (DESIGN.md,
-# "the one host read per iteration").
-ALLOWED = {("_step_speculative", "tolist"), ("_step_autoregressive", "tolist")}
+# (function, attribute): the reads a step makes on purpose. The iteration
+# reads the accepted lengths and emitted tokens once (DESIGN.md, "the one host
+# read per iteration").
+ALLOWED = {("_read_results", "tolist")}
 
 
 class HostRead(AssertionError):
@@ -67,15 +67,14 @@ def model():
 
 
 def guard_steps(monkeypatch, log, allowed=ALLOWED):
-    """Wraps the step functions of the engine so that each runs under no_host_reads."""
-    for name in ("_step_autoregressive", "_step_speculative"):
-        step = getattr(scheduler.Engine, name)
+    """Wraps the engine's step (one iteration over every slot) so that it runs under no_host_reads."""
+    step = engine_mod.Engine._step
 
-        def wrapped(self, _step=step):
-            with no_host_reads(log, allowed):
-                return _step(self)
+    def wrapped(self, *args):
+        with no_host_reads(log, allowed):
+            return step(self, *args)
 
-        monkeypatch.setattr(scheduler.Engine, name, wrapped)
+    monkeypatch.setattr(engine_mod.Engine, "_step", wrapped)
 
 
 # The torch backend is left out on purpose: reference.py, the readable spec,
@@ -95,7 +94,7 @@ def test_decode_steps_read_no_tensor_values(model, monkeypatch, backend, exit_la
     steps = out.stats["steps"]
     assert steps >= 1 and log, "no decode step ran under the guard"
     # Per step: the step's own read of its results (lengths and tokens, one tolist).
-    assert log == [("_step_" + ("autoregressive" if exit_layer is None else "speculative"), "tolist")] * steps, log
+    assert log == [("_read_results", "tolist")] * steps, log
 
 
 @pytest.mark.parametrize("backend", [p for p in backend_params() if p.values[0] != "cuda"])
@@ -103,7 +102,7 @@ def test_adaptive_drafting_reads_one_flag_per_draft_step(model, monkeypatch, bac
     """Adaptive drafting adds one documented read: after each draft step but the
     last, whether any row still drafts (the batch stops drafting when none does)."""
     log = []
-    guard_steps(monkeypatch, log, ALLOWED | {("_draft_stepwise", "__bool__")})
+    guard_steps(monkeypatch, log, ALLOWED | {("_any_drafting", "__bool__")})
     with lk.use_backend(backend):
         out = lk.generate(model, [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11]], max_new_tokens=8, exit_layer=2,
                           num_speculations=3, eos_token_id=[], speculation="adaptive")

@@ -11,6 +11,8 @@ import argparse
 import os
 import sys
 
+from ..backends.registry import BACKENDS
+
 
 def add_arguments(p) -> None:
     p.add_argument("--model", default=None, help="model directory (default: the embedded default model)")
@@ -53,7 +55,7 @@ def add_arguments(p) -> None:
                    help="compile the decode steps with torch.compile (CUDA graphs on a GPU); off by default: "
                         "on CPU the first compile costs more than it saves on a default-length generation "
                         "(README); the compile time is printed apart from tokens/s")
-    p.add_argument("--backend", default=None, choices=["torch", "cpu", "triton", "cuda"])
+    p.add_argument("--backend", default=None, choices=list(BACKENDS))
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"])
     p.add_argument("--device", default="cpu")
 
@@ -74,46 +76,10 @@ def _unusable(message: str) -> _Refused:
     return _Refused(message, 1)
 
 
-def _generation_defaults(path: str) -> dict:
-    """The decoding aids the model directory recommends, as transformers reads
-    them from generation_config.json: {"repetition_penalty", "no_repeat_ngram_size"}
-    (absent keys are off). Raises _Refused naming the file for a bad value."""
-    import json
-
-    from ..model.loading import model_file
-    from . import validation as v
-    from .processors import check_repetition_penalty
-
-    out = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
-    try:
-        file = model_file(path, "generation_config.json")
-    except ValueError as e:
-        raise _unusable(str(e)) from None
-    if not os.path.isfile(file):
-        return out
-    try:
-        with open(file, encoding="utf-8") as f:
-            cfg = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _unusable(f"{file} is not a readable JSON file: {e}") from None
-    if not isinstance(cfg, dict):
-        raise _unusable(f"{file} must hold a JSON object, got {type(cfg).__name__}")
-    try:
-        if cfg.get("repetition_penalty") is not None:
-            check_repetition_penalty(cfg["repetition_penalty"], f"{file}: repetition_penalty")
-            out["repetition_penalty"] = float(cfg["repetition_penalty"])
-        if cfg.get("no_repeat_ngram_size") is not None:
-            out["no_repeat_ngram_size"] = v.check_int(f"{file}: no_repeat_ngram_size", cfg["no_repeat_ngram_size"], 0)
-    except ValueError as e:
-        raise _unusable(str(e)) from None
-    return out
-
-
 def _check_flags(args):
     """Checks that need no model; returns the device."""
     from ..model.loading import check_device
     from . import validation as v
-    from .processors import check_repetition_penalty
 
     try:
         args.prompt.encode("utf-8")
@@ -134,7 +100,7 @@ def _check_flags(args):
         if args.no_repeat_ngram_size is not None:
             v.check_int("--no-repeat-ngram-size", args.no_repeat_ngram_size, 0)
         if args.repetition_penalty is not None:
-            check_repetition_penalty(args.repetition_penalty, "--repetition-penalty")
+            v.check_repetition_penalty(args.repetition_penalty, "--repetition-penalty")
     except ValueError as e:
         raise _usage(str(e)) from None
     try:
@@ -184,72 +150,28 @@ def _load(args, device):
 
 
 def _plan(args, path, tokenizer, model):
-    """Exit layer, k and prompt ids, all checked against the model."""
+    """The decoding settings (flags over the model's recorded defaults:
+    SpeculationConfig.from_model) and the prompt ids, all checked against the model."""
     from . import validation as v
-    from .draft_head import check_draft_quantization
-    from .policy import SPECULATION_MODES, adaptive_settings
+    from .config import SpeculationConfig
 
     cfg = model.config
     L = cfg.num_hidden_layers
-    source = os.path.join(path, "config.json")
-    defaults = cfg.extra.get("layerskip", {})
-    try:
-        if args.exit_layer is None and defaults.get("default_exit_layer") is not None:
-            v.check_int(f"{source}: layerskip.default_exit_layer", defaults["default_exit_layer"], 0, L - 1)
-        if args.num_speculations is None and "default_num_speculations" in defaults:
-            v.check_int(f"{source}: layerskip.default_num_speculations", defaults["default_num_speculations"], 1,
-                        v.MAX_SPECULATIONS)
-        if args.speculation is None:
-            args.speculation = defaults.get("default_speculation", "static")
-            if args.speculation not in SPECULATION_MODES:
-                raise ValueError(f"{source}: layerskip.default_speculation must be one of {SPECULATION_MODES}, "
-                                 f"got {args.speculation!r}")
-        recorded_draft_vocab = args.draft_vocab is None
-        if recorded_draft_vocab:
-            args.draft_vocab = v.check_int(f"{source}: layerskip.default_draft_vocab",
-                                           defaults.get("default_draft_vocab", 0), 0, cfg.vocab_size)
-        if args.draft_quantization is None:
-            recorded = defaults.get("default_draft_quantization")
-            try:
-                args.draft_quantization = check_draft_quantization(recorded)
-            except ValueError:
-                raise ValueError(f"{source}: layerskip.default_draft_quantization must be null or \"int8\", "
-                                 f"got {recorded!r}") from None
-        elif args.draft_quantization == "none":
-            args.draft_quantization = None
-        adaptive = adaptive_settings(cfg, source) if args.speculation == "adaptive" else {}  # checked there
-    except ValueError as e:
-        raise _unusable(str(e)) from None
-    args.adaptive_bandit = adaptive.get("bandit", False)
     if args.exit_layer is not None:
         try:
-            v.check_int("--exit-layer", args.exit_layer, 0, L - 1,
-                        f" for this {L}-layer model (0 = autoregressive)")
+            v.check_int("--exit-layer", args.exit_layer, 0, L - 1, f" for this {L}-layer model (0 = autoregressive)")
         except ValueError as e:
             raise _usage(str(e)) from None
-    exit_layer = args.exit_layer
-    if exit_layer is None:  # adaptive drafting has its own recorded exit layer (the bandit's centre)
-        exit_layer = adaptive.get("exit_layer", defaults.get("default_exit_layer"))
-    if exit_layer == 0:
-        exit_layer = None
-    args.draft_ids = None
-    if args.draft_vocab and not (recorded_draft_vocab and exit_layer is None):  # a recorded one only when drafting
-        from .draft_vocab import frequent_tokens
-
-        if args.draft_vocab > cfg.vocab_size:
-            raise _usage(f"--draft-vocab must be at most the vocabulary size {cfg.vocab_size}, got {args.draft_vocab}")
-        try:
-            args.draft_ids = frequent_tokens(path, args.draft_vocab, cfg.vocab_size)
-        except ValueError as e:
-            raise _unusable(str(e)) from None
-    aids = _generation_defaults(path)
-    if args.repetition_penalty is None:
-        args.repetition_penalty = aids["repetition_penalty"]
-    if args.no_repeat_ngram_size is None:
-        args.no_repeat_ngram_size = aids["no_repeat_ngram_size"]
-    k = args.num_speculations
-    if k is None:  # adaptive drafting has its own recorded k_max
-        k = adaptive.get("num_speculations", defaults.get("default_num_speculations", 4))
+    if args.draft_vocab is not None and args.draft_vocab > cfg.vocab_size:
+        raise _usage(f"--draft-vocab must be at most the vocabulary size {cfg.vocab_size}, got {args.draft_vocab}")
+    try:
+        spec = SpeculationConfig.from_model(
+            path, model, exit_layer=args.exit_layer, num_speculations=args.num_speculations,
+            speculation=args.speculation, draft_vocab=args.draft_vocab, draft_quantization=args.draft_quantization,
+            repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
+            compile=args.compile, do_sample=args.sample)
+    except ValueError as e:
+        raise _unusable(str(e)) from None
 
     if not tokenizer.encode(args.prompt, add_special_tokens=False).ids:
         raise _usage("--prompt encodes to no tokens")
@@ -260,13 +182,13 @@ def _plan(args, path, tokenizer, model):
                      f"max_position_embeddings={P}")
     try:  # what generate() itself will check (memory included), before anything is printed
         v.validate_generate_args(
-            model, [ids], None, max_new_tokens=args.max_new_tokens, exit_layer=exit_layer, num_speculations=k,
-            do_sample=args.sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-            eos_token_id=None, seed=args.seed, streamer=None, max_cache_len=None, compile=args.compile,
-            speculation=args.speculation)
+            model, [ids], None, max_new_tokens=args.max_new_tokens, exit_layer=spec.exit_layer,
+            num_speculations=spec.num_speculations, do_sample=args.sample, temperature=args.temperature,
+            top_k=args.top_k, top_p=args.top_p, eos_token_id=None, seed=args.seed, streamer=None,
+            max_cache_len=None, compile=args.compile, speculation=spec.speculation)
     except ValueError as e:
         raise _usage(str(e)) from None
-    return exit_layer, k, ids
+    return spec, ids
 
 
 def run(args) -> int:
@@ -277,7 +199,7 @@ def run(args) -> int:
     try:
         device = _check_flags(args)
         path, tokenizer, model = _load(args, device)
-        exit_layer, k, ids = _plan(args, path, tokenizer, model)
+        spec, ids = _plan(args, path, tokenizer, model)
     except _Refused as e:
         print(f"error: {e}", file=sys.stderr)
         return e.status
@@ -307,25 +229,22 @@ def run(args) -> int:
 
     sys.stdout.write(args.prompt)
     with lk.use_backend(args.backend):
-        out = lk.generate(model, [prefix], max_new_tokens=args.max_new_tokens, exit_layer=exit_layer,
-                          num_speculations=k, do_sample=args.sample, temperature=args.temperature,
+        out = lk.generate(model, [prefix], max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                           top_k=args.top_k, top_p=args.top_p, seed=args.seed, streamer=stream,
-                          repetition_penalty=args.repetition_penalty,
-                          no_repeat_ngram_size=args.no_repeat_ngram_size, first_token_ids=first,
-                          compile=args.compile, speculation=args.speculation, draft_vocab=args.draft_ids,
-                          draft_quantization=args.draft_quantization)
+                          first_token_ids=first, **spec.generate_kwargs())
     tail = tokenizer.decode(prefix + generated)[shown[0]:]
     sys.stdout.write(tail + "\n")
     sys.stdout.flush()  # the text before the stats line on a shared terminal
     s = out.stats
-    mode = f"self-speculative E={exit_layer} k={k}" if exit_layer else "autoregressive"
-    if exit_layer and args.speculation == "adaptive":
-        near = "~" if args.adaptive_bandit else "="  # the bandit moves E around it
-        mode = f"self-speculative adaptive E{near}{exit_layer} k<={k}"
-    if exit_layer and args.draft_ids is not None:
-        mode += f" draft-vocab={len(args.draft_ids)}"
-    if exit_layer and args.draft_quantization:
-        mode += f" draft-head={args.draft_quantization}"
+    E, k = spec.exit_layer, spec.num_speculations
+    mode = f"self-speculative E={E} k={k}" if E else "autoregressive"
+    if E and spec.speculation == "adaptive":
+        near = "~" if spec.adaptive.get("bandit", False) else "="  # the bandit moves E around it
+        mode = f"self-speculative adaptive E{near}{E} k<={k}"
+    if E and spec.draft_vocab is not None:
+        mode += f" draft-vocab={len(spec.draft_vocab)}"
+    if E and spec.draft_quantization:
+        mode += f" draft-head={spec.draft_quantization}"
     acc = f"{s['acceptance_rate']:.1%}" if s["acceptance_rate"] is not None else "n/a"
     tps = f"{s['tokens_per_step']:.2f}" if s["tokens_per_step"] is not None else "n/a"
     compiled = f", compiled (+{s['compile_s']:.1f} s compiling)" if args.compile else ""

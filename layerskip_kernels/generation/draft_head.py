@@ -29,17 +29,9 @@ from __future__ import annotations
 import torch
 
 from ..model.linear import decode_linear, decode_linear_int8
+from .validation import DRAFT_QUANTIZATIONS, check_draft_quantization
 
 __all__ = ["DRAFT_QUANTIZATIONS", "check_draft_quantization", "quantize_rows_int8", "DraftHead"]
-
-DRAFT_QUANTIZATIONS = (None, "int8")
-
-
-def check_draft_quantization(quantization) -> str | None:
-    """None or "int8"; ValueError naming `draft_quantization` otherwise."""
-    if quantization not in DRAFT_QUANTIZATIONS or not (quantization is None or isinstance(quantization, str)):
-        raise ValueError(f"draft_quantization must be one of {DRAFT_QUANTIZATIONS}, got {quantization!r}")
-    return quantization
 
 
 def quantize_rows_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

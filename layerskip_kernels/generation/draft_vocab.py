@@ -1,101 +1,13 @@
-"""A reduced draft vocabulary: the draft's LM head scores a subset of tokens.
-
-Drafting from exit E costs E layers plus the LM head, and the head is a large
-share of that when the vocabulary is large (Llama 3: 128k rows). FR-Spec (2025)
-drafts over the most frequent tokens only. Here the draft head is the rows
-`ids` of the LM head; every other token gets logit -inf, so the draft can only
-propose tokens of the subset. Verification always scores the full vocabulary:
-greedy output is unchanged (a draft is a proposal; the full model decides) and
-sampling stays lossless (the draft distribution q is just another q, zero
-outside the subset; see ops.verify_sampling).
+"""A reduced draft vocabulary (FR-Spec style): the draft head scores the most
+frequent training tokens only; verification scores all of them, so output is
+unchanged. The frequencies live in layerskip_kernels.vocab (shared with
+training); the argument's check in generation.validation.
 
     ids = frequent_tokens(model_dir, 1024)          # from token_frequencies.safetensors
     generate(model, prompts, exit_layer=3, draft_vocab=ids)
-
-The model directory records how often each token occurs in its training split
-(`FREQUENCIES_FILE`, written by the trainer, or by
-`python -m layerskip_kernels.train.frequencies MODEL_DIR` for older models).
-`bench/bench_draft_vocab.py` measures whether a subset size pays. The head that
-scores the subset is generation.draft_head.DraftHead (which can also be int8).
 """
 
-from __future__ import annotations
-
-import os
-
-import torch
+from ..vocab import FREQUENCIES_FILE, frequent_tokens, load_frequencies, save_frequencies
+from .validation import check_draft_vocab
 
 __all__ = ["FREQUENCIES_FILE", "save_frequencies", "load_frequencies", "frequent_tokens", "check_draft_vocab"]
-
-FREQUENCIES_FILE = "token_frequencies.safetensors"
-
-
-def save_frequencies(model_dir: str, counts: torch.Tensor) -> None:
-    """Write int64 [V] token counts to MODEL_DIR/token_frequencies.safetensors."""
-    from safetensors.torch import save_file
-
-    if counts.dim() != 1 or counts.dtype != torch.int64 or bool((counts < 0).any()):
-        raise ValueError(f"counts must be a 1-D int64 tensor of non-negative counts, got {counts.dtype} "
-                         f"{tuple(counts.shape)}")
-    path = os.path.join(model_dir, FREQUENCIES_FILE)
-    tmp = os.path.join(model_dir, "." + FREQUENCIES_FILE + ".tmp")
-    save_file({"counts": counts.contiguous().cpu()}, tmp)
-    os.chmod(tmp, 0o644)  # safetensors writes 0600; a shipped model must be readable by all
-    os.replace(tmp, path)
-
-
-def load_frequencies(model_dir: str, vocab_size: int | None = None) -> torch.Tensor:
-    """int64 [V] token counts recorded in the model directory; ValueError naming
-    the file when it is missing or not one 1-D int64 tensor of V counts."""
-    from safetensors import SafetensorError, safe_open
-
-    from ..model.loading import model_file
-
-    path = model_file(model_dir, FREQUENCIES_FILE)
-    if not os.path.isfile(path):
-        raise ValueError(f"{model_dir} has no {FREQUENCIES_FILE} (token frequencies of the training split); "
-                         f"write it with `python -m layerskip_kernels.train.frequencies {model_dir}`")
-    try:
-        with safe_open(path, "pt") as f:
-            if list(f.keys()) != ["counts"]:
-                raise ValueError(f"{path} must hold exactly one tensor named 'counts', has {list(f.keys())}")
-            counts = f.get_tensor("counts")
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
-    if counts.dim() != 1 or counts.dtype != torch.int64 or bool((counts < 0).any()):
-        raise ValueError(f"{path}: 'counts' must be a 1-D int64 tensor of non-negative counts, got {counts.dtype} "
-                         f"{tuple(counts.shape)}")
-    if vocab_size is not None and counts.numel() != vocab_size:
-        raise ValueError(f"{path}: {counts.numel()} counts for a vocabulary of {vocab_size}")
-    return counts
-
-
-def frequent_tokens(model_dir: str, n: int, vocab_size: int | None = None) -> torch.Tensor:
-    """The ids of the n most frequent training tokens (ties: lower id first), sorted: int64 [n]."""
-    counts = load_frequencies(model_dir, vocab_size)
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= counts.numel():
-        raise ValueError(f"draft vocabulary size must be an int in [1, {counts.numel()}], got {n!r}")
-    order = torch.sort(counts, descending=True, stable=True).indices
-    return torch.sort(order[:n]).values
-
-
-def check_draft_vocab(draft_vocab, vocab_size: int) -> torch.Tensor | None:
-    """None, or the subset as a sorted int64 CPU tensor; ValueError naming
-    `draft_vocab` for anything but distinct token ids in [0, vocab_size)."""
-    if draft_vocab is None:
-        return None
-    try:
-        ids = torch.as_tensor(draft_vocab)
-    except (TypeError, ValueError, RuntimeError):
-        raise ValueError(f"draft_vocab must be None or a 1-D sequence of token ids, got {type(draft_vocab).__name__}")
-    if ids.dim() != 1 or ids.numel() == 0 or ids.dtype.is_floating_point or ids.dtype.is_complex \
-            or ids.dtype == torch.bool:
-        raise ValueError(f"draft_vocab must be a non-empty 1-D sequence of integer token ids, got {ids.dtype} "
-                         f"{tuple(ids.shape)}")
-    ids = ids.detach().to("cpu", torch.int64)
-    if bool((ids < 0).any()) or bool((ids >= vocab_size).any()):
-        raise ValueError(f"draft_vocab ids must be in [0, {vocab_size}), got min {int(ids.min())} max {int(ids.max())}")
-    ids = torch.sort(ids).values
-    if bool((ids[1:] == ids[:-1]).any()):
-        raise ValueError("draft_vocab ids must be distinct")
-    return ids

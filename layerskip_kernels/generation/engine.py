@@ -1,182 +1,343 @@
-"""Batched autoregressive and self-speculative (LayerSkip) decoding: `generate`.
+"""Continuous batching: any number of requests decoded in a fixed set of cache slots.
 
-The decoding loop itself lives in `scheduler.Engine` (continuous batching over
-cache slots); this module is the transformers-style entry point that validates
-arguments once and turns the prompts into requests.
+`Engine` is the loop that owns the batch. It holds one static KV cache of
+`max_batch_size` rows ("slots"). Each waiting request is prefilled alone into a
+free slot (its rows of the cache are a view: no other row is read, copied or
+written), then takes part in every batched decode iteration, autoregressive or
+self-speculative, until it stops (EOS, its own max_new_tokens). Its slot is
+refilled at once by the next waiting request, so a batch never idles on
+finished rows while work is queued. A free slot still runs through the batched
+step on a dummy token at position 0 (its results are discarded): shapes never
+change as requests come and go, which is what compiled and graph-captured
+steps need.
 
-One iteration of self-speculation, for every active row at its own position p:
+The interface follows what serving users know from vLLM's `LLMEngine`
+(`add_request`, then run to completion, outputs per request in arrival order);
+`generate()` (generation.api) is the transformers-style entry point built on it.
 
-  draft    k steps of layers [0, E) + exit head on one token each, starting from
-           the pending token (the last emitted one, not yet cached); layers [0, E)
-           write their K/V at p .. p+k-1 and the layer-E inputs go to the exit
-           query cache.
-  verify   layers [0, E) once more for the last draft (position p+k), then layers
-           [E, L) over the k+1 cached layer-E states in one call (S = k+1).
-  accept   verify_greedy / verify_sampling; the row keeps positions p .. p+a and
-           its next pending token is the correction (or bonus) token.
+The engine owns requests, slots, admission (prefill) and emission (EOS,
+budgets, streamers) and the stats. How one batched iteration runs is a strategy
+object of generation.iteration, chosen once per run from the engine's settings
+(autoregressive or self-speculative, greedy or sampling, decoding aids,
+static or adaptive drafting, compiled or not); the loop never tests them.
 
-Every layer therefore processes each position exactly once per iteration; the
-early layers' K/V written while drafting are the ones verification attends to
-(the shared cache). Rejected positions are simply overwritten next iteration.
-
-exit_layer=None runs plain autoregressive decoding through the same model
-pieces and kernels: the baseline.
+Sampling has two modes. By default each request is reproducible whatever else
+is in the batch: it draws its draft and first tokens from its own
+torch.Generator and its acceptance randomness from `verify_sampling` called on
+its row alone with its own seed and Philox offset, so its tokens depend on its
+seed only (a small loop over rows per step). `Engine(seed=S)` instead draws
+for the whole batch from one generator and one `verify_sampling` call per step
+(what `generate(seed=S)` uses: fully batched, reproducible for the same
+prompts and batch).
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
-from .processors import DecodingAids, check_decoding_aids
-from .scheduler import Engine, Request
-from .token_healing import check_first_token_ids
-from .validation import MAX_SPECULATIONS, validate_generate_args
+from .. import ops
+from ..cache import StaticKVCache
+from .config import SamplingParams, SpeculationConfig
+from .draft_head import DraftHead
+from .iteration import DecodeState, make_iteration
+from .policy import make_policy
+from .sampling import DecodingAids, make_aids, make_chooser
+from .steps import StepFunctions, cache_shape
+from .validation import check_first_token_ids, validate_generate_args
 
-__all__ = ["generate", "GenerationOutput", "MAX_SPECULATIONS"]
+__all__ = ["Engine", "Request", "RequestOutput"]
 
 
 @dataclass
-class GenerationOutput:
-    sequences: list[list[int]]  # generated tokens per row (prompt excluded)
+class Request:
+    """One prompt and its own stopping and sampling settings (already validated)."""
+
+    prompt: list[int]
+    max_new_tokens: int
+    eos_ids: frozenset[int]
+    seed: int
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    streamer: Callable[[list[int]], None] | None = None
+    first_token_ids: list[int] | None = None  # token healing: allowed first tokens
+
+
+@dataclass
+class RequestOutput:
+    request_id: int
+    tokens: list[int]  # generated tokens (prompt excluded)
     stats: dict = field(default_factory=dict)
 
 
-def generate(
-    model,
-    input_ids,
-    max_new_tokens: int = 128,
-    exit_layer: int | None = None,
-    num_speculations: int = 4,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    eos_token_id=None,
-    seed: int | None = None,
-    streamer=None,
-    attention_mask: torch.Tensor | None = None,
-    max_cache_len: int | None = None,
-    repetition_penalty: float = 1.0,
-    no_repeat_ngram_size: int = 0,
-    first_token_ids=None,
-    max_batch_size: int | None = None,
-    compile: bool = False,
-    speculation: str = "static",
-    draft_vocab=None,
-    draft_quantization: str | None = None,
-) -> GenerationOutput:
-    """Generate up to `max_new_tokens` tokens per row.
+class _Active:
+    """Host-side state of a request that holds a slot."""
+
+    def __init__(self, rid: int, req: Request, t_start: float):
+        self.rid, self.req = rid, req
+        self.out: list[int] = []
+        self.drafted = self.accepted = self.iterations = self.emitted = 0
+        self.t_admit = time.perf_counter()
+        self.t_start = t_start
+        self.t_first: float | None = None
+
+    def output(self, t_done: float) -> RequestOutput:
+        n = len(self.out)
+        stats = dict(
+            new_tokens=n,
+            drafted=self.drafted,
+            accepted=self.accepted,
+            acceptance_rate=self.accepted / self.drafted if self.drafted else None,
+            iterations=self.iterations,
+            tokens_per_step=self.emitted / self.iterations if self.iterations else None,
+            time_to_first_token_s=self.t_first - self.t_start,
+            latency_s=t_done - self.t_start,
+            tokens_per_s=n / (t_done - self.t_admit) if t_done > self.t_admit else None,
+        )
+        return RequestOutput(self.rid, list(self.out), stats)
+
+
+class Engine:
+    """Decode queued requests with at most `max_batch_size` rows in flight.
 
     Args:
         model: a layerskip_kernels.LlamaForCausalLM.
-        input_ids: LongTensor [B, T] (with optional attention_mask marking real
-            tokens, for padded batches) or a list of token-id lists (ragged prompts).
-        exit_layer: None for autoregressive decoding; E in [1, L-1] to draft with
-            layers [0, E) and verify with [E, L).
-        num_speculations: drafted tokens per iteration, k in [1, MAX_SPECULATIONS].
-        do_sample, temperature, top_k, top_p: sampling; the same warping is applied
-            to draft and target distributions.
-        eos_token_id: int or list of ints; a row stops after emitting one. Defaults
-            to the model config's eos_token_id.
-        seed: makes sampling reproducible (None: random); an int in [-2^63, 2^63)
-            on every backend (validation.SEED_RANGE). Integer arguments accept
-            numpy/torch integer scalars; temperature must be >= MIN_TEMPERATURE (1e-5).
-        streamer: callable streamer(row, tokens) called with each row's newly
-            accepted tokens.
-        max_cache_len: longest prompt + max_new_tokens allowed (default: the
-            model's max_position_embeddings).
-        repetition_penalty: transformers' definition over prompt + generated
-            tokens (1.0: off). Applied to draft and target logits alike, each
-            against its own context, so self-speculation stays exact.
-        no_repeat_ngram_size: ban tokens that would repeat an n-gram of prompt +
-            generated tokens (0: off); same exactness as above.
-        first_token_ids: per row, None or the token ids the first generated
-            token may take (token healing: see generation.token_healing).
-        max_batch_size: rows decoded at once (default: all). With more prompts
-            than that, finished rows are refilled by waiting prompts at once
-            (continuous batching, see generation.scheduler.Engine).
-        compile: run the decode steps compiled with torch.compile (CUDA graphs on
-            a GPU; see generation.steps). Graphs are built once per model, exit
-            layer and shape bucket and reused by later calls; the time spent
-            building them is reported as stats["compile_s"], not in time_s.
-            Off by default: on CPU a first compile costs more than it saves on
-            generations shorter than a few thousand tokens (README).
-        speculation: "static" (LayerSkip: exit_layer and num_speculations fixed)
-            or "adaptive" (generation.policy.AdaptiveDrafting: each row stops
-            drafting at a low-confidence draft or at its own k chosen from its
-            acceptance, at most num_speculations; the exit layer is chosen per
-            iteration around exit_layer). Output is exact either way.
-        draft_vocab: None (the draft scores every token) or distinct token ids
-            the draft head scores, every other token being -inf for the draft
-            only (generation.draft_vocab, e.g. frequent_tokens(model_dir, 1024)).
-            Verification scores the full vocabulary: greedy output is unchanged
-            and sampling keeps the full model's distribution.
-        draft_quantization: None (the draft scores with the LM head as it is)
-            or "int8": with an int8 copy of it, one fp32 scale per row
-            (generation.draft_head; half the head's bytes per draft step).
-            Verification uses the model's own head: output stays exact.
+        max_batch_size: cache slots (active rows) at once.
+        exit_layer: None (autoregressive) or E to draft with layers [0, E).
+        num_speculations: k drafted tokens per iteration.
+        do_sample: sampling (with each request's temperature/top-k/top-p/seed)
+            or greedy for every request.
+        aids: repetition penalty / no-repeat n-grams for every request.
+        seed: None (each request samples from its own seed) or one seed for the
+            whole batch's random stream (see the module docstring).
+        compile: run the model passes of each step compiled (generation.steps):
+            the slot count and cache length are then rounded up to powers of two
+            (shape buckets) so that graphs are shared between runs and engines.
+        speculation: "static" (exit layer and k fixed), "adaptive" (per-row
+            draft lengths, confidence stop, exit layer chosen per iteration; k is
+            then the most drafts per iteration), or a policy object
+            (generation.policy).
+        draft_vocab: None, or distinct token ids the draft head scores
+            (generation.draft_vocab); verification scores every token.
+        draft_quantization: None, or "int8": the draft scores with an int8
+            copy of the LM head (generation.draft_head); verification scores
+            with the model's own.
 
-    Returns:
-        GenerationOutput(sequences, stats): per-row generated tokens (prompt
-        excluded) and drafted, accepted, acceptance_rate, tokens_per_step, time_s,
-        tokens_per_s, compile_s, prefill_s (the part of time_s spent reading
-        prompts: each prompt's first token comes from it).
+    The settings are checked here (SpeculationConfig.validate); requests by `add`.
     """
-    a = validate_generate_args(
-        model, input_ids, attention_mask, max_new_tokens=max_new_tokens, exit_layer=exit_layer,
-        num_speculations=num_speculations, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
-        eos_token_id=eos_token_id, seed=seed, streamer=streamer, max_cache_len=max_cache_len,
-        max_batch_size=max_batch_size, compile=compile, speculation=speculation)
-    prompts, exit_layer = a.prompts, a.exit_layer
-    cfg = model.config
-    check_decoding_aids(repetition_penalty, no_repeat_ngram_size)
-    aids = DecodingAids(float(repetition_penalty), no_repeat_ngram_size)
-    check_first_token_ids(first_token_ids, len(prompts), cfg.vocab_size)
 
-    B = len(prompts)
-    max_batch_size = B if max_batch_size is None else min(B, max_batch_size)  # checked above
-    # One random stream for the batch (fully batched sampling); the Engine API
-    # offers per-request seeds that do not depend on the batch.
-    seed = int(torch.randint(0, 2**62, ()).item()) if a.seed is None else a.seed
-    out: list[list[int]] = [[] for _ in range(B)]
+    def __init__(self, model, max_batch_size: int, exit_layer: int | None = None, num_speculations: int = 4,
+                 do_sample: bool = False, aids: DecodingAids = DecodingAids(), seed: int | None = None,
+                 compile: bool = False, speculation="static", draft_vocab: torch.Tensor | None = None,
+                 draft_quantization: str | None = None):
+        spec = SpeculationConfig(exit_layer, num_speculations, speculation, draft_vocab, draft_quantization, compile,
+                                 aids.repetition_penalty, aids.no_repeat_ngram_size, do_sample).validate(model)
+        self._build(model, max_batch_size, spec, seed)
 
-    def row_streamer(b):
-        return None if streamer is None else (lambda toks: streamer(b, toks))
+    @classmethod
+    def from_config(cls, model, max_batch_size: int, spec: SpeculationConfig, seed: int | None = None) -> Engine:
+        """An engine for settings already checked by spec.validate(model)."""
+        engine = cls.__new__(cls)
+        engine._build(model, max_batch_size, spec, seed)
+        return engine
 
-    with torch.inference_mode():
-        # Built before the clock starts: with compile=True this imports torch's
-        # compiler stack, a one-time cost like compilation itself.
-        engine = Engine(model, max_batch_size, exit_layer, a.num_speculations, a.do_sample, aids, seed=seed,
-                        compile=compile, speculation=speculation, draft_vocab=draft_vocab,
-                        draft_quantization=draft_quantization)
-        t0 = time.perf_counter()
-        for b, p in enumerate(prompts):
-            engine.add_request(Request(p, a.max_new_tokens, frozenset(a.eos_ids), seed, a.temperature, a.top_k,
-                                       a.top_p, row_streamer(b),
-                                       None if first_token_ids is None else first_token_ids[b]))
-        for b, r in enumerate(engine.run()):
-            out[b] = r.tokens
-    compile_s = engine.steps.compile_s
-    elapsed = time.perf_counter() - t0 - compile_s  # decoding only
+    def _build(self, model, max_batch_size: int, spec: SpeculationConfig, seed: int | None) -> None:
+        self.model, self.spec = model, spec
+        self.E = spec.exit_layer
+        self.k = spec.num_speculations if spec.exit_layer is not None else 0
+        self.max_batch_size = max_batch_size
+        self.device = model.lm_head.weight.device
+        self.steps = StepFunctions(spec.compile, self.device)
+        self.policy = None if self.E is None else make_policy(spec.speculation, model, self.E, self.k)
+        own_head = spec.draft_vocab is None and spec.draft_quantization is None
+        self.draft_head = None if own_head or self.E is None else DraftHead(model, spec.draft_vocab,
+                                                                            spec.draft_quantization)
+        self.chooser = make_chooser(spec.do_sample, seed, self.device)
+        self.aids = make_aids(spec.aids, draft_subset=self.draft_head is not None and self.draft_head.ids is not None)
+        self.waiting: deque[tuple[int, Request]] = deque()
+        self.next_id = 0
+        self.stats = dict(drafted=0, accepted=0, steps=0, row_steps=0, emitted=0, new_tokens=0, prefill_s=0.0,
+                          iterations_by_exit={}, draft_steps_by_exit={})
 
-    s = engine.stats
-    stats = dict(
-        drafted=s["drafted"],
-        accepted=s["accepted"],
-        acceptance_rate=s["accepted"] / s["drafted"] if s["drafted"] else None,
-        # Tokens emitted per row per decode iteration (1.0 for autoregressive).
-        tokens_per_step=s["emitted"] / s["row_steps"] if s["row_steps"] else None,
-        steps=s["steps"],
-        new_tokens=s["new_tokens"],
-        time_s=elapsed,
-        tokens_per_s=s["new_tokens"] / elapsed if elapsed > 0 else None,
-        compile_s=compile_s,
-        prefill_s=s["prefill_s"],
-        # Self-speculation: iterations and batched draft steps run at each exit layer.
-        iterations_by_exit=dict(s["iterations_by_exit"]),
-        draft_steps_by_exit=dict(s["draft_steps_by_exit"]),
-    )
-    return GenerationOutput(sequences=out, stats=stats)
+    def add_request(self, request: Request) -> int:
+        """Queue an already-validated request; returns its id (outputs come in id order)."""
+        rid = self.next_id
+        self.next_id += 1
+        self.waiting.append((rid, request))
+        return rid
+
+    def add(self, prompt, max_new_tokens: int = 128, eos_token_id=None, temperature: float = 1.0, top_k: int = 0,
+            top_p: float = 1.0, seed: int | None = None, streamer=None, max_cache_len: int | None = None,
+            first_token_ids=None) -> int:
+        """Validate and queue one request. A bad request raises ValueError here,
+        naming the argument; requests queued before and after it are unaffected.
+        `streamer(tokens)` receives this request's new tokens."""
+        params = SamplingParams(max_new_tokens, temperature, top_k, top_p, seed, eos_token_id)
+        return self.submit(prompt, params, streamer, max_cache_len, first_token_ids)
+
+    def submit(self, prompt, params: SamplingParams, streamer=None, max_cache_len: int | None = None,
+               first_token_ids=None) -> int:
+        """`add` with the request's settings as one SamplingParams."""
+        p = params
+        a = validate_generate_args(
+            self.model, [prompt], None, max_new_tokens=p.max_new_tokens, exit_layer=self.E,
+            num_speculations=self.k or 1, do_sample=self.spec.do_sample, temperature=p.temperature, top_k=p.top_k,
+            top_p=p.top_p, eos_token_id=p.eos_token_id, seed=p.seed, streamer=streamer, max_cache_len=max_cache_len)
+        check_first_token_ids(None if first_token_ids is None else [first_token_ids], 1, self.model.config.vocab_size)
+        seed = int(torch.randint(0, 2**62, ()).item()) if a.seed is None else a.seed
+        return self.add_request(Request(a.prompts[0], a.max_new_tokens, frozenset(a.eos_ids), seed, a.temperature,
+                                        a.top_k, a.top_p, streamer, first_token_ids))
+
+    # --- run ------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def run(self) -> list[RequestOutput]:
+        """Decode every waiting request; outputs in the order they were added."""
+        if not self.waiting:
+            return []
+        t_start = time.perf_counter()
+        self.usable = min(self.max_batch_size, len(self.waiting))  # slots that take requests
+        # Slack of k+1 positions: drafts may run past the last position kept.
+        T_max = max(len(r.prompt) + r.max_new_tokens for _, r in self.waiting) + self.k + 1
+        n_slots, T_max = cache_shape(self.usable, T_max, self.steps.compile)
+        # The strategy of every iteration of this run, chosen here once.
+        self.iteration = make_iteration(self.model, self.steps, self.chooser, self.aids, self.policy, self.k,
+                                        self.draft_head, self.stats)
+        self._allocate(n_slots, T_max)
+        self.slots: list[_Active | None] = [None] * n_slots
+        done: dict[int, RequestOutput] = {}
+        self._admit(done, t_start)
+        while any(a is not None for a in self.slots):
+            active = [s for s, a in enumerate(self.slots) if a is not None]
+            # Lengths and tokens are the engine's own (validated at admission):
+            # the ops skip their value checks, each a host sync per layer on GPU.
+            with ops.trusted_inputs():
+                tokens = self._step(active)
+            self._emit_all(tokens, done)
+            self._admit(done, t_start)
+        return [done[rid] for rid in sorted(done)]
+
+    def _step(self, active: list[int]) -> list[list[int]]:
+        """One batched iteration over every slot; counts it; each slot's new tokens."""
+        out = self.iteration.step(self.state, active)
+        self.stats["steps"] += 1
+        self.stats["row_steps"] += len(active)
+        for s in active:
+            act = self.slots[s]
+            act.iterations += 1
+            act.drafted += out.drafted[s]
+            act.accepted += out.accepted[s]
+            self.stats["drafted"] += out.drafted[s]
+            self.stats["accepted"] += out.accepted[s]
+        return out.tokens
+
+    def _allocate(self, n: int, T_max: int) -> None:
+        m, dev = self.model, self.device
+        self.cache = StaticKVCache.for_model(m, n, T_max)
+        m.rope(T_max, dev)  # grown here, never inside a compiled step
+        m.refresh_decode_weights()  # likewise (model/linear.py)
+        if self.steps.compile and dev.type == "cuda":
+            # Written in place by the captured graphs: static inputs (no copy per
+            # replay); a new cache re-records the CUDA graph, it does not recompile.
+            for t in (self.cache.k, self.cache.v):
+                torch._dynamo.mark_static_address(t, guard=False)
+        self.state = DecodeState(self.cache, torch.zeros(n, dtype=torch.int64, device=dev),
+                                 torch.zeros(n, dtype=torch.bool, device=dev))
+        self.aids.allocate(n, T_max, dev)
+        self.chooser.allocate(n, self.k, m.config.vocab_size, dev)
+        self.iteration.allocate(self.state)
+
+    # --- admission and emission -----------------------------------------------------
+
+    def _admit(self, done: dict, t_start: float) -> None:
+        """Prefill waiting requests into free slots: a run of consecutive free
+        slots in one batched call (the whole batch at the start), each writing
+        only its own rows of the cache."""
+        while self.waiting:
+            free = [s for s, a in enumerate(self.slots[: self.usable]) if a is None]
+            if not free:
+                return
+            run = [free[0]]
+            while len(run) < len(self.waiting) and run[-1] + 1 < self.usable and self.slots[run[-1] + 1] is None:
+                run.append(run[-1] + 1)
+            acts = []
+            for s in run:
+                self.iteration.reset_row(s)
+                rid, req = self.waiting.popleft()
+                acts.append(_Active(rid, req, t_start))
+                self.slots[s] = acts[-1]
+            t0 = time.perf_counter()
+            first = self._prefill(run[0], acts)
+            now = time.perf_counter()
+            self.stats["prefill_s"] += now - t0
+            for s, act, tok in zip(run, acts, first):
+                act.t_first = now
+                self._emit(s, [tok], done, from_prefill=True)
+
+    def _prefill(self, s0: int, acts: list[_Active]) -> list[int]:
+        """Prompts of `acts` into slots s0, s0+1, ...; returns their first tokens."""
+        m, dev, n = self.model, self.device, len(acts)
+        sl = slice(s0, s0 + n)
+        lens = torch.tensor([len(a.req.prompt) for a in acts], dtype=torch.int32, device=dev)
+        T = max(len(a.req.prompt) for a in acts)
+        ids = torch.zeros(n, T, dtype=torch.int64)
+        for i, a in enumerate(acts):
+            ids[i, : len(a.req.prompt)] = torch.tensor(a.req.prompt, dtype=torch.int64)
+        ids = ids.to(dev)
+        # Right-padded: each row's real tokens sit at 0..len-1; the pad positions
+        # after them are never attended by real tokens (causal) and become dead
+        # once the row's length is set to len.
+        self.cache.seqlens[sl] = 0
+        rows = StaticKVCache(self.cache.k[:, sl], self.cache.v[:, sl], self.cache.seqlens[sl])
+        h = m.forward_layers(m.embed(ids), 0, m.num_layers, rows)
+        logits = m.exit_head(h[torch.arange(n, device=dev), lens.long() - 1])  # [n, V]
+        if any(a.req.first_token_ids is not None for a in acts):
+            allowed = torch.ones_like(logits, dtype=torch.bool)
+            for i, a in enumerate(acts):
+                if a.req.first_token_ids is not None:
+                    allowed[i] = False
+                    allowed[i, torch.tensor(a.req.first_token_ids, device=dev)] = True
+            logits = logits.masked_fill(~allowed, float("-inf"))
+        logits = self.aids.prefill(logits, ids, sl, lens)
+        self.chooser.admit(s0, [a.req for a in acts])
+        tok = self.chooser.first(logits, sl)
+        self.cache.seqlens[sl] = lens
+        self.state.pending[sl] = tok
+        self.state.alive[sl] = True
+        self.aids.record_prefill(sl, lens, tok)
+        return tok.tolist()
+
+    def _emit_all(self, tokens: list[list[int]], done: dict) -> None:
+        for s, toks in enumerate(tokens):
+            if self.slots[s] is not None:
+                self._emit(s, toks, done)
+
+    def _emit(self, s: int, toks: list[int], done: dict, from_prefill: bool = False) -> None:
+        """Append a slot's new tokens, honouring EOS and max_new_tokens; a
+        finished request frees its slot."""
+        act = self.slots[s]
+        room = act.req.max_new_tokens - len(act.out)
+        toks = toks[:room]
+        finished = len(toks) == room
+        for j, t in enumerate(toks):
+            if t in act.req.eos_ids:
+                toks, finished = toks[: j + 1], True
+                break
+        act.out.extend(toks)
+        self.stats["new_tokens"] += len(toks)
+        if not from_prefill:
+            act.emitted += len(toks)
+            self.stats["emitted"] += len(toks)
+        if act.req.streamer is not None and toks:
+            act.req.streamer(toks)
+        if finished:
+            done[act.rid] = act.output(time.perf_counter())
+            self.slots[s] = None
+            self.state.alive[s] = False
+            self.chooser.release(s)
+            self.cache.seqlens[s] = 0  # a free slot runs at position 0, inside any cache

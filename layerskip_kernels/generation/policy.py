@@ -38,10 +38,10 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Plan", "StaticDrafting", "AdaptiveDrafting", "make_policy", "SPECULATION_MODES", "best_k",
-           "ADAPTIVE_DEFAULTS", "adaptive_settings", "adaptive_policy"]
+from .validation import MAX_SPECULATIONS, SPECULATION_MODES, check_int
 
-SPECULATION_MODES = ("static", "adaptive")
+__all__ = ["Plan", "StaticDrafting", "AdaptiveDrafting", "make_policy", "SPECULATION_MODES", "best_k",
+           "ADAPTIVE_DEFAULTS", "adaptive_settings", "adaptive_policy", "checked_plan"]
 
 # AdaptiveDrafting's settings when the model's config.json records none
 # (layerskip.adaptive, written by bench/bench_adaptive.py --record from measurement):
@@ -61,7 +61,8 @@ class Plan:
 
 
 class StaticDrafting:
-    """Fixed exit layer and k for every row (the LayerSkip paper's scheme)."""
+    """Fixed exit layer and k for every row (the LayerSkip paper's scheme).
+    Its plan never changes: the engine reads it once (generation.iteration)."""
 
     adaptive = False
 
@@ -76,6 +77,18 @@ class StaticDrafting:
 
     def observe(self, plan: Plan, drafted: list[int], accepted: list[int], active: list[int], seconds: float) -> None:
         pass
+
+
+def checked_plan(plan: Plan, num_layers: int, k: int, n_slots: int, device) -> Plan:
+    """`plan` after checking it against the model and the engine's k; a plan
+    without row caps gets num_drafts for every row (as a tensor)."""
+    E, n = plan.exit_layer, plan.num_drafts
+    if not (1 <= E < num_layers and 1 <= n <= k):
+        raise ValueError(f"drafting policy planned exit_layer={E}, num_drafts={n}: they must be "
+                         f"in [1, {num_layers - 1}] and [1, num_speculations={k}]")
+    if plan.row_caps is None:
+        return Plan(E, n, torch.full((n_slots,), n, dtype=torch.int32, device=device), plan.threshold)
+    return plan
 
 
 def best_k(a: float, c: float, v: float, k_max: int) -> int:
@@ -172,8 +185,6 @@ def adaptive_settings(config, source: str = "config.json") -> dict:
     """ADAPTIVE_DEFAULTS overridden by the model config's layerskip.adaptive, with
     its ADAPTIVE_CLI_DEFAULTS when recorded (for the CLI and the benchmarks), all
     checked against the model. Raises ValueError naming the key."""
-    from .validation import MAX_SPECULATIONS, check_int  # validation imports this module
-
     extra = getattr(config, "extra", {}) or {}
     recorded = extra.get("layerskip", {}).get("adaptive", {})
     where = f"{source}: layerskip.adaptive"

@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from .validation import check_first_token_ids
+
 __all__ = ["Healing", "heal_prompt", "token_bytes", "check_first_token_ids"]
 
 
@@ -79,20 +81,3 @@ def heal_prompt(tokenizer, ids: list[int]) -> Healing:
         return Healing(ids, None, b"")
     allowed = [i for i, b in enumerate(vocab) if b is not None and b.startswith(removed)]
     return Healing(ids[:-1], allowed, removed)
-
-
-def check_first_token_ids(first_token_ids, batch_size: int, vocab_size: int) -> None:
-    """first_token_ids: None, or one entry per row: None or a non-empty list of ids in [0, V)."""
-    if first_token_ids is None:
-        return
-    if not isinstance(first_token_ids, (list, tuple)) or len(first_token_ids) != batch_size:
-        raise ValueError(f"first_token_ids must be a list with one entry per prompt ({batch_size}), "
-                         f"got {type(first_token_ids).__name__}")
-    for b, allowed in enumerate(first_token_ids):
-        if allowed is None:
-            continue
-        if not isinstance(allowed, (list, tuple)) or not allowed:
-            raise ValueError(f"first_token_ids[{b}] must be None or a non-empty list of token ids, got {allowed!r}")
-        bad = [t for t in allowed if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab_size]
-        if bad:
-            raise ValueError(f"first_token_ids[{b}] holds {bad[0]!r}, not a token id in [0, vocab_size={vocab_size})")

@@ -1,9 +1,14 @@
-"""Argument checks of generate(), run once before the model or any buffer is touched.
+"""Validation: the primitives and every setting's one check, run once before
+the model or any buffer is touched.
 
 Every bad value ends in one ValueError that names the argument and what was
 expected. Integer arguments accept Python ints and integer scalars of numpy and
 torch (0-dim integer tensors), never bools or floats. The same checkers serve
-the CLI with its flag names.
+the CLI with its flag names and the model directory's recorded defaults with
+their file and key. Each setting is checked here and nowhere else; the modules
+that use a setting (processors, draft_head, draft_vocab, token_healing, policy,
+config) import its check from here. This module imports nothing of generation/
+but steps (for the cache shape), so anything may import it.
 """
 
 from __future__ import annotations
@@ -16,20 +21,30 @@ from dataclasses import dataclass
 import torch
 
 from ..cache import MAX_CACHE_LEN, StaticKVCache, check_fits
-from .policy import SPECULATION_MODES
+from ..ops.checks import SEED_RANGE
 from .steps import cache_shape
 
 __all__ = [
     "MAX_SPECULATIONS",
     "MIN_TEMPERATURE",
     "SEED_RANGE",
+    "SPECULATION_MODES",
+    "DRAFT_QUANTIZATIONS",
     "GenerateArgs",
     "as_int",
+    "check_bool",
     "check_int",
     "check_seed",
     "check_temperature",
     "check_top_k",
     "check_top_p",
+    "check_repetition_penalty",
+    "check_decoding_aids",
+    "check_draft_quantization",
+    "check_draft_vocab",
+    "check_first_token_ids",
+    "check_speculation",
+    "check_drafting",
     "validate_generate_args",
 ]
 
@@ -38,8 +53,12 @@ MAX_SPECULATIONS = 15
 # Below this, logits / temperature overflows float32 for ordinary logits and the
 # softmax turns into NaN; the distribution is greedy to float32 precision anyway.
 MIN_TEMPERATURE = 1e-5
-# One seed range for every backend and the CLI: the native ops take int64.
-SEED_RANGE = (-(2**63), 2**63)
+# Drafting modes of generate(speculation=...) (generation.policy implements them).
+SPECULATION_MODES = ("static", "adaptive")
+# The draft head's weight formats (generation.draft_head).
+DRAFT_QUANTIZATIONS = (None, "int8")
+# SEED_RANGE: one seed range for every backend and the CLI (the native ops take
+# int64), defined with the ops' boundary checks and re-exported here.
 
 _NOT_INT = object()
 
@@ -106,6 +125,98 @@ def check_seed(value, name: str = "seed") -> int:
     if s is _NOT_INT or not SEED_RANGE[0] <= s < SEED_RANGE[1]:
         raise ValueError(f"{name} must be an int in [-2^63, 2^63), got {value!r}")
     return s
+
+
+def check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool) and type(value).__name__ != "bool_":
+        raise ValueError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
+def check_repetition_penalty(value, name: str = "repetition_penalty") -> float:
+    """value as a float, else a ValueError naming `name` unless value is a finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < float(value) < float("inf")):
+        raise ValueError(f"{name} must be a finite number > 0 (1.0 disables it), got {value!r}")
+    return float(value)
+
+
+def check_no_repeat_ngram_size(value, name: str = "no_repeat_ngram_size") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0 (0 disables it), got {value!r}")
+    return value
+
+
+def check_decoding_aids(repetition_penalty, no_repeat_ngram_size) -> None:
+    check_repetition_penalty(repetition_penalty)
+    check_no_repeat_ngram_size(no_repeat_ngram_size)
+
+
+def check_draft_quantization(quantization, name: str = "draft_quantization") -> str | None:
+    """None or "int8"; ValueError naming `name` otherwise."""
+    if quantization not in DRAFT_QUANTIZATIONS or not (quantization is None or isinstance(quantization, str)):
+        raise ValueError(f"{name} must be one of {DRAFT_QUANTIZATIONS}, got {quantization!r}")
+    return quantization
+
+
+def check_draft_vocab(draft_vocab, vocab_size: int) -> torch.Tensor | None:
+    """None, or the subset as a sorted int64 CPU tensor; ValueError naming
+    `draft_vocab` for anything but distinct token ids in [0, vocab_size)."""
+    if draft_vocab is None:
+        return None
+    try:
+        ids = torch.as_tensor(draft_vocab)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"draft_vocab must be None or a 1-D sequence of token ids, got {type(draft_vocab).__name__}")
+    if ids.dim() != 1 or ids.numel() == 0 or ids.dtype.is_floating_point or ids.dtype.is_complex \
+            or ids.dtype == torch.bool:
+        raise ValueError(f"draft_vocab must be a non-empty 1-D sequence of integer token ids, got {ids.dtype} "
+                         f"{tuple(ids.shape)}")
+    ids = ids.detach().to("cpu", torch.int64)
+    if bool((ids < 0).any()) or bool((ids >= vocab_size).any()):
+        raise ValueError(f"draft_vocab ids must be in [0, {vocab_size}), got min {int(ids.min())} max {int(ids.max())}")
+    ids = torch.sort(ids).values
+    if bool((ids[1:] == ids[:-1]).any()):
+        raise ValueError("draft_vocab ids must be distinct")
+    return ids
+
+
+def check_first_token_ids(first_token_ids, batch_size: int, vocab_size: int) -> None:
+    """first_token_ids: None, or one entry per row: None or a non-empty list of ids in [0, V)."""
+    if first_token_ids is None:
+        return
+    if not isinstance(first_token_ids, (list, tuple)) or len(first_token_ids) != batch_size:
+        raise ValueError(f"first_token_ids must be a list with one entry per prompt ({batch_size}), "
+                         f"got {type(first_token_ids).__name__}")
+    for b, allowed in enumerate(first_token_ids):
+        if allowed is None:
+            continue
+        if not isinstance(allowed, (list, tuple)) or not allowed:
+            raise ValueError(f"first_token_ids[{b}] must be None or a non-empty list of token ids, got {allowed!r}")
+        bad = [t for t in allowed if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab_size]
+        if bad:
+            raise ValueError(f"first_token_ids[{b}] holds {bad[0]!r}, not a token id in [0, vocab_size={vocab_size})")
+
+
+def check_drafting(exit_layer, num_speculations, num_layers: int) -> tuple[int | None, int]:
+    """(exit_layer, k): E in [1, L-1] and k in [1, MAX_SPECULATIONS], or (None, k
+    as given, 0 if not an int) without drafting."""
+    if exit_layer is not None:
+        L = num_layers
+        exit_layer = check_int("exit_layer", exit_layer, 1, L - 1, f" for a {L}-layer model")
+        return exit_layer, check_int("num_speculations", num_speculations, 1, MAX_SPECULATIONS)
+    k = as_int(num_speculations)  # unused without drafting
+    return None, 0 if k is _NOT_INT else k
+
+
+def check_speculation(speculation, name: str = "speculation"):
+    """A mode name of SPECULATION_MODES or a drafting policy object (plan, reset_row, observe)."""
+    if isinstance(speculation, str):
+        if speculation not in SPECULATION_MODES:
+            raise ValueError(f"{name} must be one of {SPECULATION_MODES} or a drafting policy, got {speculation!r}")
+    elif not all(callable(getattr(speculation, f, None)) for f in ("plan", "reset_row", "observe")):
+        raise ValueError(f"{name} must be one of {SPECULATION_MODES} or an object with plan, reset_row and "
+                         f"observe (generation.policy), got {speculation!r}")
+    return speculation
 
 
 # --------------------------------------------------------------------------- generate()
@@ -198,15 +309,8 @@ def validate_generate_args(model, input_ids, attention_mask, *, max_new_tokens, 
     L, V = cfg.num_hidden_layers, cfg.vocab_size
     prompts = _prompts(input_ids, attention_mask, V)
     max_new_tokens = check_int("max_new_tokens", max_new_tokens, 1)
-    if exit_layer is not None:
-        exit_layer = check_int("exit_layer", exit_layer, 1, L - 1, f" for a {L}-layer model")
-        num_speculations = check_int("num_speculations", num_speculations, 1, MAX_SPECULATIONS)
-    else:
-        num_speculations = as_int(num_speculations)  # unused without drafting
-        num_speculations = 0 if num_speculations is _NOT_INT else num_speculations
-    if not isinstance(do_sample, bool) and type(do_sample).__name__ != "bool_":
-        raise ValueError(f"do_sample must be a bool, got {do_sample!r}")
-    do_sample = bool(do_sample)
+    exit_layer, num_speculations = check_drafting(exit_layer, num_speculations, L)
+    do_sample = check_bool("do_sample", do_sample)
     if do_sample:
         temperature = check_temperature(temperature)
         top_k = check_top_k(top_k)
@@ -232,12 +336,7 @@ def validate_generate_args(model, input_ids, attention_mask, *, max_new_tokens, 
     # The cache holds max_batch_size rows (continuous batching), not every prompt.
     if not isinstance(compile, bool):
         raise ValueError(f"compile must be a bool, got {compile!r}")
-    if isinstance(speculation, str):
-        if speculation not in SPECULATION_MODES:
-            raise ValueError(f"speculation must be one of {SPECULATION_MODES} or a drafting policy, got {speculation!r}")
-    elif not all(callable(getattr(speculation, f, None)) for f in ("plan", "reset_row", "observe")):
-        raise ValueError(f"speculation must be one of {SPECULATION_MODES} or an object with plan, reset_row and "
-                         f"observe (generation.policy), got {speculation!r}")
+    check_speculation(speculation)
     rows = len(prompts) if max_batch_size is None else min(len(prompts), max_batch_size)
     _check_memory(model, rows, longest, max_new_tokens, num_speculations if exit_layer else 0, do_sample, compile)
     return GenerateArgs(prompts, max_new_tokens, exit_layer, num_speculations, do_sample, temperature, top_k, top_p,

@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from ..generation.draft_vocab import FREQUENCIES_FILE, save_frequencies
+from ..vocab import FREQUENCIES_FILE, save_frequencies
 from . import data
 
 __all__ = ["training_token_counts", "main"]

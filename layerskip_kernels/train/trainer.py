@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
-from ..generation.draft_vocab import save_frequencies
+from ..vocab import save_frequencies
 from ..model import LlamaConfig, LlamaForCausalLM
 from . import data, recipe
 

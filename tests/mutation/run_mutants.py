@@ -46,7 +46,8 @@ class Mutant:
 
 ATT = "triton/attention.py"
 REF = "reference.py"
-SCHED = "generation/scheduler.py"
+SCHED = "generation/engine.py"
+SAMPLING = "generation/sampling.py"
 
 MUTANTS = [
     Mutant("bonus_from_p_k_minus_1", "bonus token drawn from p[k-1] instead of p[k]", "reference (torch backend)",
@@ -54,8 +55,8 @@ MUTANTS = [
              "weights = torch.cat([residual, target_probs[:, k - 1:k]], dim=1)")],
            ["test_generation.py", "-k", "four_tokens and (k1-plain or k2-plain)"], {"LAYERSKIP_BACKEND": "torch"}),
     Mutant("philox_offset_not_advanced", "the Philox offset is not advanced between iterations", "engine",
-           [(SCHED, "self.shared_offset = (self.shared_offset + 1) % 2**32", "self.shared_offset = self.shared_offset"),
-            (SCHED, "act.offset = (act.offset + 1) % 2**32", "act.offset = act.offset")],
+           [(SAMPLING, "self.offset = (self.offset + 1) % 2**32", "self.offset = self.offset"),
+            (SAMPLING, "self.offsets[s] = (self.offsets[s] + 1) % 2**32", "self.offsets[s] = self.offsets[s]")],
            ["test_generation.py", "-k", "four_tokens and (k1-plain or k2-plain) or fresh_random"]),
     Mutant("eos_inside_accepted_run_kept", "tokens after an EOS inside an accepted run are kept", "engine",
            [(SCHED, "for j, t in enumerate(toks):\n            if t in act.req.eos_ids:",
