@@ -91,12 +91,17 @@ class Iteration:
         self.aids.record(seqlens, pending)
 
 
-class GreedyAutoregressive(Iteration):
-    def step(self, state: DecodeState, active: list[int]) -> Outcome:
-        tok = self.steps.greedy_token(self.model, state.pending, state.cache)  # the argmax inside the step
+    def _one_token(self, state: DecodeState, tok: torch.Tensor) -> Outcome:
+        """An autoregressive iteration's end: every slot keeps one position and emits tok."""
         self._advance(state, 1, tok)
         zeros = [0] * len(tok)
         return Outcome([[t] for t in _read_results(tok)], zeros, zeros)
+
+
+class GreedyAutoregressive(Iteration):
+    def step(self, state: DecodeState, active: list[int]) -> Outcome:
+        tok = self.steps.greedy_token(self.model, state.pending, state.cache)  # the argmax inside the step
+        return self._one_token(state, tok)
 
 
 class HostAutoregressive(Iteration):
@@ -104,9 +109,7 @@ class HostAutoregressive(Iteration):
         logits = self.steps.autoregressive(self.model, state.pending, state.cache)
         logits = self.aids.process(logits[:, None], state.cache.seqlens[:, None] + 1)[:, 0]
         tok, _ = self.chooser.choose(logits)
-        self._advance(state, 1, tok)
-        zeros = [0] * len(tok)
-        return Outcome([[t] for t in _read_results(tok)], zeros, zeros)
+        return self._one_token(state, tok)
 
 
 class _Speculation(Iteration):
