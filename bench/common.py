@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -149,6 +150,25 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_kind() -> str:
+    """A directory name per kind of CPU: the model name and the best CPU level
+    our kernels can run on it ('AMD EPYC' with AVX-512-BF16 ->
+    'amd-epyc-avx512_bf16'). Virtual machines often report only the vendor's
+    family name, so the level is what tells an AVX2 machine from an AVX-512 one."""
+    from layerskip_kernels import backends
+
+    native = backends.native()
+    levels = native.supported_cpu_levels() if native is not None and hasattr(native, "supported_cpu_levels") else []
+    slug = re.sub(r"[^a-z0-9]+", "-", cpu_model().lower()).strip("-") or "unknown-cpu"
+    return f"{slug}-{levels[-1]}" if levels else slug
+
+
+def results_path(name: str) -> str:
+    """bench/results/<cpu kind>/<name>: one directory per CPU kind, so that a run
+    on another machine never overwrites this one's results."""
+    return os.path.join(RESULTS, cpu_kind(), name)
+
+
 def metadata() -> dict[str, object]:
     """Machine and version columns repeated on every CSV row."""
     import layerskip_kernels as lk
@@ -171,6 +191,8 @@ def metadata() -> dict[str, object]:
         "triton": triton_version,
         "layerskip": lk.__version__,
         "build_isa": "+".join(info.get("cpu_isa", [])),
+        "cpu_level": info.get("cpu_level", ""),  # the level our CPU kernels ran at
+        "cpu_levels": "+".join(info.get("cpu_levels", [])),  # the levels compiled
         "build_openmp": info.get("openmp", ""),
         "build_cuda": info.get("cuda", ""),
     }
