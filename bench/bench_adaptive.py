@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_e2e import load_prompts, step_costs, token_agreement  # noqa: E402
-from common import RESULTS, metadata, plot_bars, print_table, write_csv  # noqa: E402
+from common import metadata, plot_bars, print_table, results_path, write_csv  # noqa: E402
 
 import layerskip_kernels as lk  # noqa: E402
 from layerskip_kernels.generation.config import SpeculationConfig  # noqa: E402
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
                          "vocabulary) was faster, into the model's config.json as the CLI's defaults")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--note", default="")
-    ap.add_argument("--out", default=os.path.join(RESULTS, "adaptive"))
+    ap.add_argument("--out", default=results_path("adaptive"))
     args = ap.parse_args(argv)
     if args.quick:
         args.num_prompts, args.max_new_tokens, args.reps, args.sweep_k = 2, 32, 1, [2, 4]

@@ -44,7 +44,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_e2e import (acceptance_from_tokens_per_step, analytic_limit, load_hf, load_prompts,  # noqa: E402
                        run_hf, run_ours, step_costs, token_agreement)
-from common import RESULTS, copy_bandwidth_gbs, metadata, plot_bars, print_table, write_csv  # noqa: E402
+from common import copy_bandwidth_gbs, metadata, plot_bars, print_table, results_path, write_csv  # noqa: E402
 
 import layerskip_kernels as lk  # noqa: E402
 from layerskip_kernels.generation.config import SpeculationConfig  # noqa: E402
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-cost", action="store_true", help="skip the compile-cost and CLI subprocess runs")
     ap.add_argument("--cost-only", action="store_true", help="only the compile-cost and CLI subprocess runs")
     ap.add_argument("--note", default="", help="conditions of the run, written on every row")
-    ap.add_argument("--out", default=os.path.join(RESULTS, "compile"))
+    ap.add_argument("--out", default=results_path("compile"))
     args = ap.parse_args(argv)
     if args.quick:
         args.num_prompts, args.max_new_tokens, args.reps = 2, 32, 1

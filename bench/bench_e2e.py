@@ -25,7 +25,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS, metadata, print_table, sync, write_csv  # noqa: E402
+from common import RESULTS, metadata, print_table, results_path, sync, write_csv  # noqa: E402
 
 import layerskip_kernels as lk  # noqa: E402
 from layerskip_kernels.cache import StaticKVCache  # noqa: E402
@@ -257,7 +257,7 @@ def main(argv=None) -> int:
     ap.add_argument("--compile", action="store_true",
                     help="our engines with compiled steps (generate(compile=True)); their compilation is done in "
                          "warm-up runs, outside the timings")
-    ap.add_argument("--out", default=os.path.join(RESULTS, "e2e"))
+    ap.add_argument("--out", default=results_path("e2e"))
     ap.add_argument("--note", default="", help="conditions of the run, written on every row")
     args = ap.parse_args(argv)
     if args.threads:

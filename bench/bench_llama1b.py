@@ -28,13 +28,12 @@ import math
 import os
 import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_e2e import acceptance_from_tokens_per_step, analytic_limit, step_costs  # noqa: E402
-from common import RESULTS, copy_bandwidth_gbs, metadata, print_table, write_csv  # noqa: E402
+from common import copy_bandwidth_gbs, metadata, print_table, results_path, write_csv  # noqa: E402
 
 import layerskip_kernels as lk  # noqa: E402
 from layerskip_kernels.model import LlamaConfig, LlamaForCausalLM  # noqa: E402
@@ -169,7 +168,7 @@ def main(argv=None) -> int:
     print(f"{meta['model']}  E={E} k={k} batch {B}  {meta['cpu']}  cpu level {meta.get('cpu_level', '?')}")
     print_table(rows, ["engine", "tokens_per_s", "speedup_vs_ar", "acceptance", "tokens_per_step", "c", "v",
                        "iteration_over_ar", "analytic_limit", "ar_step_over_stream", "same_tokens"])
-    out = args.out or os.path.join(RESULTS, "llama1b" + ("_compiled" if args.compile else ""))
+    out = args.out or results_path("llama1b" + ("_compiled" if args.compile else ""))
     write_csv(out + ".csv", rows)
     _plot(rows, out + ".png")
     return 0

@@ -28,7 +28,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS, metadata, print_table, write_csv  # noqa: E402
+from common import metadata, print_table, results_path, write_csv  # noqa: E402
 
 import layerskip_kernels as lk  # noqa: E402
 from bench_e2e import load_prompts  # noqa: E402
@@ -87,7 +87,7 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=3,
                     help="runs of every configuration, interleaved; each row is the median-throughput run")
     ap.add_argument("--note", default="", help="conditions of the run, written on every row")
-    ap.add_argument("--out", default=os.path.join(RESULTS, "serving"))
+    ap.add_argument("--out", default=results_path("serving"))
     args = ap.parse_args(argv)
     kw = dict(compile=args.compile)
 

@@ -165,8 +165,15 @@ def cpu_kind() -> str:
 
 def results_path(name: str) -> str:
     """bench/results/<cpu kind>/<name>: one directory per CPU kind, so that a run
-    on another machine never overwrites this one's results."""
-    return os.path.join(RESULTS, cpu_kind(), name)
+    on another machine never overwrites this one's results; `_<level>` is added
+    when our CPU kernels run below the best level of this CPU
+    (LAYERSKIP_CPU_CAPABILITY), so a forced-level run keeps its own files."""
+    from layerskip_kernels import backends
+
+    native = backends.native()
+    level = native.cpu_level() if native is not None and hasattr(native, "cpu_level") else ""
+    best = native.supported_cpu_levels()[-1] if level else ""
+    return os.path.join(RESULTS, cpu_kind(), name + (f"_{level}" if level != best else ""))
 
 
 def metadata() -> dict[str, object]:
@@ -275,7 +282,7 @@ def kernel_bench_args(doc: str, name: str, default_reps: int, argv=None):
 
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a subset of the grid")
-    ap.add_argument("--out", default=os.path.join(RESULTS, name),
+    ap.add_argument("--out", default=results_path(name),
                     help="output path prefix (.csv and .png are appended)")
     ap.add_argument("--reps", type=int, default=default_reps,
                     help="timed calls per configuration (fewer for slow ones)")
