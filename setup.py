@@ -5,8 +5,12 @@ added when torch is a CUDA build and nvcc is found. Switches (environment):
 
   LAYERSKIP_CUDA=auto|0|1   CUDA kernels: auto-detect (default), never, always
   TORCH_CUDA_ARCH_LIST      CUDA archs, default "8.0;9.0"
-  LAYERSKIP_CPU_ARCH        value of -march for the CPU kernels, default "native";
-                            "none" leaves -march out (portable, slower)
+
+The CPU kernels are compiled once per CPU level (csrc/cpu/level_*.cpp: baseline,
+and on x86-64 avx2, avx512, avx512_bf16, each level's instruction set given to
+its own functions only) and chosen at run time, so no -march flag is passed: a
+build made on any x86-64 machine runs on any other (LAYERSKIP_CPU_CAPABILITY
+forces a lower level at run time).
 
 Install with `pip install --no-build-isolation .`: the extension must be compiled
 against the torch that will import it, and an isolated build would download a
@@ -64,10 +68,12 @@ def _ext_modules():
 
     rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
     sources = rel("csrc/ops.cpp") + rel("csrc/cpu/*.cpp")
-    march = os.environ.get("LAYERSKIP_CPU_ARCH", "native")
-    cxx = ["-O3", "-std=c++20", "-fopenmp", f"-DLAYERSKIP_TORCH_VERSION=\"{torch.__version__}\""]
-    if march != "none":
-        cxx.append(f"-march={march}")
+    if os.environ.get("LAYERSKIP_CPU_ARCH"):
+        raise ValueError("LAYERSKIP_CPU_ARCH is gone: the CPU kernels are built for every CPU level and "
+                         "chosen at run time (LAYERSKIP_CPU_CAPABILITY forces a lower level)")
+    # -ffp-contract=off: no multiply-add is fused unless the code says so
+    # (std::fma, intrinsics), so the levels differ only where their code does.
+    cxx = ["-O3", "-std=c++20", "-fopenmp", "-ffp-contract=off", f"-DLAYERSKIP_TORCH_VERSION=\"{torch.__version__}\""]
     include_dirs = [os.path.join(ROOT, "csrc")]
     # torch's CUDA headers include cusparse.h etc., which pip-installed CUDA
     # wheels put under site-packages/nvidia/cu13/include (cu12: per-library dirs).

@@ -16,12 +16,21 @@ and Llama-3.2-1B's 128k-row one at the row counts of draft steps) a third
 column, "cpu-int8", is linear_rows_int8 on the int8 copy a quantized draft
 head scores with (generation/draft_head.py), still as a ratio to ATen's bf16.
 
-    python bench/bench_linear.py [--quick] [--note "quiet machine ..."]
-Writes bench/results/linear_rows.csv and linear_rows.png (or --out PREFIX).
+fp32 x with fp32 weights is timed the same way (rows with dtype "fp32", their
+ratio to ATen's fp32 linear): the question on AVX2 is whether fp32 weights
+(native FMAs) or bf16 ones (half the bytes) decode faster.
+
+Every row names the CPU model and the CPU level our kernels ran at; results go
+to one file per CPU kind, bench/results/<cpu-slug>/linear_rows.csv (and .png),
+so a run on another machine never overwrites these.
+
+    python bench/bench_linear.py [--quick] [--cpu-level avx2] [--note "quiet machine ..."]
 """
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 
 import torch
@@ -46,8 +55,23 @@ def main(argv=None):
         i = argv.index("--note")
         note = argv[i + 1]
         del argv[i:i + 2]
+    level = None
+    if "--cpu-level" in argv:
+        i = argv.index("--cpu-level")
+        level = argv[i + 1]
+        del argv[i:i + 2]
+    if "--out" not in argv:  # one directory per CPU kind
+        argv += ["--out", os.path.join(common.RESULTS, cpu_slug(), "linear_rows")]
     args = common.kernel_bench_args(__doc__, "linear_rows", 200, argv)
+    from layerskip_kernels import backends
+
+    native = backends.native()
+    if level is not None:
+        native.set_cpu_level(level)  # raises, naming the levels, when this CPU cannot run it
+    cpu_level = native.cpu_level() if native is not None else ""
     meta, pairs, bw = common.start_run(args.device)
+    meta = {**meta, "cpu_level": cpu_level}
+    print(f"cpu kernels at level {cpu_level}")
     # Only the cpu backend has a kernel of ours; elsewhere linear_rows is ATen's GEMM.
     impls = [("aten", device) for device in sorted({d for _, d in pairs})] + [p for p in pairs if p[0] == "cpu"]
     shapes = {k: v for k, v in SHAPES.items() if not args.quick or k.startswith("stdlib")}
@@ -56,48 +80,67 @@ def main(argv=None):
     rows = []
     for name, (K, N) in shapes.items():
         for M in (row_counts if name != "llama-1b head" else DRAFT_ROWS):
-            base = {}
-            for impl, device in impls + ([("cpu-int8", d) for i, d in impls if i == "cpu"] if name in HEADS else []):
-                g = torch.Generator().manual_seed(0)
-                if impl == "cpu-int8":
-                    nbytes = N * K + 4 * N
-                    fn = ops._impl_linear_rows_int8("cpu")
-                    make = lambda: (torch.randn(M, K, generator=g).to(device, torch.bfloat16),  # noqa: E731
-                                    torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8).to(device),
-                                    torch.rand(N, generator=g).to(device) / 127)
-                else:
-                    nbytes = N * K * 2
-                    fn = F.linear if impl == "aten" else ops._impl_linear_rows(impl)
-                    make = lambda: (torch.randn(M, K, generator=g).to(device, torch.bfloat16),  # noqa: E731
-                                    torch.randn(N, K, generator=g).to(device, torch.bfloat16))
-                for weights, total in (("dram", 64 << 20), ("cache", 0)):
-                    if weights == "cache" and nbytes > 8 << 20:
-                        continue  # does not stay in cache
-                    call = common.rotating_calls(fn, make, nbytes, min_total=total)
-                    t = common.time_fn(call, warmup=3, reps=args.reps, min_time_s=0.2, device=device)
-                    del call
-                    if impl == "aten":
-                        base[weights] = t["median_s"]
-                    cols = common.timing_columns(t, nbytes, bw[device], base[weights])
-                    cols["speedup_vs_aten"] = cols.pop("speedup_vs_torch")
-                    op = "linear_rows_int8" if impl == "cpu-int8" else "linear_rows"
-                    rows.append({**meta, "note": note, "op": op, "impl": f"{impl}@{device}", "shape": name, "K": K,
-                                 "N": N, "rows": M, "dtype": "bf16 x, int8 weight" if op != "linear_rows" else "bf16",
-                                 "weights": weights, **cols})
-                    r = rows[-1]
-                    print(f"{name:14s} rows={M:2d} {impl:8s}@{device} {weights:5s}: {r['median_ms'] * 1e3:8.1f} us "
-                          f"{r['gbs']:6.1f} GB/s  x{r['speedup_vs_aten']:.2f} vs aten", flush=True)
+            for dtype in (torch.bfloat16, torch.float32):
+                if dtype == torch.float32 and name == "llama-1b head":
+                    continue  # 1 GB of fp32 weights
+                rows += _time_shape(name, K, N, M, dtype, impls, args, meta, bw, note)
 
     common.write_csv(args.out + ".csv", rows)
-    common.print_table(rows, ["shape", "rows", "impl", "weights", "median_ms", "gbs", "speedup_vs_aten"])
+    common.print_table(rows, ["shape", "rows", "dtype", "impl", "weights", "median_ms", "gbs", "speedup_vs_aten"])
     common.plot_bars(
-        args.out + ".png", [r for r in rows if r["weights"] == "dram"],
+        args.out + ".png", [r for r in rows if r["weights"] == "dram" and r["dtype"].startswith("bf16")],
         label=lambda r: f"{r['shape']} x{r['rows']}", series="impl", value="speedup_vs_aten",
         ylabel="speedup over ATen bf16 linear (median)",
-        title=f"linear_rows, bf16, weights from DRAM, on {meta['gpu'] if args.device == 'cuda' else meta['cpu']}",
+        title=f"linear_rows, bf16, weights from DRAM, on "
+              f"{meta['gpu'] if args.device == 'cuda' else meta['cpu'] + ' (' + meta['cpu_level'] + ')'}",
         hline=1.0, hline_label="ATen",
     )
     print(f"wrote {args.out}.csv and {args.out}.png")
+
+
+def _time_shape(name, K, N, M, dtype, impls, args, meta, bw, note):
+    """Rows of one (shape, rows, dtype): ATen, our kernel, and for the heads in
+    bf16 the int8 kernel, each with weights from DRAM and from cache."""
+    rows, base = [], {}
+    esize = torch.tensor([], dtype=dtype).element_size()
+    extra = [("cpu-int8", d) for i, d in impls if i == "cpu"] if name in HEADS and dtype == torch.bfloat16 else []
+    for impl, device in impls + extra:
+        g = torch.Generator().manual_seed(0)
+        if impl == "cpu-int8":
+            nbytes = N * K + 4 * N
+            fn = ops._impl_linear_rows_int8("cpu")
+            make = lambda: (torch.randn(M, K, generator=g).to(device, dtype),  # noqa: E731
+                            torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8).to(device),
+                            torch.rand(N, generator=g).to(device) / 127)
+        else:
+            nbytes = N * K * esize
+            fn = F.linear if impl == "aten" else ops._impl_linear_rows(impl)
+            make = lambda: (torch.randn(M, K, generator=g).to(device, dtype),  # noqa: E731
+                            torch.randn(N, K, generator=g).to(device, dtype))
+        for weights, total in (("dram", 64 << 20), ("cache", 0)):
+            if weights == "cache" and nbytes > 8 << 20:
+                continue  # does not stay in cache
+            call = common.rotating_calls(fn, make, nbytes, min_total=total)
+            t = common.time_fn(call, warmup=3, reps=args.reps, min_time_s=0.2, device=device)
+            del call
+            if impl == "aten":
+                base[weights] = t["median_s"]
+            cols = common.timing_columns(t, nbytes, bw[device], base[weights])
+            cols["speedup_vs_aten"] = cols.pop("speedup_vs_torch")
+            op = "linear_rows_int8" if impl == "cpu-int8" else "linear_rows"
+            dname = "bf16" if dtype == torch.bfloat16 else "fp32"
+            rows.append({**meta, "note": note, "op": op, "impl": f"{impl}@{device}", "shape": name, "K": K,
+                         "N": N, "rows": M, "dtype": f"{dname} x, int8 weight" if op != "linear_rows" else dname,
+                         "weights": weights, **cols})
+            r = rows[-1]
+            print(f"{name:14s} rows={M:2d} {dname} {impl:8s}@{device} {weights:5s}: {r['median_ms'] * 1e3:8.1f} us "
+                  f"{r['gbs']:6.1f} GB/s  x{r['speedup_vs_aten']:.2f} vs aten", flush=True)
+    return rows
+
+
+def cpu_slug() -> str:
+    """The CPU model as a directory name: 'AMD EPYC 7B13' -> 'amd-epyc-7b13'."""
+    return re.sub(r"[^a-z0-9]+", "-", common.cpu_model().lower()).strip("-") or "unknown-cpu"
 
 
 if __name__ == "__main__":

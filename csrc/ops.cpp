@@ -13,6 +13,7 @@
 #endif
 
 #include "checks.h"
+#include "cpu/dispatch.h"
 #include "cpu/kernels.h"
 #ifdef LAYERSKIP_WITH_CUDA
 #include "cuda/kernels.h"
@@ -165,29 +166,17 @@ std::tuple<at::Tensor, at::Tensor> sampling_cuda(const at::Tensor& draft_tokens,
 }
 #endif
 
-// What this binary was compiled with; `layerskip info` prints it.
+std::string cpu_level_name() { return cpu::kCpuLevelNames[static_cast<int>(cpu::cpu_level())]; }
+
+// What this binary was compiled with, and the CPU level it runs; `layerskip
+// info` prints it. cpu_isa: what this CPU and its OS support; cpu_levels: the
+// levels compiled in; cpu_level: the one running (raises when
+// LAYERSKIP_CPU_CAPABILITY asks for one that cannot run).
 pybind11::dict build_info() {
   pybind11::dict info;
-  std::vector<std::string> isa;
-#ifdef __AVX2__
-  isa.push_back("avx2");
-#endif
-#ifdef __FMA__
-  isa.push_back("fma");
-#endif
-#ifdef __AVX512F__
-  isa.push_back("avx512f");
-#endif
-#ifdef __AVX512BF16__
-  isa.push_back("avx512bf16");
-#endif
-#ifdef __AVX512FP16__
-  isa.push_back("avx512fp16");
-#endif
-#ifdef __ARM_NEON
-  isa.push_back("neon");
-#endif
-  info["cpu_isa"] = isa;
+  info["cpu_isa"] = cpu::cpu_features();
+  info["cpu_levels"] = cpu::compiled_cpu_levels();
+  info["cpu_level"] = cpu_level_name();
 #ifdef _OPENMP
   info["openmp"] = true;
   info["openmp_version"] = _OPENMP;
@@ -252,5 +241,12 @@ TORCH_LIBRARY_IMPL(layerskip, CUDA, m) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "layerskip_kernels native ops (registered as torch.ops.layerskip.*)";
-  m.def("build_info", &layerskip::build_info, "What this extension was compiled with.");
+  m.def("build_info", &layerskip::build_info, "What this extension was compiled with, and its CPU level.");
+  m.def("cpu_level", &layerskip::cpu_level_name,
+        "The CPU level the cpu kernels run: the best one this CPU and OS support, or the one "
+        "LAYERSKIP_CPU_CAPABILITY or set_cpu_level() chose.");
+  m.def("set_cpu_level", &layerskip::cpu::set_cpu_level, pybind11::arg("name"),
+        "Run the cpu kernels of another level (one of supported_cpu_levels()); raises on any other name.");
+  m.def("supported_cpu_levels", &layerskip::cpu::supported_cpu_levels,
+        "The CPU levels compiled in that this CPU and OS support, lowest first.");
 }

@@ -26,6 +26,8 @@ from hypothesis import strategies as st
 import layerskip_kernels as lk
 from layerskip_kernels import ops, reference
 
+from conftest import CpuAt, cpu_level_params
+
 # Bounded for CI: a few dozen examples per property, no per-example deadline (the
 # Triton interpreter is slow on the first call of a shape).
 FUZZ = settings(max_examples=12, deadline=None, derandomize=True,
@@ -37,8 +39,14 @@ OPS_BACKENDS = [b for b in lk.backends.BACKENDS if lk.backends.why_unavailable(b
 HAS_NATIVE = lk.backends.native() is not None
 # ("ops", backend) goes through layerskip_kernels.ops; ("raw", None) calls
 # torch.ops.layerskip.* on CPU tensors (the compiled cpu kernels when built).
-ENTRIES = [("ops", b) for b in OPS_BACKENDS] + [("raw", None)]
-ENTRY_IDS = [f"{e}-{b}" if b else e for e, b in ENTRIES]
+# The cpu kernels (through ops and raw) run once per CPU level (conftest.CpuAt).
+ENTRIES = [pytest.param(("ops", b), id=f"ops-{b}") for b in OPS_BACKENDS if b != "cpu"]
+if "cpu" in OPS_BACKENDS:
+    ENTRIES += cpu_level_params(lambda level: ("ops", CpuAt(level)), prefix="ops-cpu-")
+if HAS_NATIVE:
+    ENTRIES += cpu_level_params(lambda level: ("raw", CpuAt(level)), prefix="raw-")
+else:
+    ENTRIES.append(pytest.param(("raw", None), id="raw"))
 
 PAD = 1 << 15  # sentinel elements before and after every cache view
 SENTINEL = 1234.5
@@ -170,7 +178,7 @@ def reference_attention(vals, lens: list[int], softmax_scale=None):
     return out, k, v
 
 
-@pytest.mark.parametrize("entry", ENTRIES, ids=ENTRY_IDS)
+@pytest.mark.parametrize("entry", ENTRIES)
 @FUZZ
 @given(c=attention_case())
 def test_attention_valid_layouts(entry, c):
@@ -187,7 +195,7 @@ def test_attention_valid_layouts(entry, c):
     torch.testing.assert_close(v, ref_v, atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("entry", ENTRIES, ids=ENTRY_IDS)
+@pytest.mark.parametrize("entry", ENTRIES)
 @FUZZ
 @given(c=attention_case(), bad=st.sampled_from([-1, -1000, 1, 1000, 2**31 - 1]), row=st.integers(0, 2))
 def test_attention_bad_lengths(entry, c, bad, row):
@@ -216,7 +224,7 @@ def base_case(**kw):
     return c
 
 
-@pytest.mark.parametrize("entry", ENTRIES, ids=ENTRY_IDS)
+@pytest.mark.parametrize("entry", ENTRIES)
 @pytest.mark.parametrize("which", ["k_cache", "v_cache"])
 @pytest.mark.parametrize("axis", [0, 1, 2])
 def test_attention_overlapping_cache_refused(entry, which, axis):
@@ -235,7 +243,7 @@ def test_attention_overlapping_cache_refused(entry, which, axis):
              args["v_new"], lens, args["cos"], args["sin"], None)
 
 
-@pytest.mark.parametrize("entry", ENTRIES, ids=ENTRY_IDS)
+@pytest.mark.parametrize("entry", ENTRIES)
 @pytest.mark.parametrize("scale", [1e39, -1e39, float("inf"), float("nan")])
 def test_attention_scale_not_finite_in_compute_dtype(entry, scale):
     # 1e39 is finite as a double but overflows the fp32 accumulation.
@@ -246,7 +254,7 @@ def test_attention_scale_not_finite_in_compute_dtype(entry, scale):
     assert isinstance(out, error_types(entry)) and "softmax_scale" in str(out), f"got {out!r}"
 
 
-@pytest.mark.parametrize("entry", ENTRIES, ids=ENTRY_IDS)
+@pytest.mark.parametrize("entry", ENTRIES)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 @pytest.mark.parametrize("tensor", ["v_new", "k_new"])
 @pytest.mark.parametrize("Hq", [2, 4])
@@ -273,7 +281,7 @@ def test_attention_masked_nonfinite_has_no_effect(entry, bad, tensor, Hq):
         assert torch.isfinite(dirty[:, :j]).all()
 
 
-@pytest.mark.parametrize("entry", ENTRIES, ids=ENTRY_IDS)
+@pytest.mark.parametrize("entry", ENTRIES)
 def test_attention_zero_sizes(entry):
     # Empty batch and zero query heads are valid (empty output); a zero head
     # dim or an empty cache is a clear error.
@@ -292,7 +300,7 @@ def test_attention_zero_sizes(entry):
         assert isinstance(out, error_types(entry)) and name in str(out), f"{kw}: {out!r}"
 
 
-@pytest.mark.parametrize("entry", ENTRIES, ids=ENTRY_IDS)
+@pytest.mark.parametrize("entry", ENTRIES)
 @pytest.mark.parametrize("G", [65, 130])
 def test_attention_many_heads_per_kv_head(entry, G):
     # More query heads per kv head than the cpu kernel's row block (64): the
@@ -306,7 +314,7 @@ def test_attention_many_heads_per_kv_head(entry, G):
     torch.testing.assert_close(k, ref_k, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("entry", ENTRIES, ids=ENTRY_IDS)
+@pytest.mark.parametrize("entry", ENTRIES)
 def test_outputs_do_not_require_grad(entry):
     # The ops are inference kernels without a backward: their outputs never
     # carry a grad_fn, and a cache that requires grad (a leaf written in place)
@@ -384,7 +392,7 @@ def past_lens_garbage(c, drafts, q, p, logits):
     return drafts, q, p, logits
 
 
-@pytest.mark.parametrize("entry", ENTRIES, ids=ENTRY_IDS)
+@pytest.mark.parametrize("entry", ENTRIES)
 @FUZZ
 @given(c=acceptance_case())
 def test_acceptance_valid_layouts(entry, c):
@@ -406,7 +414,7 @@ def test_acceptance_valid_layouts(entry, c):
     assert torch.equal(n, rn) and torch.equal(out, rout)
 
 
-@pytest.mark.parametrize("entry", ENTRIES, ids=ENTRY_IDS)
+@pytest.mark.parametrize("entry", ENTRIES)
 @FUZZ
 @given(c=acceptance_case(), bad=st.sampled_from([-1, -(2**31), 1, 2**31 - 1]), row=st.integers(0, 3))
 def test_acceptance_bad_draft_lens(entry, c, bad, row):
@@ -423,7 +431,7 @@ def test_acceptance_bad_draft_lens(entry, c, bad, row):
         call(entry, "verify_sampling", drafts, q, p, 0, 0, t)
 
 
-@pytest.mark.parametrize("entry", ENTRIES, ids=ENTRY_IDS)
+@pytest.mark.parametrize("entry", ENTRIES)
 @FUZZ
 @given(c=acceptance_case(), bad=st.sampled_from([-1, -(2**63), 0, 2**63 - 1]), pos=st.integers(0, 100))
 def test_acceptance_bad_tokens(entry, c, bad, pos):
@@ -438,7 +446,7 @@ def test_acceptance_bad_tokens(entry, c, bad, pos):
         call(entry, "verify_sampling", sd, q, p, 0, 0)
 
 
-@pytest.mark.parametrize("entry", ENTRIES, ids=ENTRY_IDS)
+@pytest.mark.parametrize("entry", ENTRIES)
 @pytest.mark.parametrize("seed", [2**63, 2**64 - 1, -(2**63) - 1, 10**30])
 def test_seed_outside_int64_refused(entry, seed):
     # One seed range for every backend: the int64 range the schema carries.
@@ -449,7 +457,7 @@ def test_seed_outside_int64_refused(entry, seed):
         assert info.type is ValueError and "seed" in str(info.value)
 
 
-@pytest.mark.parametrize("entry", [e for e in ENTRIES if e[0] == "ops"], ids=[i for i in ENTRY_IDS if "ops" in i])
+@pytest.mark.parametrize("entry", [e for e in ENTRIES if e.values[0][0] == "ops"])
 @pytest.mark.parametrize("which", ["draft_probs", "target_probs"])
 def test_nan_probabilities_refused_by_ops(entry, which):
     drafts, q, p, _ = acceptance_inputs(dict(B=2, k=2, V=5, seed=0))
@@ -521,7 +529,7 @@ def test_trusted_inputs_draft_lens_out_of_range(backend):
         assert torch.equal(n, rn) and torch.equal(out, rout), name
 
 
-@pytest.mark.parametrize("entry", ENTRIES, ids=ENTRY_IDS)
+@pytest.mark.parametrize("entry", ENTRIES)
 def test_acceptance_zero_sizes(entry):
     drafts = torch.zeros(0, 3, dtype=torch.int64)
     n, out = call(entry, "verify_greedy", drafts, torch.zeros(0, 4, 5))
@@ -653,7 +661,7 @@ def linear_inputs(c):
     return x, w
 
 
-@pytest.mark.parametrize("entry", ENTRIES, ids=ENTRY_IDS)
+@pytest.mark.parametrize("entry", ENTRIES)
 @FUZZ
 @given(c=linear_case())
 def test_linear_rows_valid_layouts(entry, c):
@@ -671,7 +679,7 @@ def test_linear_rows_valid_layouts(entry, c):
     assert not got.requires_grad
 
 
-@pytest.mark.parametrize("entry", ENTRIES, ids=ENTRY_IDS)
+@pytest.mark.parametrize("entry", ENTRIES)
 def test_linear_rows_bad_input(entry):
     bf = dict(dtype=torch.bfloat16)
     bad = [
@@ -708,7 +716,7 @@ def linear_int8_inputs(c):
     return x, q, scale
 
 
-@pytest.mark.parametrize("entry", ENTRIES, ids=ENTRY_IDS)
+@pytest.mark.parametrize("entry", ENTRIES)
 @FUZZ
 @given(c=linear_case())
 def test_linear_rows_int8_valid_layouts(entry, c):
@@ -725,7 +733,7 @@ def test_linear_rows_int8_valid_layouts(entry, c):
     assert not got.requires_grad
 
 
-@pytest.mark.parametrize("entry", ENTRIES, ids=ENTRY_IDS)
+@pytest.mark.parametrize("entry", ENTRIES)
 def test_linear_rows_int8_bad_input(entry):
     bf, i8 = dict(dtype=torch.bfloat16), dict(dtype=torch.int8)
     bad = [

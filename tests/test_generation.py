@@ -101,7 +101,8 @@ def check_generate(model, hf, prompts, n, E, k, eos=()):
 
 
 @pytest.mark.parametrize("B", [1, 4])
-def test_greedy_selfspec_equals_autoregressive_and_transformers(tiny, B):
+def test_greedy_selfspec_equals_autoregressive_and_transformers(tiny, B, cpu_level):
+    # On the cpu backend at every CPU level (the default backend of CPU tensors).
     model, hf = tiny
     L = model.num_layers
     prompts = PROMPTS[:B]
@@ -114,7 +115,7 @@ def test_greedy_selfspec_equals_autoregressive_and_transformers(tiny, B):
         assert out.sequences == ar.sequences
 
 
-def test_long_drafts_decide_late_verify_positions(tiny, request):
+def test_long_drafts_decide_late_verify_positions(tiny, request, cpu_level):
     # k = 15: on the high-acceptance model runs of 7+ accepted drafts happen, so
     # verify positions 7..15 decide emitted tokens (and a bonus at k = 15).
     model, hf = tiny

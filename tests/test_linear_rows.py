@@ -1,7 +1,8 @@
 """linear_rows (the decode step's few-row products), linear_rows_int8 (the same
 with int8 weights and per-row scales) and the model's decode GEMM path.
 
-The cpu kernels (bf16, AVX512-BF16) against reference.linear_rows and
+The cpu kernels (bf16 x with bf16 or int8 weights, fp32 x with fp32 or int8
+weights), at every CPU level this machine has, against reference.linear_rows and
 reference.linear_rows_int8 (bad input and odd layouts: tests/test_fuzz_ops.py);
 the concatenated q/k/v and gate/up weights staying in step with the modules'
 weights.
@@ -22,8 +23,9 @@ native = pytest.mark.skipif(backends.native() is None, reason="layerskip_kernels
 # reference's, a few ulps of fp32 before that rounding.
 TOL = {torch.bfloat16: (1e-2, 8e-3), torch.float16: (1e-3, 1e-3), torch.float32: (1e-5, 1e-5)}
 
-SHAPES = [  # (rows, K, N): decode-step sizes, K tails of the 32-wide loop, one row block past 8
+SHAPES = [  # (rows, K, N): decode-step sizes, K tails of the 16- and 32-wide loops, row blocks past 8
     (1, 256, 384), (4, 256, 1536), (8, 768, 256), (3, 40, 7), (9, 33, 100), (16, 64, 65), (1, 31, 3), (5, 1, 2),
+    (24, 130, 70),
 ]
 
 
@@ -38,7 +40,7 @@ def _case(rows, K, N, dtype, seed=0):
 @pytest.mark.parametrize("op", ["linear_rows", "linear_rows_int8"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("rows,K,N", SHAPES)
-def test_parity_cpu(op, rows, K, N, dtype):
+def test_parity_cpu(op, rows, K, N, dtype, cpu_level):
     args = (_case if op == "linear_rows" else _case_int8)(rows, K, N, dtype)
     atol, rtol = TOL[dtype]
     got = getattr(torch.ops.layerskip, op)(*args)
@@ -48,19 +50,20 @@ def test_parity_cpu(op, rows, K, N, dtype):
 
 
 @native
-def test_exact_when_products_are_exact():
+def test_exact_when_products_are_exact(cpu_level):
     # Small integers: every product and partial sum is exact in fp32, so any
     # summation order gives the reference's result bit for bit (a wrong index
     # or a dropped tail cannot hide inside the tolerance).
     g = torch.Generator().manual_seed(1)
-    for rows, K, N in SHAPES:
-        x = torch.randint(-3, 4, (rows, K), generator=g).to(torch.bfloat16)
-        w = torch.randint(-3, 4, (N, K), generator=g).to(torch.bfloat16)
-        assert torch.equal(torch.ops.layerskip.linear_rows(x, w), reference.linear_rows(x, w)), (rows, K, N)
+    for dtype in (torch.bfloat16, torch.float32):
+        for rows, K, N in SHAPES + [(32, 100, 33)]:
+            x = torch.randint(-3, 4, (rows, K), generator=g).to(dtype)
+            w = torch.randint(-3, 4, (N, K), generator=g).to(dtype)
+            assert torch.equal(torch.ops.layerskip.linear_rows(x, w), reference.linear_rows(x, w)), (rows, K, N)
 
 
 @native
-def test_batch_dims_strides_and_empty():
+def test_batch_dims_strides_and_empty(cpu_level):
     x, w = _case(24, 64, 48, torch.bfloat16)
     x3 = x.view(2, 3, 4, 64)[:, ::2]  # [2, 2, 4, 64], not contiguous
     wt = w.t().contiguous().t()  # [48, 64] with strides (1, 48)
@@ -73,7 +76,7 @@ def test_batch_dims_strides_and_empty():
 
 
 @native
-def test_reads_nothing_past_the_rows():
+def test_reads_nothing_past_the_rows(cpu_level):
     # x and w are views ending exactly at the end of their storage's used part;
     # the values after them are NaN: a read past a row (an unmasked tail) would
     # put NaN into the output.
@@ -111,22 +114,23 @@ def _case_int8(rows, K, N, dtype, seed=0):
 
 
 @native
-def test_int8_exact_when_products_are_exact():
+def test_int8_exact_when_products_are_exact(cpu_level):
     # Every int8 value widened to bf16 is exact; with small integer inputs and
     # power-of-two scales the whole result is exact in any summation order, so
     # a wrong index, a lost sign or a dropped tail cannot hide in a tolerance.
     g = torch.Generator().manual_seed(2)
-    for rows, K, N in SHAPES:
-        x = torch.randint(-3, 4, (rows, K), generator=g).to(torch.bfloat16)
-        w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8)
-        w[0, 0] = -128  # the one int8 value with no positive twin
-        scale = 2.0 ** torch.randint(-8, 1, (N,), generator=g).float()
-        got = torch.ops.layerskip.linear_rows_int8(x, w, scale)
-        assert torch.equal(got, reference.linear_rows_int8(x, w, scale)), (rows, K, N)
+    for dtype in (torch.bfloat16, torch.float32):
+        for rows, K, N in SHAPES + [(32, 100, 33)]:
+            x = torch.randint(-3, 4, (rows, K), generator=g).to(dtype)
+            w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8)
+            w[0, 0] = -128  # the one int8 value with no positive twin
+            scale = 2.0 ** torch.randint(-8, 1, (N,), generator=g).float()
+            got = torch.ops.layerskip.linear_rows_int8(x, w, scale)
+            assert torch.equal(got, reference.linear_rows_int8(x, w, scale)), (rows, K, N)
 
 
 @native
-def test_int8_reads_nothing_past_the_rows():
+def test_int8_reads_nothing_past_the_rows(cpu_level):
     # As test_reads_nothing_past_the_rows; int8 has no NaN, so the weights'
     # storage continues with 127 and a read past a row would change the sum.
     for K in (31, 33, 64):
@@ -142,7 +146,7 @@ def test_int8_reads_nothing_past_the_rows():
 
 
 @native
-def test_int8_batch_dims_strides_and_empty():
+def test_int8_batch_dims_strides_and_empty(cpu_level):
     x, w, scale = _case_int8(24, 64, 48, torch.bfloat16)
     x3 = x.view(2, 3, 4, 64)[:, ::2]  # [2, 2, 4, 64], not contiguous
     wt = w.t().contiguous().t()  # [48, 64] with strides (1, 48)
@@ -184,12 +188,15 @@ def test_decode_linear_routes_by_rows_size_and_grad(monkeypatch):
             decode_gemm.decode_linear(torch.zeros(rows, 64, dtype=torch.bfloat16), small)
         for rows in (decode_gemm.ROWS_ALWAYS + 2, decode_gemm.ROWS_ALWAYS + 3):
             decode_gemm.decode_linear(torch.zeros(rows, K, dtype=torch.bfloat16), large)
-        decode_gemm.decode_linear(torch.zeros(1, 64), small.float())  # fp32: ATen
-    assert calls == [(1, 64), (decode_gemm.ROWS_MAX, 64), (decode_gemm.ROWS_ALWAYS + 2, K)]
+        # fp32: the kernel up to ROWS_ALWAYS_FP32 rows, then ATen
+        decode_gemm.decode_linear(torch.zeros(decode_gemm.ROWS_ALWAYS_FP32, 64), small.float())
+        decode_gemm.decode_linear(torch.zeros(decode_gemm.ROWS_ALWAYS_FP32 + 1, 64), small.float())
+    assert calls == [(1, 64), (decode_gemm.ROWS_MAX, 64), (decode_gemm.ROWS_ALWAYS + 2, K),
+                     (decode_gemm.ROWS_ALWAYS_FP32, 64)]
     x, w = _case(4, 64, 32, torch.bfloat16)
     wg = w.clone().requires_grad_()
     c = decode_gemm.decode_linear(x, wg)  # needs a gradient: ATen (the op has no backward)
-    assert len(calls) == 3
+    assert len(calls) == 4
     c.float().sum().backward()
     assert wg.grad is not None and wg.grad.abs().sum() > 0
 

@@ -1,4 +1,7 @@
 // verify_greedy and verify_sampling on the CPU: bit-exact with reference.py.
+// This part (compiled at the baseline) splits the work and merges the partial
+// winners; the vocabulary scans are the running CPU level's
+// (acceptance_kernels.h).
 //
 // Both stream the vocabulary once, split into (row, position, vocabulary chunk)
 // tasks whose partial winners merge in vocabulary order, so the result does not
@@ -22,6 +25,7 @@
 #include <vector>
 
 #include "common/philox.h"
+#include "cpu/dispatch.h"
 #include "cpu/kernels.h"
 
 namespace layerskip::cpu {
@@ -61,46 +65,9 @@ void emit_row(const int64_t* drafts, int64_t k, int64_t a, int64_t last, int64_t
 
 // ---------------------------------------------------------------- greedy
 
-// torch.argmax order: the first NaN wins outright, else the first maximum.
-struct ArgmaxPart {
-  float val;
-  int64_t idx;
-  bool nan;
-};
-
-template <typename T>
-ArgmaxPart argmax_range(const T* x, int64_t v0, int64_t v1) {
-  constexpr int64_t kBlock = 2048;
-  ArgmaxPart best{-INFINITY, v0, false};
-  for (int64_t b0 = v0; b0 < v1; b0 += kBlock) {
-    const int64_t b1 = std::min(v1, b0 + kBlock);
-    // Vector max plus a NaN flag; the max's value under NaN does not matter,
-    // since a block with a NaN is resolved by the scalar scan below.
-    float m = -INFINITY;
-    int has_nan = 0;
-#pragma omp simd reduction(max : m) reduction(| : has_nan)
-    for (int64_t i = b0; i < b1; ++i) {
-      const float f = static_cast<float>(x[i]);
-      m = f > m ? f : m;
-      has_nan |= static_cast<int>(f != f);
-    }
-    if (has_nan) {
-      for (int64_t i = b0; i < b1; ++i)
-        if (std::isnan(static_cast<float>(x[i]))) return {NAN, i, true};
-    }
-    if (m > best.val) {
-      int64_t i = b0;
-      while (static_cast<float>(x[i]) != m) ++i;
-      best = {m, i, false};
-    }
-  }
-  return best;
-}
-
 // lens: the draft length of every row; positions past it are not scanned.
-template <typename T>
-void greedy_kernel(const int64_t* drafts, const T* logits, const int64_t* lens, int64_t B,
-                   int64_t k, int64_t V, int32_t* num_accepted, int64_t* out) {
+void greedy_kernel(const KernelTable& T, DType dt, const int64_t* drafts, const char* logits, int64_t row_bytes,
+                   const int64_t* lens, int64_t B, int64_t k, int64_t V, int32_t* num_accepted, int64_t* out) {
   const int64_t rows = B * (k + 1);
   const int64_t pieces = pieces_for(V, rows, 16384);
   const int64_t piece = (V + pieces - 1) / pieces;
@@ -111,7 +78,7 @@ void greedy_kernel(const int64_t* drafts, const T* logits, const int64_t* lens, 
     const int64_t row = t / pieces, c = t % pieces;
     if (row % (k + 1) > lens[row / (k + 1)]) continue;  // never emitted: parts[t] stays unused
     const int64_t v0 = std::min(V, c * piece), v1 = std::min(V, v0 + piece);
-    parts[t] = argmax_range(logits + row * V, v0, v1);
+    parts[t] = T.argmax_range(dt, logits + row * row_bytes, v0, v1);
   }
   std::vector<int64_t> target(rows);
   for (int64_t row = 0; row < rows; ++row) {
@@ -134,90 +101,9 @@ void greedy_kernel(const int64_t* drafts, const T* logits, const int64_t* lens, 
 
 // ---------------------------------------------------------------- sampling
 
-// Leader of an exponential race: argmax of race_key, ties to the lowest id. An
-// empty race (no weight > 0) keeps key -1 and id 0, as torch.argmax of all -1.
-struct RaceBest {
-  double key = -1.0;
-  int64_t idx = 0;
-  void offer(float r, float u, int64_t v) {
-    if (!(r > 0.f)) return;
-    const double key_v = race_key(r, u);
-    if (key_v > key) {
-      key = key_v;
-      idx = v;
-    }
-  }
-};
-
-// Candidates can be skipped without a log: -log(u) >= 1 - u, so
-// race_key(r, u) <= r / (1 - u), and r <= thr * (1 - u) with thr a little below
-// the leader's key means the candidate cannot overtake it (the 1e-5 margin
-// covers fp32 rounding of thr and of the product; 1 - u is exact). Keys outside
-// [1e-29, 1e30] disable the filter, so fp32 range limits cannot skip a winner.
-float filter_threshold(double key) {
-  if (!(key >= 1e-29 && key <= 1e30)) return 0.f;
-  return static_cast<float>(key * (1.0 - 1e-5));
-}
-
-constexpr int64_t kGroups = 16;  // Philox calls per block: 64 vocabulary ids
-
-// The race(s) of one row at position `pos` over vocabulary ids [v0, v1) (v0 a
-// multiple of 4). With kResidual the weights are max(p - q, 0), and the race
-// over p runs alongside for the case where the residual is zero everywhere.
-template <bool kResidual>
-void race_range(const float* p, const float* q, int64_t V, int64_t v0, int64_t v1,
-                const SamplingKey& key, uint32_t row, uint32_t pos, RaceBest& best_r,
-                RaceBest& best_p) {
-  uint32_t w[4][kGroups];
-  for (int64_t b0 = v0; b0 < v1; b0 += 4 * kGroups) {
-    const uint32_t g0 = static_cast<uint32_t>(b0 / 4);
-#pragma omp simd
-    for (int64_t gi = 0; gi < kGroups; ++gi) {
-      const Philox4 x = sampling_race_words(key, row, pos, g0 + static_cast<uint32_t>(gi));
-      w[0][gi] = x.x[0];
-      w[1][gi] = x.x[1];
-      w[2][gi] = x.x[2];
-      w[3][gi] = x.x[3];
-    }
-    const int64_t b1 = std::min(v1, b0 + 4 * kGroups);
-    bool hit = true;
-    if (b1 - b0 == 4 * kGroups) {
-      const float thr_r = filter_threshold(best_r.key);
-      const float thr_p = filter_threshold(best_p.key);
-      int any = 0;
-#pragma omp simd reduction(| : any)
-      for (int64_t gi = 0; gi < kGroups; ++gi) {
-        for (int j = 0; j < 4; ++j) {
-          const int64_t v = b0 + 4 * gi + j;
-          const float om = 1.f - philox_uniform(w[j][gi]);
-          if constexpr (kResidual) {
-            const float r = p[v] - q[v];
-            any |= static_cast<int>(r > thr_r * om) | static_cast<int>(p[v] > thr_p * om);
-          } else {
-            any |= static_cast<int>(p[v] > thr_r * om);
-          }
-        }
-      }
-      hit = any != 0;
-    }
-    if (!hit) continue;
-    for (int64_t v = b0; v < b1; ++v) {
-      const int64_t gi = (v - b0) / 4;
-      const float u = philox_uniform(w[v % 4][gi]);
-      if constexpr (kResidual) {
-        const float diff = p[v] - q[v];
-        best_r.offer(diff > 0.f ? diff : 0.f, u, v);  // clamp(p - q, min=0) as the reference
-        best_p.offer(p[v], u, v);
-      } else {
-        best_r.offer(p[v], u, v);
-      }
-    }
-  }
-}
-
 // lens: the draft length d of every row; the coins stop at d, and the race at
 // a = d (all accepted) is the bonus race over p at that position.
-void sampling_kernel(const int64_t* drafts, const float* dprobs, const float* tprobs,
+void sampling_kernel(const KernelTable& T, const int64_t* drafts, const float* dprobs, const float* tprobs,
                      const int64_t* lens, int64_t B, int64_t k, int64_t V, const SamplingKey& key,
                      int32_t* num_accepted, int64_t* out) {
   // Accept coins: O(d) reads per row.
@@ -248,10 +134,10 @@ void sampling_kernel(const int64_t* drafts, const float* dprobs, const float* tp
     const int64_t a = first_reject[b];
     const float* p = tprobs + (b * (k + 1) + a) * V;
     if (a < lens[b]) {
-      race_range<true>(p, dprobs + (b * k + a) * V, V, v0, v1, key, static_cast<uint32_t>(b),
+      T.race_range(p, dprobs + (b * k + a) * V, v0, v1, key, static_cast<uint32_t>(b),
                        static_cast<uint32_t>(a), part_r[t], part_p[t]);
     } else {
-      race_range<false>(p, nullptr, V, v0, v1, key, static_cast<uint32_t>(b),
+      T.race_range(p, nullptr, v0, v1, key, static_cast<uint32_t>(b),
                         static_cast<uint32_t>(a), part_r[t], part_p[t]);
     }
   }
@@ -277,6 +163,7 @@ void sampling_kernel(const int64_t* drafts, const float* dprobs, const float* tp
 std::tuple<at::Tensor, at::Tensor> verify_greedy(const at::Tensor& draft_tokens,
                                                  const at::Tensor& target_logits,
                                                  const c10::optional<at::Tensor>& draft_lens) {
+  const KernelTable& T = kernels();
   const at::Tensor drafts = draft_tokens.contiguous();
   const at::Tensor logits = target_logits.contiguous();
   const int64_t B = drafts.size(0), k = drafts.size(1), V = logits.size(2);
@@ -284,10 +171,11 @@ std::tuple<at::Tensor, at::Tensor> verify_greedy(const at::Tensor& draft_tokens,
   at::Tensor out_tokens = at::empty({B, k + 1}, drafts.options());
   if (B == 0) return {num_accepted, out_tokens};
   const std::vector<int64_t> lens = row_draft_lens(draft_lens, B, k);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "verify_greedy", [&] {
-    greedy_kernel<scalar_t>(drafts.data_ptr<int64_t>(), logits.data_ptr<scalar_t>(), lens.data(), B,
-                            k, V, num_accepted.data_ptr<int32_t>(), out_tokens.data_ptr<int64_t>());
-  });
+  const at::ScalarType st = logits.scalar_type();
+  const DType dt = st == at::kFloat ? DType::kFloat : st == at::kHalf ? DType::kHalf : DType::kBFloat16;
+  greedy_kernel(T, dt, drafts.data_ptr<int64_t>(), static_cast<const char*>(logits.data_ptr()),
+                V * logits.element_size(), lens.data(), B, k, V, num_accepted.data_ptr<int32_t>(),
+                out_tokens.data_ptr<int64_t>());
   return {num_accepted, out_tokens};
 }
 
@@ -296,6 +184,7 @@ std::tuple<at::Tensor, at::Tensor> verify_sampling(const at::Tensor& draft_token
                                                    const at::Tensor& target_probs, int64_t seed,
                                                    int64_t offset,
                                                    const c10::optional<at::Tensor>& draft_lens) {
+  const KernelTable& T = kernels();
   const at::Tensor drafts = draft_tokens.contiguous();
   const at::Tensor q = draft_probs.contiguous();
   const at::Tensor p = target_probs.contiguous();
@@ -307,7 +196,7 @@ std::tuple<at::Tensor, at::Tensor> verify_sampling(const at::Tensor& draft_token
   const SamplingKey key{static_cast<uint32_t>(s & 0xffffffffu), static_cast<uint32_t>(s >> 32),
                         static_cast<uint32_t>(offset)};
   const std::vector<int64_t> lens = row_draft_lens(draft_lens, B, k);
-  sampling_kernel(drafts.data_ptr<int64_t>(), q.data_ptr<float>(), p.data_ptr<float>(), lens.data(),
+  sampling_kernel(T, drafts.data_ptr<int64_t>(), q.data_ptr<float>(), p.data_ptr<float>(), lens.data(),
                   B, k, V, key, num_accepted.data_ptr<int32_t>(), out_tokens.data_ptr<int64_t>());
   return {num_accepted, out_tokens};
 }

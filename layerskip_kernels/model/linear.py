@@ -15,12 +15,13 @@ modules):
   `LlamaForCausalLM.refresh_decode_weights()`, which generate runs at the start
   of every call (as a captured CUDA graph reads the buffers it captured).
 - `decode_linear`: bf16 products of few rows on a CPU (ROWS_ALWAYS, or up to
-  ROWS_MAX within ROWS_X_BYTES of rows x weight bytes) go to
-  `ops.linear_rows` (our kernel), eager or compiled: inside a compiled step
-  the op stays opaque. (Writing a single-row product as multiply + fp32 sum for
-  inductor to vectorize was measured too: the kernel made compiled steps
-  18% (autoregressive) and 27% (self-speculative) faster, side by side on the
-  default model.) Everything else (fp32, GPUs, prompts) is `F.linear`.
+  ROWS_MAX within ROWS_X_BYTES of rows x weight bytes), and fp32 ones of at
+  most ROWS_ALWAYS_FP32 rows, go to `ops.linear_rows` (our kernel, for the
+  running CPU level), eager or compiled: inside a compiled step the op stays
+  opaque. (Writing a single-row product as multiply + fp32 sum for inductor to
+  vectorize was measured too: the kernel made compiled steps 18%
+  (autoregressive) and 27% (self-speculative) faster, side by side on the
+  default model.) Everything else (GPUs, prompts, more rows) is `F.linear`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 
 from .. import backends, ops
 
-__all__ = ["ROWS_ALWAYS", "ROWS_MAX", "ROWS_X_BYTES", "decode_linear", "decode_linear_int8", "ConcatWeight"]
+__all__ = ["ROWS_ALWAYS", "ROWS_ALWAYS_FP32", "ROWS_MAX", "ROWS_X_BYTES", "decode_linear", "decode_linear_int8", "ConcatWeight"]
 
 # Which products go to ops.linear_rows (bench/bench_linear.py,
 # bench/results/linear_rows.csv): any of at most ROWS_ALWAYS rows (1.5-3.8x
@@ -43,14 +44,22 @@ __all__ = ["ROWS_ALWAYS", "ROWS_MAX", "ROWS_X_BYTES", "decode_linear", "decode_l
 ROWS_ALWAYS = 4
 ROWS_MAX = 32
 ROWS_X_BYTES = 24 << 20
+# fp32 x and weights (bench/bench_linear.py's fp32 rows): the kernel's FMAs on
+# fp32 weights beat ATen's fp32 GEMM at 1-4 rows on the default model's
+# matrices (1.2-2.6x at the avx2 level, side by side on a Zen 4 CPU, one
+# thread); from 8 rows on they are level.
+ROWS_ALWAYS_FP32 = 4
 
 
 def decode_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x [..., K] @ weight[N, K]^T -> [..., N], by the fastest path for its size (module docstring)."""
-    if x.device.type != "cpu" or x.dtype != torch.bfloat16:
+    if x.device.type != "cpu" or x.dtype not in (torch.bfloat16, torch.float32) or weight.dtype != x.dtype:
         return F.linear(x, weight)
     rows = x.numel() // x.shape[-1]  # a Python int under torch.compile(dynamic=False)
-    few = rows <= ROWS_ALWAYS or (rows <= ROWS_MAX and rows * weight.numel() * weight.element_size() <= ROWS_X_BYTES)
+    if x.dtype == torch.float32:
+        few = rows <= ROWS_ALWAYS_FP32
+    else:
+        few = rows <= ROWS_ALWAYS or (rows <= ROWS_MAX and rows * weight.numel() * weight.element_size() <= ROWS_X_BYTES)
     if few and _cpu_kernel(x, weight):
         return torch.ops.layerskip.linear_rows(x, weight)
     return F.linear(x, weight)
