@@ -1,4 +1,6 @@
-// CPU kernels of the layerskip ops. Inputs are already checked (csrc/checks.h).
+// CPU kernels of the layerskip ops, the torch-facing entry points (compiled at
+// the baseline; each runs the kernels of the running CPU level, dispatch.h).
+// Inputs are already checked (csrc/checks.h).
 #pragma once
 #include <torch/extension.h>
 
