@@ -21,16 +21,14 @@ ratio to ATen's fp32 linear): the question on AVX2 is whether fp32 weights
 (native FMAs) or bf16 ones (half the bytes) decode faster.
 
 Every row names the CPU model and the CPU level our kernels ran at; results go
-to one file per CPU kind, bench/results/<cpu-slug>/linear_rows.csv (and .png),
-so a run on another machine never overwrites these.
+to one directory per CPU kind, bench/results/<cpu kind>/linear_rows.csv (and
+.png; common.results_path), so a run on another machine never overwrites these.
 
     python bench/bench_linear.py [--quick] [--cpu-level avx2] [--note "quiet machine ..."]
 """
 
 from __future__ import annotations
 
-import os
-import re
 import sys
 
 import torch
@@ -60,18 +58,15 @@ def main(argv=None):
         i = argv.index("--cpu-level")
         level = argv[i + 1]
         del argv[i:i + 2]
-    if "--out" not in argv:  # one directory per CPU kind
-        argv += ["--out", os.path.join(common.RESULTS, cpu_slug(), "linear_rows")]
-    args = common.kernel_bench_args(__doc__, "linear_rows", 200, argv)
     from layerskip_kernels import backends
 
     native = backends.native()
     if level is not None:
         native.set_cpu_level(level)  # raises, naming the levels, when this CPU cannot run it
-    cpu_level = native.cpu_level() if native is not None else ""
-    meta, pairs, bw = common.start_run(args.device)
-    meta = {**meta, "cpu_level": cpu_level}
-    print(f"cpu kernels at level {cpu_level}")
+    # Default --out: common.results_path, per CPU kind (and _<level> when forced lower).
+    args = common.kernel_bench_args(__doc__, "linear_rows", 200, argv)
+    meta, pairs, bw = common.start_run(args.device)  # meta["cpu_level"]: the level that runs
+    print(f"cpu kernels at level {meta['cpu_level']}")
     # Only the cpu backend has a kernel of ours; elsewhere linear_rows is ATen's GEMM.
     impls = [("aten", device) for device in sorted({d for _, d in pairs})] + [p for p in pairs if p[0] == "cpu"]
     shapes = {k: v for k, v in SHAPES.items() if not args.quick or k.startswith("stdlib")}
@@ -136,11 +131,6 @@ def _time_shape(name, K, N, M, dtype, impls, args, meta, bw, note):
             print(f"{name:14s} rows={M:2d} {dname} {impl:8s}@{device} {weights:5s}: {r['median_ms'] * 1e3:8.1f} us "
                   f"{r['gbs']:6.1f} GB/s  x{r['speedup_vs_aten']:.2f} vs aten", flush=True)
     return rows
-
-
-def cpu_slug() -> str:
-    """The CPU model as a directory name: 'AMD EPYC 7B13' -> 'amd-epyc-7b13'."""
-    return re.sub(r"[^a-z0-9]+", "-", common.cpu_model().lower()).strip("-") or "unknown-cpu"
 
 
 if __name__ == "__main__":
