@@ -178,7 +178,12 @@ def _vector_instructions_outside_levels(so_path):
                          check=True).stdout
     allowed = re.compile(r"layerskip::cpu::(avx2|avx512|avx512_bf16)::")
     header = re.compile(r"^[0-9a-f]+ <(.*)>:$")
-    vector = re.compile(r"^\s*[0-9a-f]+:\s+(v[a-z0-9]+\s|.*%[yz]mm|.*%k[0-7])")
+    # v-prefixed mnemonics (AVX, FMA, AVX-512), ymm/zmm/opmask registers, and the
+    # VEX-encoded or post-x86-64 integer instructions objdump prints without a
+    # "v" (BMI1/2, LZCNT, POPCNT, MOVBE, explicit {vex}/{evex} forms).
+    vector = re.compile(r"^\s*[0-9a-f]+:\s+(v[a-z0-9]+\s|.*%[yz]mm|.*%k[0-7]|\{vex\}|\{evex\}|"
+                        r"(andn|bextr|blsi|blsmsk|blsr|bzhi|mulx|pdep|pext|rorx|sarx|shlx|shrx|tzcnt|lzcnt|"
+                        r"popcnt|movbe)\s)")
     bad, fn, counts = {}, None, {"level": 0, "other": 0}
     for line in out.splitlines():
         m = header.match(line)
