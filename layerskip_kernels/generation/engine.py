@@ -30,6 +30,16 @@ for the whole batch from one generator and one `verify_sampling` call per step
 (what `generate(seed=S)` uses: fully batched, reproducible for the same
 prompts and batch).
 
+Reproducibility by drafting mode: with static drafting, or adaptive drafting
+at a fixed exit layer, a request's sampled tokens with its own seed are the
+same alone and in any batch (its generator restarts from (seed, Philox offset)
+after each iteration, so the draws a row makes after it stopped drafting while
+others go on do not shift its later ones). With the exit-layer bandit on they
+are not: one exit layer per iteration for the whole batch, chosen from measured
+speed, so the draft distribution a seed draws from depends on timing and on
+the other requests (the sampled distribution stays exact). Greedy output is
+exact in every mode.
+
 Failure isolation and re-entrancy (a serving engine never loses a request):
 
 - Every added request is returned by `run()` exactly once, in id order, as a
@@ -158,8 +168,9 @@ class Engine:
 
     The settings are checked here (SpeculationConfig.validate, and
     max_batch_size, seed, model: ValueError naming the argument); requests by
-    `add`. Failure isolation and re-entrancy (streamers that raise, `add` or
-    `run` from a streamer): see the module docstring.
+    `add`. Reproducibility per drafting mode, failure isolation and
+    re-entrancy (streamers that raise, `add` or `run` from a streamer): see
+    the module docstring.
     """
 
     def __init__(self, model, max_batch_size: int, exit_layer: int | None = None, num_speculations: int = 4,
