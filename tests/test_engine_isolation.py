@@ -10,7 +10,8 @@ from layerskip_kernels.generation.policy import Plan, StaticDrafting
 
 from helpers import tiny_model
 
-MODEL = tiny_model(layers=4, seed=1)
+with torch.random.fork_rng():  # no side effect on the global generator at collection
+    MODEL = tiny_model(layers=4, seed=1)
 
 
 def ref(prompt, n):

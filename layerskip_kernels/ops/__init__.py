@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 
 from .. import backends, reference
-from .checks import SEED_RANGE, check_attention, check_greedy, check_linear_rows, check_linear_rows_int8, check_sampling, trusted_inputs
+from .checks import (SEED_RANGE, check_attention, check_greedy, check_linear_rows, check_linear_rows_int8,
+                     check_sampling, trusted_inputs)
 
 __all__ = ["draft_verify_attention", "verify_greedy", "verify_sampling", "linear_rows", "linear_rows_int8",
            "trusted_inputs",
