@@ -277,7 +277,7 @@ def _check_sampling(draft_tokens, draft_probs, target_probs, seed, offset, draft
 def _check_linear_rows_int8(x, weight, scale):
     """Checks of linear_rows_int8: scale is required (named when missing)."""
     if not isinstance(scale, torch.Tensor):
-        raise TypeError(f"scale must be a float32 tensor [N] (one factor per weight row), got {type(scale).__name__}")
+        raise TypeError(f"scale must be a tensor (fp32 [N], one factor per weight row), got {type(scale).__name__}")
     _check_linear_rows(x, weight, scale)
 
 
