@@ -47,12 +47,12 @@ def test_reentrant_add_longer_than_the_cache_runs_in_a_later_round():
 
             def more(tokens):
                 if not added:  # needs far more positions than this run's cache (3 + 4 + 3)
-                    added.append(engine.add([7] * 20, max_new_tokens=30, eos_token_id=[]))
+                    added.append(engine.add([7] * 12, max_new_tokens=16, eos_token_id=[]))
 
             engine.add([1, 2, 3], max_new_tokens=4, eos_token_id=[], streamer=more)
             outs = engine.run()
             assert [o.request_id for o in outs] == [0, 1] and added == [1]
-            assert outs[1].tokens == ref([7] * 20, 30) and outs[0].tokens == ref([1, 2, 3], 4)
+            assert outs[1].tokens == ref([7] * 12, 16) and outs[0].tokens == ref([1, 2, 3], 4)
 
 
 def test_add_refuses_a_request_that_can_never_fit():

@@ -119,6 +119,6 @@ class EngineMachine(RuleBasedStateMachine):
         assert self.reentrant_runs_refused == self.reentrant_runs_tried
 
 
-EngineMachine.TestCase.settings = settings(max_examples=16, stateful_step_count=8, deadline=None,
+EngineMachine.TestCase.settings = settings(max_examples=50, stateful_step_count=10, deadline=None,
                                            suppress_health_check=list(HealthCheck))
 TestEngineMachine = EngineMachine.TestCase
