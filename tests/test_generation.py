@@ -266,6 +266,39 @@ def test_sampling_joint_distribution_of_four_tokens(small_vocab, mode, warp):
     assert pval > 1e-4, (stat, pval)
 
 
+@pytest.mark.parametrize("k", [1, 2])
+def test_per_request_streams_distribution_over_six_tokens(small_vocab, k):
+    # Engine(do_sample=True) without a shared seed: each request draws from its
+    # own generator and its own Philox (seed, offset), advanced per iteration
+    # (generation.sampling.RowStreams). Requests with distinct seeds are
+    # independent samples of the autoregressive joint distribution. Six tokens
+    # span several iterations; a stream whose offset never advances reuses its
+    # first iteration's coins and exponential race in every later one, which
+    # ties tokens of different iterations together: every pair (t_i, t_j) is
+    # tested against its exact marginal (36 cells each, Bonferroni over pairs).
+    model, hf = small_vocab
+    prompt, n, N = [1, 4, 2], 6, 6000
+    V = model.config.vocab_size
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        engine = lk.Engine(model, max_batch_size=N, exit_layer=1, num_speculations=k, do_sample=True)
+        for i in range(N):
+            engine.add(prompt, max_new_tokens=n, eos_token_id=[], seed=1000 * k + i)
+        outs = engine.run()
+    finally:
+        torch.set_num_threads(threads)
+    seqs = torch.tensor([o.tokens for o in outs])
+    assert seqs.shape == (N, n) and all(o.error is None for o in outs)
+    joint = exact_joint_probs(hf, prompt, n, PLAIN).reshape([V] * n)
+    pairs = list(itertools.combinations(range(n), 2))
+    for i, j in pairs:
+        probs = joint.sum(dim=[d for d in range(n) if d not in (i, j)]).reshape(-1)
+        counts = torch.bincount(seqs[:, i] * V + seqs[:, j], minlength=V * V).double()
+        stat, pval = chi2_pvalue(counts, probs, N)
+        assert pval > 1e-4 / len(pairs), (i, j, stat, pval)
+
+
 def test_every_verify_sampling_call_draws_fresh_random_numbers(small_vocab, monkeypatch):
     # The Philox (seed, offset) pair must never repeat within a generate():
     # a repeated pair reuses the previous iteration's coins and race, which

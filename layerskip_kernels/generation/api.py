@@ -153,12 +153,20 @@ def generate(
         for b, p in enumerate(prompts):
             engine.add_request(Request(p, a.max_new_tokens, frozenset(a.eos_ids), seed, a.temperature, a.top_k,
                                        a.top_p, row_streamer(b),
-                                       None if first_token_ids is None else first_token_ids[b]))
+                                       _allowed(first_token_ids, b)))
         for b, r in enumerate(engine.run()):
+            if r.error is not None:  # a streamer raised, or an impossible first token: generate() fails
+                raise r.error
             out[b] = r.tokens
     compile_s = engine.steps.compile_s
     elapsed = time.perf_counter() - t0 - compile_s  # decoding only
     return GenerationOutput(sequences=out, stats=_summary(engine.stats, elapsed, compile_s))
+
+
+def _allowed(first_token_ids, b: int) -> tuple[int, ...] | None:
+    """Row b's allowed first tokens, copied (the caller may change its lists later)."""
+    row = None if first_token_ids is None else first_token_ids[b]
+    return None if row is None else tuple(int(t) for t in row)
 
 
 def _summary(s: dict, elapsed: float, compile_s: float) -> dict:

@@ -107,14 +107,14 @@ def _check_flags(args):
         device = check_device(args.device)
     except ValueError as e:
         raise _usage(f"--device {args.device!r}: {e}") from None
-    if args.backend is not None:
-        import layerskip_kernels as lk
+    import layerskip_kernels as lk
 
-        try:
-            with lk.use_backend(args.backend):
-                lk.backends.resolve(device)
-        except lk.backends.BackendUnavailableError as e:
-            raise _usage(f"--backend {args.backend}: {e}") from None
+    try:  # with no --backend: LAYERSKIP_BACKEND, checked like the flag before anything is printed
+        with lk.use_backend(args.backend):
+            lk.backends.resolve(device)
+    except (ValueError, lk.backends.BackendUnavailableError) as e:
+        where = f"--backend {args.backend}" if args.backend is not None else "LAYERSKIP_BACKEND"
+        raise _usage(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
     return device
 
 

@@ -80,15 +80,25 @@ class StaticDrafting:
 
 
 def checked_plan(plan: Plan, num_layers: int, k: int, n_slots: int, device) -> Plan:
-    """`plan` after checking it against the model and the engine's k; a plan
-    without row caps gets num_drafts for every row (as a tensor)."""
-    E, n = plan.exit_layer, plan.num_drafts
-    if not (1 <= E < num_layers and 1 <= n <= k):
-        raise ValueError(f"drafting policy planned exit_layer={E}, num_drafts={n}: they must be "
-                         f"in [1, {num_layers - 1}] and [1, num_speculations={k}]")
-    if plan.row_caps is None:
-        return Plan(E, n, torch.full((n_slots,), n, dtype=torch.int32, device=device), plan.threshold)
-    return plan
+    """`plan` after checking it against the model and the engine's k (before
+    any step runs; ValueError naming the plan field); a plan without row caps
+    gets num_drafts for every row (as a tensor)."""
+    if not isinstance(plan, Plan):
+        raise ValueError(f"drafting policy's plan() must return a generation.policy.Plan, got {type(plan).__name__}")
+    E = check_int("drafting policy plan.exit_layer", plan.exit_layer, 1, num_layers - 1)
+    n = check_int("drafting policy plan.num_drafts", plan.num_drafts, 1, k, f" (num_speculations={k})")
+    th = plan.threshold
+    if isinstance(th, bool) or not isinstance(th, (int, float)) or not 0.0 <= th <= 1.0:
+        raise ValueError(f"drafting policy plan.threshold must be a number in [0, 1], got {th!r}")
+    caps = plan.row_caps
+    if caps is None:
+        return Plan(E, n, torch.full((n_slots,), n, dtype=torch.int32, device=device), float(th))
+    if not isinstance(caps, torch.Tensor) or caps.shape != (n_slots,) or caps.dtype != torch.int32 \
+            or caps.device.type != torch.device(device).type:
+        raise ValueError(f"drafting policy plan.row_caps must be None or an int32 tensor [{n_slots}] on {device}, "
+                         f"got {caps.dtype if isinstance(caps, torch.Tensor) else type(caps).__name__} "
+                         f"{tuple(caps.shape) if isinstance(caps, torch.Tensor) else ''}".rstrip())
+    return Plan(E, n, caps, float(th))
 
 
 def best_k(a: float, c: float, v: float, k_max: int) -> int:

@@ -254,10 +254,18 @@ class SharedStream:
         return torch.multinomial(probs, 1, generator=self.gen)[:, 0]
 
 
+_GOLDEN = 0x9E3779B97F4A7C15  # odd 64-bit constant: distinct offsets give distinct generator seeds
+
+
 class RowStreams:
     """Each row draws from its request's own generator, and verify_sampling runs
     on the row alone with its request's seed and Philox offset, so a request's
-    tokens depend on its seed only (a small loop over rows per step)."""
+    tokens depend on its seed only (a small loop over rows per step).
+
+    After each iteration a row's generator restarts from (seed, offset): with
+    adaptive drafting the batch runs as many draft steps as its longest-drafting
+    row, and a row that stopped earlier still draws (discarded) tokens; the
+    restart keeps its next iteration's draws independent of how many that was."""
 
     def allocate(self, n: int, device) -> None:
         self.device = device
@@ -294,6 +302,7 @@ class RowStreams:
                                                    self.offsets[s],
                                                    draft_lens=None if draft_lens is None else draft_lens[row])
             self.offsets[s] = (self.offsets[s] + 1) % 2**32
+            g.manual_seed((self.seeds[s] + self.offsets[s] * _GOLDEN) % 2**64)
         return n, out
 
 

@@ -43,11 +43,15 @@ __all__ = [
     "check_draft_quantization",
     "check_draft_vocab",
     "check_first_token_ids",
+    "check_prompt",
+    "check_engine_args",
     "check_speculation",
     "check_drafting",
     "validate_generate_args",
 ]
 
+# Cache slots of one engine (a bound far above any batch that fits in memory).
+MAX_BATCH_SIZE = 2**16
 # The verify step runs S = k+1 queries per row; the kernels are tuned for S <= 16.
 MAX_SPECULATIONS = 15
 # Below this, logits / temperature overflows float32 for ordinary logits and the
@@ -57,6 +61,9 @@ MIN_TEMPERATURE = 1e-5
 SPECULATION_MODES = ("static", "adaptive")
 # The draft head's weight formats (generation.draft_head).
 DRAFT_QUANTIZATIONS = (None, "int8")
+# repetition_penalty multiplies or divides logits: within these bounds a logit
+# of any float16 model (|x| < 600) stays finite and the softmax defined.
+MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 1e-2, 1e2
 # SEED_RANGE: one seed range for every backend and the CLI (the native ops take
 # int64), defined with the ops' boundary checks and re-exported here.
 
@@ -134,10 +141,16 @@ def check_bool(name: str, value) -> bool:
 
 
 def check_repetition_penalty(value, name: str = "repetition_penalty") -> float:
-    """value as a float, else a ValueError naming `name` unless value is a finite number > 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < float(value) < float("inf")):
-        raise ValueError(f"{name} must be a finite number > 0 (1.0 disables it), got {value!r}")
-    return float(value)
+    """value as a float, else a ValueError naming `name` unless value is a
+    number in [MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY]."""
+    try:
+        p = _as_real(value)
+    except OverflowError:  # an int beyond float's range
+        p = None
+    if p is None or not MIN_REPETITION_PENALTY <= p <= MAX_REPETITION_PENALTY:
+        raise ValueError(f"{name} must be a finite number in [{MIN_REPETITION_PENALTY}, {MAX_REPETITION_PENALTY}] "
+                         f"(1.0 disables it), got {value!r}")
+    return p
 
 
 def check_no_repeat_ngram_size(value, name: str = "no_repeat_ngram_size") -> int:
@@ -171,6 +184,8 @@ def check_draft_vocab(draft_vocab, vocab_size: int) -> torch.Tensor | None:
             or ids.dtype == torch.bool:
         raise ValueError(f"draft_vocab must be a non-empty 1-D sequence of integer token ids, got {ids.dtype} "
                          f"{tuple(ids.shape)}")
+    if ids.device.type == "meta":
+        raise ValueError("draft_vocab must hold token ids (a tensor with data), got a tensor on the meta device")
     ids = ids.detach().to("cpu", torch.int64)
     if bool((ids < 0).any()) or bool((ids >= vocab_size).any()):
         raise ValueError(f"draft_vocab ids must be in [0, {vocab_size}), got min {int(ids.min())} max {int(ids.max())}")
@@ -195,6 +210,39 @@ def check_first_token_ids(first_token_ids, batch_size: int, vocab_size: int) -> 
         bad = [t for t in allowed if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab_size]
         if bad:
             raise ValueError(f"first_token_ids[{b}] holds {bad[0]!r}, not a token id in [0, vocab_size={vocab_size})")
+
+
+def check_prompt(prompt, vocab_size: int, name: str = "prompt") -> list[int]:
+    """One prompt (a sequence of token ids, or a 1-D integer tensor) as a new
+    list of ints in [0, vocab_size); ValueError naming `name` otherwise."""
+    if isinstance(prompt, torch.Tensor):
+        if prompt.dim() != 1 or prompt.dtype.is_floating_point or prompt.is_complex() or prompt.dtype == torch.bool:
+            raise ValueError(f"{name} must be a 1-D integer tensor or a list of token ids, got {prompt.dtype} "
+                             f"{tuple(prompt.shape)}")
+        prompt = prompt.tolist()
+    if isinstance(prompt, (str, bytes)) or not isinstance(prompt, (list, tuple)):
+        raise ValueError(f"{name} must be a list of token ids, got {type(prompt).__name__}")
+    row = []
+    for t in prompt:
+        v = as_int(t)
+        if v is _NOT_INT:
+            raise ValueError(f"{name} holds {t!r}, not an integer token id")
+        if not 0 <= v < vocab_size:
+            raise ValueError(f"{name} holds token id {v} outside [0, vocab_size={vocab_size})")
+        row.append(v)
+    if not row:
+        raise ValueError(f"{name} is empty")
+    return row
+
+
+def check_engine_args(model, max_batch_size, seed) -> tuple[int, int | None]:
+    """Engine's own arguments (its decoding settings are SpeculationConfig's):
+    (max_batch_size, seed) normalised."""
+    cfg = getattr(model, "config", None)
+    if not isinstance(model, torch.nn.Module) or not all(hasattr(cfg, a) for a in ("vocab_size", "num_hidden_layers")) \
+            or not isinstance(getattr(model, "lm_head", None), torch.nn.Module):
+        raise ValueError(f"model must be a layerskip_kernels.LlamaForCausalLM, got {type(model).__name__}")
+    return check_int("max_batch_size", max_batch_size, 1, MAX_BATCH_SIZE), None if seed is None else check_seed(seed)
 
 
 def check_drafting(exit_layer, num_speculations, num_layers: int) -> tuple[int | None, int]:
@@ -266,15 +314,7 @@ def _prompts(input_ids, attention_mask, V: int) -> list[list[int]]:
             raise ValueError("attention_mask is only accepted with a padded input_ids tensor")
         if not isinstance(input_ids, (list, tuple)) or not all(isinstance(r, (list, tuple)) for r in input_ids):
             raise ValueError("input_ids must be a LongTensor [B, T] or a list of lists of token ids")
-        rows = []
-        for b, r in enumerate(input_ids):
-            row = []
-            for t in r:
-                v = as_int(t)
-                if v is _NOT_INT:
-                    raise ValueError(f"input_ids: prompt {b} holds {t!r}, not an integer token id")
-                row.append(v)
-            rows.append(row)
+        rows = [check_prompt(r, V, f"input_ids: prompt {b}") for b, r in enumerate(input_ids)]
     if not rows:
         raise ValueError("input_ids holds no prompt")
     for b, p in enumerate(rows):

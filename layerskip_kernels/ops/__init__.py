@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 
 from .. import backends, reference
-from .checks import SEED_RANGE, check_attention, check_greedy, check_linear_rows, check_sampling, trusted_inputs
+from .checks import (SEED_RANGE, check_attention, check_greedy, check_linear_rows, check_linear_rows_int8,
+                     check_sampling, trusted_inputs)
 
 __all__ = ["draft_verify_attention", "verify_greedy", "verify_sampling", "linear_rows", "linear_rows_int8",
            "trusted_inputs",
@@ -58,24 +59,36 @@ def _register() -> None:
 
     @torch.library.register_fake("layerskip::draft_verify_attention")
     def _(q, k_cache, v_cache, k_new, v_new, cache_seqlens, cos=None, sin=None, softmax_scale=None):
+        _fake_same_device(q=q, k_cache=k_cache, v_cache=v_cache, k_new=k_new, v_new=v_new,
+                          cache_seqlens=cache_seqlens, cos=cos, sin=sin)
         return torch.empty_like(q, memory_format=torch.contiguous_format)
 
-    def _accept_fake(draft_tokens, *rest):
+    def _accept_outputs(draft_tokens):
         B, k = draft_tokens.shape
         return (
             draft_tokens.new_empty((B,), dtype=torch.int32),
             draft_tokens.new_empty((B, k + 1), dtype=torch.int64),
         )
 
-    torch.library.register_fake("layerskip::verify_greedy", _accept_fake)
-    torch.library.register_fake("layerskip::verify_sampling", _accept_fake)
+    @torch.library.register_fake("layerskip::verify_greedy")
+    def _(draft_tokens, target_logits, draft_lens=None):
+        _fake_same_device(draft_tokens=draft_tokens, target_logits=target_logits, draft_lens=draft_lens)
+        return _accept_outputs(draft_tokens)
+
+    @torch.library.register_fake("layerskip::verify_sampling")
+    def _(draft_tokens, draft_probs, target_probs, seed, offset, draft_lens=None):
+        _fake_same_device(draft_tokens=draft_tokens, draft_probs=draft_probs, target_probs=target_probs,
+                          draft_lens=draft_lens)
+        return _accept_outputs(draft_tokens)
 
     @torch.library.register_fake("layerskip::linear_rows")
     def _(x, weight):
+        _fake_same_device(x=x, weight=weight)
         return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
     @torch.library.register_fake("layerskip::linear_rows_int8")
     def _(x, weight, scale):
+        _fake_same_device(x=x, weight=weight, scale=scale)
         return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
     # The ops have no backward. Without an autograd kernel PyTorch would give
@@ -88,6 +101,20 @@ def _register() -> None:
             continue  # registered by csrc/ops.cpp
         autograd.impl(name, _no_grad_kernel(getattr(torch.ops.layerskip, name).default), "Autograd")
     _register.autograd = autograd
+
+
+def _fake_same_device(**tensors) -> None:
+    """The fake (Meta) kernels run for a call whose dispatch key is Meta: under
+    torch.compile's tracing (every tensor fake) or when any real argument is on
+    the meta device while the others are not (no kernel would check them, and
+    the result would be uninitialized memory). Every tensor must be on the
+    first one's device, the error naming the argument that is not; a call
+    with every tensor on meta (or fake) is shape propagation and passes."""
+    items = [(name, t) for name, t in tensors.items() if isinstance(t, torch.Tensor)]
+    ref_name, ref = items[0]
+    for name, t in items[1:]:
+        if t.device != ref.device:
+            raise ValueError(f"{name} must be on {ref_name}'s device {ref.device}, got {t.device}")
 
 
 def _no_grad_kernel(op):
@@ -287,7 +314,7 @@ def linear_rows_int8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor)
         >>> linear_rows_int8(x, w, s).shape
         torch.Size([1, 5])
     """
-    check_linear_rows(x, weight, scale)
+    check_linear_rows_int8(x, weight, scale)
     with torch.no_grad():
         return _dispatch("linear_rows_int8", x.device)(x, weight, scale)
 

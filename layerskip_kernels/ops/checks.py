@@ -274,6 +274,13 @@ def _check_sampling(draft_tokens, draft_probs, target_probs, seed, offset, draft
 
 
 
+def _check_linear_rows_int8(x, weight, scale):
+    """Checks of linear_rows_int8: scale is required (named when missing)."""
+    if not isinstance(scale, torch.Tensor):
+        raise TypeError(f"scale must be a tensor (fp32 [N], one factor per weight row), got {type(scale).__name__}")
+    _check_linear_rows(x, weight, scale)
+
+
 def _check_linear_rows(x, weight, scale=None):
     """Checks of linear_rows, and of linear_rows_int8 when scale is given."""
     if not isinstance(x, torch.Tensor) or not isinstance(weight, torch.Tensor):
@@ -312,3 +319,4 @@ check_attention = _check_attention
 check_greedy = _check_greedy
 check_sampling = _check_sampling
 check_linear_rows = _check_linear_rows
+check_linear_rows_int8 = _check_linear_rows_int8

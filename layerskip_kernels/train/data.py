@@ -129,7 +129,10 @@ def load_tokenizer(path: str):
         path = os.path.join(path, "tokenizer.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"tokenizer.json not found: {path}")
-    tok = Tokenizer.from_file(path)
+    try:
+        tok = Tokenizer.from_file(path)
+    except Exception as e:  # tokenizers raises a bare Exception for any bad file
+        raise ValueError(f"tokenizer {path} is not a valid tokenizer.json: {e}") from None
     if tok.token_to_id(EOS_TOKEN) is None:
         raise ValueError(f"tokenizer {path} has no {EOS_TOKEN} token")
     return tok

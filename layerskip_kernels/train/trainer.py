@@ -38,6 +38,9 @@ __all__ = ["TrainConfig", "train", "save_pretrained", "init_weights", "WarmupCos
 
 CHECKPOINT_MOMENTS = ("fp32", "bf16")  # dtypes of Adam's moments in a checkpoint
 
+# --threads beyond this only oversubscribes the CPUs (and each thread's buffers cost memory).
+MAX_THREADS = 4 * (os.cpu_count() or 1)
+
 
 @dataclass
 class TrainConfig:
@@ -149,8 +152,12 @@ class TrainConfig:
             raise ValueError(f"--minutes must be > 0, got {self.minutes}")
         if self.stop_at_step is not None and (not isinstance(self.stop_at_step, int) or self.stop_at_step < 1):
             raise ValueError(f"--stop-at-step must be an integer >= 1, got {self.stop_at_step!r}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {self.threads}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or not 1 <= self.threads <= MAX_THREADS):
+            raise ValueError(f"--threads must be an integer in [1, {MAX_THREADS}] (4 x this machine's "
+                             f"{os.cpu_count()} CPUs), got {self.threads!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63 - 1:
+            raise ValueError(f"--seed must be an integer in [0, 2^63 - 1), got {self.seed!r}")
 
     def model_config(self, bos: int, eos: int) -> LlamaConfig:
         return LlamaConfig(
@@ -367,8 +374,16 @@ def train(cfg: TrainConfig, log=print, should_stop=None) -> dict:
     if cfg.resume:
         if not os.path.isfile(ckpt_path):
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        saved = state["train_config"]
+        try:
+            state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            saved = state["train_config"]
+            missing = [k for k in ("layers", "hidden", "intermediate", "heads", "kv_heads", "seq_len", "layerskip",
+                                   "vocab_size") if k not in saved]
+            if missing:
+                raise KeyError(f"train_config lacks {missing}")
+        except Exception as e:  # a truncated, foreign or corrupt file: pickle, zip or key errors
+            raise ValueError(f"--resume: {ckpt_path} is not a readable training checkpoint "
+                             f"({type(e).__name__}: {e})") from None
         # The model and recipe must match the checkpoint; budget/bookkeeping may change.
         for k in ("layers", "hidden", "intermediate", "heads", "kv_heads", "seq_len", "layerskip"):
             if saved[k] != getattr(cfg, k):

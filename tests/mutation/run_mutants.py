@@ -48,6 +48,8 @@ ATT = "triton/attention.py"
 REF = "reference.py"
 SCHED = "generation/engine.py"
 SAMPLING = "generation/sampling.py"
+STEPS = "generation/steps.py"
+ITER = "generation/iteration.py"
 
 MUTANTS = [
     Mutant("bonus_from_p_k_minus_1", "bonus token drawn from p[k-1] instead of p[k]", "reference (torch backend)",
@@ -58,12 +60,16 @@ MUTANTS = [
            [(SAMPLING, "self.offset = (self.offset + 1) % 2**32", "self.offset = self.offset"),
             (SAMPLING, "self.offsets[s] = (self.offsets[s] + 1) % 2**32", "self.offsets[s] = self.offsets[s]")],
            ["test_generation.py", "-k", "four_tokens and (k1-plain or k2-plain) or fresh_random"]),
+    Mutant("row_stream_offset_not_advanced",
+           "the Philox offset of a request's own stream is never advanced (Engine without a shared seed)", "engine",
+           [(SAMPLING, "self.offsets[s] = (self.offsets[s] + 1) % 2**32", "self.offsets[s] = self.offsets[s]")],
+           ["test_generation.py", "-k", "per_request_streams"]),
     Mutant("eos_inside_accepted_run_kept", "tokens after an EOS inside an accepted run are kept", "engine",
            [(SCHED, "for j, t in enumerate(toks):\n            if t in act.req.eos_ids:",
              "for j, t in list(enumerate(toks))[-1:]:\n            if t in act.req.eos_ids:")],
            ["test_generation.py", "-k", "eos_inside"]),
     Mutant("streamer_never_called", "the streamer is never called", "engine",
-           [(SCHED, "            act.req.streamer(toks)", "            pass")],
+           [(SCHED, "                act.req.streamer(list(toks))", "                pass")],
            ["test_cli.py", "-k", "streams"]),
     Mutant("bf16_scores_in_kernel", "attention scores rounded to bf16 inside the kernel", "Triton (interpreter)",
            [(ATT, "qk = tl.dot(q, kt, input_precision=PRECISION) * scale_log2",
@@ -93,18 +99,19 @@ MUTANTS = [
              "sn = tl.load(sin_ptr + (pos + 1) * stride_st + j * stride_sd, mask=(d < D) & valid")],
            ["test_attention_ops.py", "-k", "test_parity_grid and triton and rope"]),
     Mutant("last_draft_skips_early_layers", "the last draft skips layers [0, E) before verification", "engine",
-           [(SCHED, "        h = m.forward_layers(m.embed(tok[:, None]), 0, E, self.cache, pos)\n"
-                    "        self.exitq.hidden[:, k] = h[:, 0]",
-             "        h = m.embed(tok[:, None])\n        self.exitq.hidden[:, k] = h[:, 0]")],
+           [(STEPS, "    hidden.append(early(model, E, tok, cache, pos + k))",
+             "    hidden.append(model.embed(tok[:, None])[:, 0])")],
            ["test_generation.py", "-k", "test_greedy_selfspec"]),
     Mutant("verify_recomputes_early_layers", "verification recomputes layers [0, E) of the drafted positions",
            "engine",
-           [(SCHED, "target_logits = m.exit_head(m.forward_layers(self.exitq.hidden, E, L, self.cache, base))",
-             "target_logits = m.exit_head(m.forward_layers(m.forward_layers(m.embed(torch.cat("
-             "[self.pending[:, None], self.drafts], 1)), 0, E, self.cache, base), E, L, self.cache, base))")],
+           [(STEPS, "    hidden, drafts = draft_greedy(model, E, k, tokens, cache, base, head)\n",
+             "    hidden, drafts = draft_greedy(model, E, k, tokens, cache, base, head)\n"
+             "    hidden = model.forward_layers(model.embed(torch.cat([tokens[:, None], drafts], 1)), 0, E, cache, "
+             "base)\n")],
            ["test_generation.py", "-k", "no_layer_recomputes"]),
     Mutant("rejected_kv_leaks", "the cache length advances over rejected drafts (their K/V stay visible)", "engine",
-           [(SCHED, "self._advance(n + 1, out.gather", "self._advance(torch.full_like(n, k) + 1, out.gather")],
+           [(ITER, "state.cache.seqlens, self.draft_head)\n        self._advance(state, accepted[:, 0] + 1, pending)",
+             "state.cache.seqlens, self.draft_head)\n        self._advance(state, k + 1, pending)")],
            ["test_generation.py", "-k", "test_greedy_selfspec"]),
     Mutant("accept_coin_times_1_1", "accept coin scaled by 1.1", "reference (torch backend)",
            [(REF, "coins.double() * q_d.double() < p_d.double()", "coins.double() * 1.1 * q_d.double() < p_d.double()")],
