@@ -17,7 +17,9 @@ one process. Per setting:
   (bench_quality's definitions), and the share of completions that parse as
   Python (`ast.parse` of prompt + continuation cut at its last complete line);
 - for greedy settings, whether self-spec output equals autoregressive output
-  (it must: the aids are exact under self-speculation).
+  (it must in float32, `--dtype float32`: the aids are exact under
+  self-speculation; in bfloat16, the CLI's dtype and the default here, the
+  k+1-row verify pass and the one-row step may round a near tie apart).
 
     python bench/bench_defaults.py [--prompts 16] [--new-tokens 128] [--reps 3] [--model DIR]
     python bench/bench_defaults.py --smoke          # 2 prompts, 32 tokens, 1 rep, 3 settings: does it run

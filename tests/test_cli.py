@@ -341,7 +341,7 @@ def test_generate_with_default_model_offline():
 
 
 def _compare_lines(err):
-    lines = [l for l in err.strip().splitlines() if l.startswith("[")]
+    lines = [l for l in err.strip().splitlines() if l.startswith(("[", "ERROR: ["))]
     assert len(lines) == 3, err
     return lines
 
@@ -376,11 +376,15 @@ def test_compare_reports_a_mismatch(tiny_with_tokenizer, capsys, monkeypatch):
         return out
 
     monkeypatch.setattr(lk, "generate", wrong_drafts)
-    rc = main(["generate", "--model", str(tiny_with_tokenizer), "--prompt", "def add(", "--max-new-tokens", "9",
-               "--dtype", "float32", "--exit-layer", "2", "--compare"])
-    assert rc == 1
+    args = ["generate", "--model", str(tiny_with_tokenizer), "--prompt", "def add(", "--max-new-tokens", "9",
+            "--exit-layer", "2", "--compare"]
+    assert main(args + ["--dtype", "float32"]) == 1
     verdict = _compare_lines(capsys.readouterr().err)[2]
-    assert "ERROR: greedy tokens differ from token 4 on" in verdict
+    assert verdict.startswith("ERROR: [compare]") and "greedy tokens differ from token 4 on" in verdict
+    # In bfloat16 a difference is reported with its likely cause, not as an error.
+    assert main(args + ["--dtype", "bfloat16"]) == 0
+    verdict = _compare_lines(capsys.readouterr().err)[2]
+    assert "greedy tokens differ from token 4 on" in verdict and "--dtype float32 checks exactness" in verdict
 
 
 def test_compare_when_sampling_says_what_is_compared(tiny_with_tokenizer, capsys):

@@ -257,7 +257,13 @@ def run(args) -> int:
         ar = lk.generate(model, [prefix], max_new_tokens=args.max_new_tokens, **kwargs, **ar_spec.generate_kwargs())
     print(_stats_line(args, ar_spec, ar.stats, backend), file=sys.stderr)
     print(_comparison(args, out, ar), file=sys.stderr)
-    return 0 if args.sample or out.sequences == ar.sequences else 1
+    # Token-for-token identity is the contract in float32; in 16-bit dtypes the
+    # verify pass (k+1 rows) and the one-row step may round a near tie apart.
+    return 1 if _differs(args, out, ar) and args.dtype == "float32" else 0
+
+
+def _differs(args, spec_out, ar_out) -> bool:
+    return not args.sample and spec_out.sequences != ar_out.sequences
 
 
 def _autoregressive(spec):
@@ -295,5 +301,8 @@ def _comparison(args, spec_out, ar_out) -> str:
     if a == b:
         return line + f"greedy tokens identical ({len(a)} tokens)"
     i = next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-    return line + f"ERROR: greedy tokens differ from token {i} on (self-speculative {a[i:i + 4]}, " \
-                  f"autoregressive {b[i:i + 4]}): please report this line"
+    line += f"greedy tokens differ from token {i} on (self-speculative {a[i:i + 4]}, autoregressive {b[i:i + 4]})"
+    if args.dtype == "float32":
+        return "ERROR: " + line + ": please report this line"
+    return line + f" in {args.dtype}, where the verify pass (k+1 rows) and a one-row step may round a near tie " \
+                  "apart; --dtype float32 checks exactness"
