@@ -335,3 +335,70 @@ def test_generate_with_default_model_offline():
     text, ref = expected_cli_text(tok, model, "import os\n", True, max_new_tokens=16, exit_layer=None, **aids)
     assert res.stdout == text
     assert f"[{mode}" in res.stderr and f"{len(ref.sequences[0])} tokens" in res.stderr
+
+
+# --------------------------------------------------------------------------- --compare
+
+
+def _compare_lines(err):
+    lines = [l for l in err.strip().splitlines() if l.startswith(("[", "ERROR: ["))]
+    assert len(lines) == 3, err
+    return lines
+
+
+@pytest.mark.parametrize("extra", [[], ["--repetition-penalty", "1.3", "--no-repeat-ngram-size", "2"]])
+def test_compare_prints_both_speeds_and_checks_identity(tiny_with_tokenizer, capsys, extra):
+    args = ["generate", "--model", str(tiny_with_tokenizer), "--prompt", "def add(", "--max-new-tokens", "9",
+            "--dtype", "float32", "--exit-layer", "2", "--num-speculations", "3", "--compare", *extra]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert main(args[:-len(extra) - 1 if extra else -1] + extra) == 0  # the same run without --compare
+    single_out, single_err = capsys.readouterr()
+    assert out == single_out  # the streamed text is the self-speculative run's, once
+    spec, ar, verdict = _compare_lines(err)
+    n = int(spec.split("] ")[1].split(" ")[0])  # 9, or fewer when the model emits EOS
+    assert spec.startswith(f"[self-speculative E=2 k=3] {n} tokens") and ar.startswith(f"[autoregressive] {n} tokens")
+    assert spec.split("tokens/s")[1] == single_err.strip().split("tokens/s")[1]  # same acceptance, same backend
+    tps = [float(line.split(" tokens/s")[0].rsplit(" ", 1)[1]) for line in (spec, ar)]
+    ratio = float(verdict.split(": ")[1].split("x")[0])
+    assert ratio == pytest.approx(tps[0] / tps[1], rel=0.02, abs=0.01)
+    assert verdict.endswith(f"greedy tokens identical ({n} tokens)") and 1 <= n <= 9
+
+
+def test_compare_reports_a_mismatch(tiny_with_tokenizer, capsys, monkeypatch):
+    """The identity check can fail: a self-speculative run that differs is reported, exit status 1."""
+    real = lk.generate
+
+    def wrong_drafts(model, ids, **kw):
+        out = real(model, ids, **kw)
+        if kw.get("exit_layer") and kw.get("max_new_tokens") == 9:
+            out.sequences[0][4] = (out.sequences[0][4] + 1) % model.config.vocab_size
+        return out
+
+    monkeypatch.setattr(lk, "generate", wrong_drafts)
+    args = ["generate", "--model", str(tiny_with_tokenizer), "--prompt", "def add(", "--max-new-tokens", "9",
+            "--exit-layer", "2", "--compare"]
+    assert main(args + ["--dtype", "float32"]) == 1
+    verdict = _compare_lines(capsys.readouterr().err)[2]
+    assert verdict.startswith("ERROR: [compare]") and "greedy tokens differ from token 4 on" in verdict
+    # In bfloat16 a difference is reported with its likely cause, not as an error.
+    assert main(args + ["--dtype", "bfloat16"]) == 0
+    verdict = _compare_lines(capsys.readouterr().err)[2]
+    assert "greedy tokens differ from token 4 on" in verdict and "--dtype float32 checks exactness" in verdict
+
+
+def test_compare_when_sampling_says_what_is_compared(tiny_with_tokenizer, capsys):
+    rc = main(["generate", "--model", str(tiny_with_tokenizer), "--prompt", "def add(", "--max-new-tokens", "6",
+               "--exit-layer", "1", "--sample", "--seed", "5", "--compare"])
+    assert rc == 0
+    verdict = _compare_lines(capsys.readouterr().err)[2]
+    assert "same seed and the same distribution, not compared token for token" in verdict
+    assert "identical" not in verdict
+
+
+def test_compare_without_drafting_is_refused(tiny_with_tokenizer, capsys):
+    rc = main(["generate", "--model", str(tiny_with_tokenizer), "--prompt", "def add(", "--max-new-tokens", "4",
+               "--exit-layer", "0", "--compare"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == ""
+    assert err.startswith("error: --compare") and "autoregressive already" in err

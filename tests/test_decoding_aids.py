@@ -156,3 +156,100 @@ def test_healed_generation_is_exact_and_starts_with_removed_text(tokenizer, prom
     assert spec.sequences == ar.sequences
     assert ar.sequences[0][0] in h.allowed
     assert tokenizer.decode(h.ids + ar.sequences[0]).startswith(prompt)
+
+
+# --------------------------------------------------------------------------- the aids inside the greedy step functions
+
+
+from layerskip_kernels.generation import iteration as iteration_mod  # noqa: E402
+from layerskip_kernels.generation.sampling import Greedy  # noqa: E402
+
+
+class _HostGreedy(Greedy):
+    """The argmax taken outside the step functions: the engine then runs the
+    stepwise strategies (HostAutoregressive, StepwiseSpeculation), the
+    reference the fused ones are checked against."""
+
+
+def _engine_tokens(model, prompts, budgets, host=False, **kw):
+    engine = lk.Engine(model, max_batch_size=len(prompts), **kw)
+    if host:
+        engine.chooser = _HostGreedy()
+    for p, n in zip(prompts, budgets):
+        engine.add(p, max_new_tokens=n, eos_token_id=[])
+    out = [o.tokens for o in engine.run()]
+    return out, type(engine.iteration).__name__
+
+
+AID_SETTINGS = [(1.0, n) for n in range(1, 7)] + [(0.7, 0), (1.3, 0), (0.8, 3), (1.2, 4)]
+BUDGETS = [40, 23, 31, 17]  # rows finish at different iterations
+
+
+@pytest.mark.parametrize("penalty,n", AID_SETTINGS)
+def test_fused_greedy_with_aids_equals_stepwise(models, penalty, n):
+    """Greedy self-speculation with the aids inside one step function per
+    iteration equals greedy autoregressive decoding with them (fused and
+    stepwise), batch 4 with ragged prompts and budgets."""
+    model = models[0]["high"]
+    aids = DecodingAids(penalty, n)
+    ref, name = _engine_tokens(model, PROMPTS, BUDGETS, host=True, aids=aids)
+    assert name == "HostAutoregressive"
+    plain, _ = _engine_tokens(model, PROMPTS, BUDGETS)
+    assert ref != plain, "the aids must change this greedy output"
+    ar, name = _engine_tokens(model, PROMPTS, BUDGETS, aids=aids)
+    assert name == "GreedyAutoregressive" and ar == ref
+    for E, k in [(1, 3), (2, 5)]:
+        spec, name = _engine_tokens(model, PROMPTS, BUDGETS, aids=aids, exit_layer=E, num_speculations=k)
+        assert name == "FusedSpeculation" and spec == ref, (E, k)
+    stepwise, name = _engine_tokens(model, PROMPTS, BUDGETS, host=True, aids=aids, exit_layer=2, num_speculations=5)
+    assert name == "StepwiseSpeculation" and stepwise == ref
+
+
+@pytest.mark.parametrize("penalty,n", [(1.2, 4), (0.8, 1)])
+def test_compiled_fused_greedy_with_aids_equals_eager(models, penalty, n):
+    model = models[0]["high"]
+    aids = DecodingAids(penalty, n)
+    ref, _ = _engine_tokens(model, PROMPTS, BUDGETS, host=True, aids=aids)
+    ar, _ = _engine_tokens(model, PROMPTS, BUDGETS, aids=aids, compile=True)
+    spec, name = _engine_tokens(model, PROMPTS, BUDGETS, aids=aids, compile=True, exit_layer=2, num_speculations=4)
+    assert name == "FusedSpeculation" and spec == ar == ref
+
+
+def test_fused_aids_iteration_is_one_step_call(models, monkeypatch):
+    """With the aids, a greedy self-speculative iteration calls one step function
+    (speculate_greedy), as without them; no draft or verify step runs apart."""
+    from layerskip_kernels.generation.steps import StepFunctions
+
+    calls = []
+    init = StepFunctions.__init__
+
+    def spying_init(self, compile, device):
+        init(self, compile, device)
+        for name in ("autoregressive", "draft", "early", "verify", "draft_greedy", "verify_accept",
+                     "speculate_greedy", "greedy_token"):
+            fn = getattr(self, name)
+            setattr(self, name, lambda *a, _fn=fn, _name=name, **kw: calls.append(_name) or _fn(*a, **kw))
+
+    monkeypatch.setattr(StepFunctions, "__init__", spying_init)
+    out = lk.generate(models[0]["high"], PROMPTS, max_new_tokens=20, eos_token_id=[], exit_layer=2,
+                      num_speculations=4, repetition_penalty=1.2, no_repeat_ngram_size=3)
+    assert out.stats["steps"] > 1 and calls == ["speculate_greedy"] * out.stats["steps"]
+
+
+def test_aids_graph_is_one_per_iteration(models):
+    """Compiled: greedy self-speculation with the aids is one graph, built once, no graph break."""
+    from torch._dynamo.utils import counters
+
+    from layerskip_kernels.generation import steps
+
+    torch._dynamo.reset()
+    steps._warm.clear()
+    counters.clear()
+    kw = dict(exit_layer=2, num_speculations=3, eos_token_id=[], compile=True, repetition_penalty=1.2,
+              no_repeat_ngram_size=3)
+    out = lk.generate(models[0]["high"], PROMPTS, max_new_tokens=60, **kw)
+    assert [len(s) for s in out.sequences] == [60] * 4
+    assert counters["stats"]["unique_graphs"] == 1
+    assert not counters["graph_break"] and not counters["recompiles"]
+    again = lk.generate(models[0]["high"], PROMPTS[:3], max_new_tokens=50, **kw)
+    assert again.stats["compile_s"] == 0 and counters["stats"]["unique_graphs"] == 1

@@ -119,3 +119,18 @@ def test_guard_catches_a_value_check(model, monkeypatch):
     monkeypatch.setattr(lk.ops, "trusted_inputs", contextlib.nullcontext)
     with lk.use_backend("cpu" if lk.available_backends()["cpu"] is None else "torch"), pytest.raises(HostRead):
         lk.generate(model, [[1, 2, 3]], max_new_tokens=3, exit_layer=2, num_speculations=2, eos_token_id=[])
+
+
+@pytest.mark.parametrize("backend", [p for p in backend_params() if p.values[0] != "cuda"])
+@pytest.mark.parametrize("exit_layer", [None, 2])
+def test_greedy_with_decoding_aids_reads_only_the_results(model, monkeypatch, backend, exit_layer):
+    """The aids run inside the greedy step functions over the device history:
+    the iteration's one read stays the only one."""
+    log = []
+    guard_steps(monkeypatch, log)
+    prompts = [[1, 2, 3, 1, 2], [7, 8], [9, 10, 11]]
+    with lk.use_backend(backend):
+        out = lk.generate(model, prompts, max_new_tokens=8, exit_layer=exit_layer, num_speculations=3,
+                          eos_token_id=[], repetition_penalty=1.3, no_repeat_ngram_size=2)
+    assert all(len(s) == 8 for s in out.sequences)
+    assert out.stats["steps"] >= 1 and log == [("_read_results", "tolist")] * out.stats["steps"], log

@@ -100,7 +100,7 @@ LAYERS = {
     "layerskip_kernels.vocab": ("layerskip_kernels.generation", "layerskip_kernels.train"),
 }
 # generation/: the engine's modules in dependency order; a module imports only earlier ones.
-GENERATION_ORDER = ["steps", "validation", "policy", "sampling", "draft_head", "token_healing", "config",
+GENERATION_ORDER = ["sampling", "steps", "validation", "policy", "draft_head", "token_healing", "config",
                     "iteration", "engine", "api"]
 
 
@@ -211,3 +211,26 @@ def test_import_stays_lazy():
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0 and p.stdout.strip().endswith("ok"), p.stderr
+
+
+HEAVY = ("transformers", "triton", "matplotlib", "torch._dynamo", "torch._inductor", "sympy")
+
+
+def test_generate_imports_no_heavy_dependency():
+    """`import layerskip_kernels`, then README's first command (the CLI's
+    generate path, the embedded model, without --compile) load none of the
+    optional heavy packages nor torch's compiler stack (the start of the process)."""
+    try:
+        lk.default_model_path()
+    except FileNotFoundError:
+        pytest.skip("no embedded default model in this install")
+    code = ("import sys, layerskip_kernels; heavy = %r; "
+            "assert not [m for m in heavy if m in sys.modules], [m for m in heavy if m in sys.modules]; "
+            "from layerskip_kernels.cli import main; "
+            "rc = main(['generate', '--prompt', 'def f(x):', '--max-new-tokens', '4']); "
+            "assert 'layerskip_kernels.generation.engine' in sys.modules; "
+            "print('loaded:', [m for m in heavy if m in sys.modules], 'rc', rc)" % (HEAVY,))
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().splitlines()[-1] == "loaded: [] rc 0", p.stdout + p.stderr

@@ -55,6 +55,11 @@ def add_arguments(p) -> None:
                    help="compile the decode steps with torch.compile (CUDA graphs on a GPU); off by default: "
                         "on CPU the first compile costs more than it saves on a default-length generation "
                         "(README); the compile time is printed apart from tokens/s")
+    p.add_argument("--compare", action="store_true",
+                   help="also decode the prompt autoregressively (same flags, same loaded model), after a short "
+                        "warm-up run of each mode: prints both speed lines and the ratio, and checks that greedy "
+                        "tokens are identical (sampled tokens come from the same seed and distribution and are not "
+                        "compared token for token)")
     p.add_argument("--backend", default=None, choices=list(BACKENDS))
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"])
     p.add_argument("--device", default="cpu")
@@ -188,6 +193,9 @@ def _plan(args, path, tokenizer, model):
             max_cache_len=None, compile=args.compile, speculation=spec.speculation)
     except ValueError as e:
         raise _usage(str(e)) from None
+    if args.compare and not spec.exit_layer:
+        raise _usage("--compare compares self-speculative with autoregressive decoding, but this run is "
+                     "autoregressive already (--exit-layer 0, or the model records no default exit layer)")
     return spec, ids
 
 
@@ -228,14 +236,44 @@ def run(args) -> int:
             shown[0] = len(text)
 
     sys.stdout.write(args.prompt)
+    kwargs = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                  first_token_ids=first)
     with lk.use_backend(args.backend):
-        out = lk.generate(model, [prefix], max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                          top_k=args.top_k, top_p=args.top_p, seed=args.seed, streamer=stream,
-                          first_token_ids=first, **spec.generate_kwargs())
+        if args.compare:  # first-call costs (allocation, kernel setup) paid by neither timed run
+            for s in (spec, _autoregressive(spec)):
+                lk.generate(model, [prefix], max_new_tokens=min(8, args.max_new_tokens), **kwargs,
+                            **s.generate_kwargs())
+        out = lk.generate(model, [prefix], max_new_tokens=args.max_new_tokens, streamer=stream, **kwargs,
+                          **spec.generate_kwargs())
     tail = tokenizer.decode(prefix + generated)[shown[0]:]
     sys.stdout.write(tail + "\n")
     sys.stdout.flush()  # the text before the stats line on a shared terminal
-    s = out.stats
+    backend = args.backend or lk.backends.resolve(torch.device(args.device))
+    print(_stats_line(args, spec, out.stats, backend), file=sys.stderr)
+    if not args.compare:
+        return 0
+    ar_spec = _autoregressive(spec)
+    with lk.use_backend(args.backend):
+        ar = lk.generate(model, [prefix], max_new_tokens=args.max_new_tokens, **kwargs, **ar_spec.generate_kwargs())
+    print(_stats_line(args, ar_spec, ar.stats, backend), file=sys.stderr)
+    print(_comparison(args, out, ar), file=sys.stderr)
+    # Token-for-token identity is the contract in float32; in 16-bit dtypes the
+    # verify pass (k+1 rows) and the one-row step may round a near tie apart.
+    return 1 if _differs(args, out, ar) and args.dtype == "float32" else 0
+
+
+def _differs(args, spec_out, ar_out) -> bool:
+    return not args.sample and spec_out.sequences != ar_out.sequences
+
+
+def _autoregressive(spec):
+    """The same settings (decoding aids, sampling, compilation) without drafting."""
+    from dataclasses import replace
+
+    return replace(spec, exit_layer=None, speculation="static", draft_vocab=None, draft_quantization=None)
+
+
+def _stats_line(args, spec, s: dict, backend) -> str:
     E, k = spec.exit_layer, spec.num_speculations
     mode = f"self-speculative E={E} k={k}" if E else "autoregressive"
     if E and spec.speculation == "adaptive":
@@ -248,7 +286,23 @@ def run(args) -> int:
     acc = f"{s['acceptance_rate']:.1%}" if s["acceptance_rate"] is not None else "n/a"
     tps = f"{s['tokens_per_step']:.2f}" if s["tokens_per_step"] is not None else "n/a"
     compiled = f", compiled (+{s['compile_s']:.1f} s compiling)" if args.compile else ""
-    print(f"[{mode}] {s['new_tokens']} tokens in {s['time_s']:.2f} s: {s['tokens_per_s']:.1f} tokens/s, "
-          f"acceptance {acc}, {tps} tokens/iteration, backend "
-          f"{args.backend or lk.backends.resolve(torch.device(args.device))}{compiled}", file=sys.stderr)
-    return 0
+    return (f"[{mode}] {s['new_tokens']} tokens in {s['time_s']:.2f} s: {s['tokens_per_s']:.1f} tokens/s, "
+            f"acceptance {acc}, {tps} tokens/iteration, backend {backend}{compiled}")
+
+
+def _comparison(args, spec_out, ar_out) -> str:
+    """The --compare verdict: the speed ratio and whether the outputs agree."""
+    ratio = spec_out.stats["tokens_per_s"] / ar_out.stats["tokens_per_s"]
+    line = f"[compare] self-speculative / autoregressive: {ratio:.2f}x tokens/s; "
+    if args.sample:
+        return line + ("sampled tokens: same seed and the same distribution, not compared token for token "
+                       "(speculative sampling is exact in distribution, not per token)")
+    a, b = spec_out.sequences[0], ar_out.sequences[0]
+    if a == b:
+        return line + f"greedy tokens identical ({len(a)} tokens)"
+    i = next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    line += f"greedy tokens differ from token {i} on (self-speculative {a[i:i + 4]}, autoregressive {b[i:i + 4]})"
+    if args.dtype == "float32":
+        return "ERROR: " + line + ": please report this line"
+    return line + f" in {args.dtype}, where the verify pass (k+1 rows) and a one-row step may round a near tie " \
+                  "apart; --dtype float32 checks exactness"

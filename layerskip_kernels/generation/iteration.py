@@ -1,15 +1,17 @@
 """One decode iteration over every cache slot: one strategy object per way of
 running it, chosen once (`make_iteration`) before the engine's loop starts.
 
-  GreedyAutoregressive   one token per row, the argmax inside the step function
+  GreedyAutoregressive   one token per row, the decoding aids (if any) and the
+                         argmax inside the step function
   HostAutoregressive     one token per row, its logits through the decoding aids
-                         and the token choice (sampling) on the host side
-  FusedSpeculation       self-speculation with a fixed plan, greedy, no aids:
-                         drafts, verification and acceptance in one step
-                         function (one compiled graph per iteration)
-  StepwiseSpeculation    self-speculation with a fixed plan where each draft's
-                         logits go through the aids or sampling, then the verify
-                         pass, the aids and the acceptance op
+                         and the token choice (sampling) outside the step function
+  FusedSpeculation       self-speculation with a fixed plan, greedy, with or
+                         without decoding aids: drafts (each through the aids
+                         against its own context), verification and acceptance
+                         in one step function (one compiled graph per iteration)
+  StepwiseSpeculation    self-speculation with a fixed plan, sampling: each
+                         draft's logits through the aids and the sampler, then
+                         the verify pass, the aids and the acceptance op
   AdaptiveSpeculation    per-row draft lengths and an exit layer per iteration
                          from a drafting policy (confidence stop), verified on
                          device (greedy, no aids) or as StepwiseSpeculation
@@ -100,7 +102,8 @@ class Iteration:
 
 class GreedyAutoregressive(Iteration):
     def step(self, state: DecodeState, active: list[int]) -> Outcome:
-        tok = self.steps.greedy_token(self.model, state.pending, state.cache)  # the argmax inside the step
+        # The aids (if any: HistoryAids.step_args) and the argmax inside the step.
+        tok = self.steps.greedy_token(self.model, state.pending, state.cache, *self.aids.step_args())
         return self._one_token(state, tok)
 
 
@@ -166,7 +169,8 @@ class _Speculation(Iteration):
 
 class FusedSpeculation(_Speculation):
     """Nothing needs the host before the accepted tokens: the whole iteration (k
-    drafts, verify, acceptance) is one step function."""
+    drafts, verify, acceptance, and the decoding aids on every row of logits:
+    generation.sampling.GrowingContext) is one step function."""
 
     def allocate(self, state: DecodeState) -> None:
         self._fixed_plan(state)
@@ -174,7 +178,7 @@ class FusedSpeculation(_Speculation):
     def step(self, state: DecodeState, active: list[int]) -> Outcome:
         E, k = self.E, self.num_drafts
         accepted, pending = self.steps.speculate_greedy(self.model, E, k, state.pending, state.cache,
-                                                        state.cache.seqlens, self.draft_head)
+                                                        state.cache.seqlens, self.draft_head, *self.aids.step_args())
         self._advance(state, accepted[:, 0] + 1, pending)
         return self._outcome(_read_results(accepted), [k] * len(pending), E, k)
 
@@ -275,11 +279,12 @@ def make_iteration(model, steps: StepFunctions, chooser: Greedy, aids: NoAids, p
     policy None means autoregressive decoding. A policy whose `adaptive` is
     False (StaticDrafting) plans the same exit layer and k every iteration;
     any other policy plans per iteration, with per-row draft lengths."""
-    # Logits go through the host side when anything but the argmax decides a token.
-    host_logits = type(chooser) is not Greedy or type(aids) is not NoAids
+    # Greedy decoding takes the argmax (after the decoding aids, if any) inside
+    # the step functions; sampling chooses tokens outside them.
+    sampling = type(chooser) is not Greedy
     if policy is None:
-        return (HostAutoregressive if host_logits else GreedyAutoregressive)(model, steps, chooser, aids)
+        return (HostAutoregressive if sampling else GreedyAutoregressive)(model, steps, chooser, aids)
     args = (model, steps, chooser, aids, policy, k, draft_head, stats)
     if getattr(policy, "adaptive", True):
-        return AdaptiveSpeculation(*args, verify_on_device=not host_logits)
-    return (StepwiseSpeculation if host_logits else FusedSpeculation)(*args)
+        return AdaptiveSpeculation(*args, verify_on_device=not sampling and type(aids) is NoAids)
+    return (StepwiseSpeculation if sampling else FusedSpeculation)(*args)

@@ -33,9 +33,8 @@ from dataclasses import dataclass
 import torch
 
 from .. import ops
-from .validation import check_decoding_aids, check_repetition_penalty
 
-__all__ = ["warp_probs", "DecodingAids", "TokenHistory", "check_decoding_aids", "check_repetition_penalty",
+__all__ = ["warp_probs", "DecodingAids", "TokenHistory", "GrowingContext", "NoContext",
            "NoAids", "HistoryAids", "make_aids", "Greedy", "Sampler", "SharedStream", "RowStreams",
            "make_chooser"]
 
@@ -102,23 +101,38 @@ class DecodingAids:
         position ctx_len[b, s] from history.ids[b, :ctx_len[b, s]]."""
         if not self.active:
             return logits
-        B, S, V = logits.shape
-        T = history.ids.shape[1]
-        ids = history.ids[:, None, :].expand(B, S, T)  # [B, S, T]
-        in_ctx = torch.arange(T, device=logits.device)[None, None, :] < ctx_len[:, :, None]
+        V = logits.shape[-1]
+        return self.apply(logits, self.seen(history.ids, ctx_len, V), self.banned(history.ids, ctx_len, V))
+
+    def apply(self, logits: torch.Tensor, seen, banned) -> torch.Tensor:
+        """logits [B, S, V] with the masks of their contexts (`seen`, `banned`:
+        bool [B, S, V], or None for an aid that is off) -> processed logits."""
         out = logits
-        if self.repetition_penalty != 1.0:
-            # Column V collects the positions outside the context.
-            seen = torch.zeros(B, S, V + 1, dtype=torch.bool, device=logits.device)
-            seen.scatter_(2, torch.where(in_ctx, ids, V), True)
-            seen = seen[..., :V]
+        if seen is not None:
             p = self.repetition_penalty
             penalized = torch.where(out < 0, out * p, out / p)
             out = torch.where(seen, penalized, out)
-        n = self.no_repeat_ngram_size
-        if n > 0:
-            out = out.masked_fill(self._banned_ngrams(history.ids, ctx_len, n, V), float("-inf"))
+        if banned is not None:
+            out = out.masked_fill(banned, float("-inf"))
         return out
+
+    def seen(self, ids: torch.Tensor, ctx_len: torch.Tensor, V: int):
+        """bool [B, S, V]: the tokens of each context ids[b, :ctx_len[b, s]] (None: no penalty)."""
+        if self.repetition_penalty == 1.0:
+            return None
+        B, T = ids.shape
+        S = ctx_len.shape[1]
+        in_ctx = torch.arange(T, device=ids.device)[None, None, :] < ctx_len[:, :, None]
+        # Column V collects the positions outside the context.
+        seen = torch.zeros(B, S, V + 1, dtype=torch.bool, device=ids.device)
+        seen.scatter_(2, torch.where(in_ctx, ids[:, None, :].expand(B, S, T), V), True)
+        return seen[..., :V]
+
+    def banned(self, ids: torch.Tensor, ctx_len: torch.Tensor, V: int):
+        """bool [B, S, V]: the tokens that would repeat an n-gram of each context (None: no n-gram ban)."""
+        if self.no_repeat_ngram_size <= 0:
+            return None
+        return self._banned_ngrams(ids, ctx_len, self.no_repeat_ngram_size, V)
 
     @staticmethod
     def _banned_ngrams(ids: torch.Tensor, ctx_len: torch.Tensor, n: int, V: int) -> torch.Tensor:
@@ -142,6 +156,64 @@ class DecodingAids:
         nxt = windows[:, None, :, n - 1].expand(B, S, W)
         banned.scatter_(2, torch.where(match, nxt, V), True)
         return banned[..., :V]
+
+
+class GrowingContext:
+    """The decoding aids inside a greedy step function (generation.steps): the
+    context of every row grows by one draft at a time, from the pending token
+    at `base` (context history[:, :base + 1]) to the k-th draft.
+
+    Draft step i and verify position i predict the same position base + 1 + i
+    from the same context, so the masks of each context are computed once, by
+    the draft step, and reused by the verify pass. The repetition penalty's
+    token set grows by one scatter per draft; the n-gram ban is recomputed per
+    context (its suffix changes). Each draft is written into the history at its
+    position (scratch above the verified length, like the KV cache). Every
+    logit row goes through the same DecodingAids.apply as autoregressive
+    decoding, so greedy self-speculation stays exact."""
+
+    def __init__(self, aids: DecodingAids, ids: torch.Tensor, base: torch.Tensor, V: int):
+        self.aids, self.ids, self.V = aids, ids, V  # ids: int64 [n, T_max], written in place
+        self.ctx = base.long()[:, None] + 1  # [n, 1]: the current context's length
+        self.seen = aids.seen(ids, self.ctx, V)  # [n, 1, V] or None
+        self.masks: list[tuple] = []  # (seen, banned) of each context so far
+
+    def draft(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [n, V] predicting the position after the current context."""
+        seen, banned = self._new_context()
+        return self.aids.apply(logits[:, None], seen, banned)[:, 0]
+
+    def _new_context(self) -> tuple:
+        masks = (self.seen, self.aids.banned(self.ids, self.ctx, self.V))
+        self.masks.append(masks)
+        return masks
+
+    def append(self, tokens: torch.Tensor) -> None:
+        """The draft just chosen [n] extends every row's context."""
+        self.ids.scatter_(1, self.ctx, tokens[:, None])
+        self.ctx = self.ctx + 1
+        if self.seen is not None:
+            self.seen = self.seen.scatter(2, tokens[:, None, None], True)
+
+    def verify(self, logits: torch.Tensor) -> torch.Tensor:
+        """Verify logits [n, k+1, V]: position i against context i (the last one, all k drafts, new here)."""
+        self._new_context()
+        seen = None if self.seen is None else torch.cat([m[0] for m in self.masks], dim=1)
+        banned = None if self.masks[0][1] is None else torch.cat([m[1] for m in self.masks], dim=1)
+        return self.aids.apply(logits, seen, banned)
+
+
+class NoContext:
+    """GrowingContext without decoding aids: logits pass through."""
+
+    def draft(self, logits):
+        return logits
+
+    def append(self, tokens) -> None:
+        pass
+
+    def verify(self, logits):
+        return logits
 
 
 # --------------------------------------------------------------------------- decoding aids at run time
@@ -170,6 +242,11 @@ class NoAids:
 
     def record_prefill(self, rows: slice, lens, tokens) -> None:
         pass
+
+    def step_args(self) -> tuple:
+        """The trailing arguments of a greedy step function that applies the aids
+        inside it (generation.steps: `aids`, `history`); none without aids."""
+        return ()
 
 
 class HistoryAids(NoAids):
@@ -203,6 +280,11 @@ class HistoryAids(NoAids):
 
     def record_prefill(self, rows: slice, lens, tokens) -> None:
         self.history.ids[rows].scatter_(1, lens.long()[:, None], tokens[:, None])
+
+    def step_args(self) -> tuple:
+        # The step writes its drafts into the history (scratch above each row's
+        # verified length, like the KV cache); the loop records the pending token.
+        return (self.aids, self.history.ids)
 
 
 class SubsetDraftAids(HistoryAids):

@@ -11,10 +11,10 @@ graph is reused at every position and whatever rows are active.
   early(model, E, tokens, cache, pos)                   tokens [n]        -> hidden [n, H]
   draft_greedy(model, E, k, tokens, cache, pos, head)   tokens [n]        -> (hidden [n, k+1, H], drafts [n, k])
   verify(model, E, hidden, cache, base)                 hidden [n, S, H]  -> logits [n, S, V]
-  greedy_token(model, tokens, cache)                    tokens [n]        -> next tokens [n]
+  greedy_token(model, tokens, cache, aids, history)     tokens [n]        -> next tokens [n]
   verify_accept(model, E, hidden, cache, base, drafts, draft_lens)
                                                         hidden [n, k+1, H] -> (accepted [n, k+2], next [n])
-  speculate_greedy(model, E, k, tokens, cache, base, head)
+  speculate_greedy(model, E, k, tokens, cache, base, head, aids, history)
                                                         tokens [n]        -> (accepted [n, k+2], next [n])
 
 `head` is None (the model's final norm and LM head) or a
@@ -33,6 +33,11 @@ when no logits go through the host (greedy, no decoding aids).
 `speculate_greedy` is a whole greedy iteration, `draft_greedy` then
 `verify_accept`: one graph, one call (a compiled call has a fixed cost of
 tens of microseconds on a CPU; on a GPU, one graph replay per iteration).
+`aids` is None or a generation.sampling.DecodingAids (a constant of the
+graph: one per setting) over `history` (int64 [n, T_max], every row's tokens
+by position): then every row of logits goes through the aids against its own
+context before the argmax, and the drafts are written into `history`
+(generation.sampling.GrowingContext); still one graph per iteration.
 
 `StepFunctions(compile=...)` hands the engine either these functions (eager) or
 their compiled versions. Compiled functions are shared by every engine of the
@@ -54,6 +59,9 @@ import weakref
 import torch
 
 from .. import ops
+from .sampling import GrowingContext, NoContext
+
+_NO_CONTEXT = NoContext()
 
 __all__ = ["autoregressive", "draft", "draft_greedy", "early", "verify", "greedy_token", "verify_accept",
            "speculate_greedy", "packed", "StepFunctions", "bucket", "cache_shape", "compile_stats"]
@@ -69,12 +77,14 @@ def draft(model, E: int, tokens: torch.Tensor, cache, pos: torch.Tensor, head=No
     return h, (model.exit_head(h) if head is None else head.logits(model, h))
 
 
-def draft_greedy(model, E: int, k: int, tokens: torch.Tensor, cache, pos: torch.Tensor, head=None):
+def draft_greedy(model, E: int, k: int, tokens: torch.Tensor, cache, pos: torch.Tensor, head=None,
+                 context=_NO_CONTEXT):
     hidden, drafts = [], []
     tok = tokens
     for i in range(k):
         h, logits = draft(model, E, tok, cache, pos + i, head)
-        tok = logits.argmax(-1)  # the greedy choice (ties: lowest id)
+        tok = context.draft(logits).argmax(-1)  # the greedy choice (ties: lowest id)
+        context.append(tok)
         hidden.append(h)
         drafts.append(tok)
     hidden.append(early(model, E, tok, cache, pos + k))
@@ -89,8 +99,11 @@ def verify(model, E: int, hidden: torch.Tensor, cache, base: torch.Tensor) -> to
     return model.exit_head(model.forward_layers(hidden, E, model.num_layers, cache, base))
 
 
-def greedy_token(model, tokens: torch.Tensor, cache) -> torch.Tensor:
-    return autoregressive(model, tokens, cache).argmax(-1)  # ties: lowest id
+def greedy_token(model, tokens: torch.Tensor, cache, aids=None, history=None) -> torch.Tensor:
+    logits = autoregressive(model, tokens, cache)
+    if aids is not None:  # a constant of the trace
+        logits = GrowingContext(aids, history, cache.seqlens, logits.shape[-1]).draft(logits)
+    return logits.argmax(-1)  # ties: lowest id
 
 
 def verify_accept(model, E: int, hidden: torch.Tensor, cache, base: torch.Tensor, drafts: torch.Tensor,
@@ -104,9 +117,14 @@ def packed(num_accepted: torch.Tensor, out_tokens: torch.Tensor):
     return torch.cat([n, out_tokens], dim=1), out_tokens.gather(1, n)[:, 0]
 
 
-def speculate_greedy(model, E: int, k: int, tokens: torch.Tensor, cache, base: torch.Tensor, head=None):
-    hidden, drafts = draft_greedy(model, E, k, tokens, cache, base, head)
-    return verify_accept(model, E, hidden, cache, base, drafts)
+def speculate_greedy(model, E: int, k: int, tokens: torch.Tensor, cache, base: torch.Tensor, head=None,
+                     aids=None, history=None):
+    if aids is None:  # a constant of the trace
+        hidden, drafts = draft_greedy(model, E, k, tokens, cache, base, head)
+        return verify_accept(model, E, hidden, cache, base, drafts)
+    context = GrowingContext(aids, history, base, model.config.vocab_size)
+    hidden, drafts = draft_greedy(model, E, k, tokens, cache, base, head, context)
+    return packed(*ops.verify_greedy(drafts, context.verify(verify(model, E, hidden, cache, base))))
 
 
 _EAGER = dict(autoregressive=autoregressive, draft=draft, draft_greedy=draft_greedy, early=early, verify=verify,

@@ -1,0 +1,160 @@
+"""What `layerskip generate` could default to: decoding aids and sampling settings
+measured for speed and output quality on held-out prompts (issue 29).
+
+For each setting (greedy with no aids; greedy with repetition_penalty 1.05-1.2
+and/or no_repeat_ngram_size 3-6; sampling at temperature 0.6-0.9 and top-p
+0.9-0.95, lossless speculative sampling) the model completes N held-out stdlib
+prompts (their first `--prompt-tokens` tokens), one at a time (batch 1, as the
+CLI), self-speculatively at the recorded default (E, k) and autoregressively
+with the same settings, interleaved prompt by prompt (the order alternates) in
+one process. Per setting:
+
+- acceptance (accepted / drafted over all prompts), tokens per iteration;
+- tokens/s of self-spec and of autoregressive decoding (tokens / decode time,
+  summed over prompts, median over --reps), and their ratio;
+- output quality of the self-speculative completions: distinct-1/2/3, the
+  repeated-4-gram rate and the longest run of one repeated token
+  (bench_quality's definitions), and the share of completions that parse as
+  Python (`ast.parse` of prompt + continuation cut at its last complete line);
+- for greedy settings, whether self-spec output equals autoregressive output
+  (it must in float32, `--dtype float32`: the aids are exact under
+  self-speculation; in bfloat16, the CLI's dtype and the default here, the
+  k+1-row verify pass and the one-row step may round a near tie apart).
+
+    python bench/bench_defaults.py [--prompts 16] [--new-tokens 128] [--reps 3] [--model DIR]
+    python bench/bench_defaults.py --smoke          # 2 prompts, 32 tokens, 1 rep, 3 settings: does it run
+Writes bench/results/defaults.csv (--out). Timings need a quiet machine; the
+ratio is measured side by side, so it is the figure to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import RESULTS, metadata, print_table, write_csv  # noqa: E402
+
+import layerskip_kernels as lk  # noqa: E402
+from layerskip_kernels.generation.config import SpeculationConfig  # noqa: E402
+from bench_e2e import load_prompts  # noqa: E402
+from bench_quality import distinct, longest_run, repeated_ngram_rate  # noqa: E402
+
+GREEDY = [(1.0, 0), (1.05, 0), (1.1, 0), (1.2, 0), (1.0, 3), (1.0, 4), (1.0, 5), (1.0, 6),
+          (1.05, 4), (1.1, 4), (1.2, 4), (1.05, 6), (1.1, 6)]
+SAMPLING = [(t, p) for t in (0.6, 0.7, 0.8, 0.9) for p in (0.9, 0.95)]
+
+
+def settings(smoke: bool) -> list[tuple[str, dict]]:
+    greedy = [(f"greedy penalty={r} ngram={n}", dict(repetition_penalty=r, no_repeat_ngram_size=n))
+              for r, n in GREEDY]
+    sampling = [(f"sample T={t} top_p={p}", dict(do_sample=True, temperature=t, top_p=p)) for t, p in SAMPLING]
+    if smoke:
+        return [greedy[0], greedy[9], sampling[3]]
+    return greedy + sampling
+
+
+def parses(text: str) -> bool:
+    """Does the text, cut at its last complete line, parse as Python?"""
+    cut = text[: text.rfind("\n") + 1]
+    try:
+        ast.parse(cut)
+    except (SyntaxError, ValueError):
+        return False
+    return True
+
+
+def run_setting(model, prompts, kw, E, k, new_tokens, reps, seed=0):
+    """Both modes on every prompt, interleaved; returns per-mode decode times per rep and the outputs."""
+    times = {"spec": [0.0] * reps, "ar": [0.0] * reps}
+    tokens = {"spec": [0] * reps, "ar": [0] * reps}
+    outs, stats = {"spec": [], "ar": []}, {"drafted": 0, "accepted": 0, "steps": 0, "emitted": 0}
+    modes = {"spec": dict(exit_layer=E, num_speculations=k), "ar": dict(exit_layer=None)}
+    for rep in range(reps):
+        for i, p in enumerate(prompts):
+            order = ("spec", "ar") if (rep + i) % 2 == 0 else ("ar", "spec")
+            for mode in order:
+                out = lk.generate(model, [p], max_new_tokens=new_tokens, eos_token_id=[], seed=seed + i,
+                                  **modes[mode], **kw)
+                times[mode][rep] += out.stats["time_s"]
+                tokens[mode][rep] += out.stats["new_tokens"]
+                if rep == 0:
+                    outs[mode].append(out.sequences[0])
+                    if mode == "spec":
+                        stats["drafted"] += out.stats["drafted"]
+                        stats["accepted"] += out.stats["accepted"]
+                        stats["steps"] += out.stats["steps"]
+                        stats["emitted"] += out.stats["new_tokens"] - 1  # the first token comes from prefill
+    tps = {m: statistics.median(n / t for n, t in zip(tokens[m], times[m])) for m in times}
+    return tps, outs, stats
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--prompt-tokens", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    ap.add_argument("--smoke", action="store_true", help="2 prompts, 32 new tokens, 1 rep, 3 settings")
+    ap.add_argument("--out", default=os.path.join(RESULTS, "defaults"))
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.prompts, args.new_tokens, args.reps = 2, 32, 1
+    from tokenizers import Tokenizer
+
+    path = args.model or lk.default_model_path()
+    model = lk.LlamaForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype))
+    spec = SpeculationConfig.from_model(path, model, drafting=True, speculation="static", draft_vocab=0)
+    E, k = spec.exit_layer, spec.num_speculations
+    tok_path = os.path.join(path, "tokenizer.json")
+    tok = Tokenizer.from_file(tok_path)
+    prompts = load_prompts(tok_path, args.prompts, args.prompt_tokens)
+    for kw in (dict(exit_layer=E, num_speculations=k), {}):  # first-call costs outside the measurement
+        lk.generate(model, prompts[:1], max_new_tokens=8, **kw)
+    meta = metadata()
+    rows = []
+    mean = lambda xs: sum(xs) / len(xs)
+    t_start = time.perf_counter()
+    for name, kw in settings(args.smoke):
+        tps, outs, st = run_setting(model, prompts, kw, E, k, args.new_tokens, args.reps)
+        seqs = outs["spec"]
+        rows.append({
+            **{c: meta[c] for c in ("cpu", "torch", "layerskip")},
+            "model": os.path.basename(os.path.normpath(path)), "dtype": args.dtype, "setting": name,
+            "repetition_penalty": kw.get("repetition_penalty", 1.0),
+            "no_repeat_ngram_size": kw.get("no_repeat_ngram_size", 0),
+            "temperature": kw.get("temperature", ""), "top_p": kw.get("top_p", ""),
+            "prompts": len(prompts), "new_tokens": args.new_tokens, "reps": args.reps, "E": E, "k": k,
+            "acceptance": st["accepted"] / st["drafted"] if st["drafted"] else None,
+            "tokens_per_iteration": st["emitted"] / st["steps"] if st["steps"] else None,
+            "selfspec_tokens_per_s": tps["spec"], "ar_tokens_per_s": tps["ar"],
+            "speedup": tps["spec"] / tps["ar"],
+            "distinct_1": mean([distinct(s, 1) for s in seqs]),
+            "distinct_2": mean([distinct(s, 2) for s in seqs]),
+            "distinct_3": mean([distinct(s, 3) for s in seqs]),
+            "repeated_4gram_rate": mean([repeated_ngram_rate(p, s) for p, s in zip(prompts, seqs)]),
+            "max_token_run": max(longest_run(s) for s in seqs),
+            "parses": mean([parses(tok.decode(p + s)) for p, s in zip(prompts, seqs)]),
+            "selfspec_equals_ar": "" if kw.get("do_sample") else outs["spec"] == outs["ar"],
+        })
+        r = rows[-1]
+        print(f"{name}: acceptance {r['acceptance']:.1%}, {r['speedup']:.2f}x, distinct-2 {r['distinct_2']:.2f}, "
+              f"parses {r['parses']:.0%} ({time.perf_counter() - t_start:.0f} s)", flush=True)
+    write_csv(args.out + ".csv", rows)
+    print()
+    print_table(rows, ["setting", "acceptance", "tokens_per_iteration", "selfspec_tokens_per_s", "ar_tokens_per_s",
+                       "speedup", "distinct_2", "repeated_4gram_rate", "max_token_run", "parses",
+                       "selfspec_equals_ar"])
+    print(f"wrote {args.out}.csv")
+
+
+if __name__ == "__main__":
+    main()
