@@ -14,6 +14,7 @@ import torch
 from layerskip_kernels import backends, ops, reference
 from layerskip_kernels.model import linear as decode_gemm
 
+from conftest import cpu_level_params, running_cpu_level
 from helpers import tiny_model
 
 native = pytest.mark.skipif(backends.native() is None, reason="layerskip_kernels._C is not built")
@@ -176,6 +177,8 @@ def test_int8_opcheck_and_compile():
 
 @native
 def test_decode_linear_routes_by_rows_size_and_grad(monkeypatch):
+    # The rows x bytes rule (the running level may lift it: see the next test).
+    monkeypatch.setattr(decode_gemm, "ROWS_X_BYTES_BY_LEVEL", {})
     op = torch.ops.layerskip.linear_rows
     calls = []
     monkeypatch.setattr(torch.ops.layerskip, "linear_rows", lambda *a: calls.append(tuple(a[0].shape)) or op(*a))
@@ -232,3 +235,18 @@ def test_compiled_reads_the_last_refresh():
     m.refresh_decode_weights()
     assert torch.equal(fn(), cat())  # refreshed: the stored concatenation
     torch._dynamo.reset()
+
+
+@native
+@pytest.mark.parametrize("level", [p for p in cpu_level_params() if p.values[0] in ("avx2", "avx512_bf16")])
+def test_decode_linear_bytes_bound_follows_the_cpu_level(level, monkeypatch):
+    """At the avx2 level every product of at most ROWS_MAX rows runs the kernel
+    (ROWS_X_BYTES_BY_LEVEL); at avx512_bf16 the rows x bytes rule holds."""
+    op = torch.ops.layerskip.linear_rows
+    calls = []
+    monkeypatch.setattr(torch.ops.layerskip, "linear_rows", lambda *a: calls.append(tuple(a[0].shape)) or op(*a))
+    rows = decode_gemm.ROWS_ALWAYS + 2
+    K = decode_gemm.ROWS_X_BYTES // (2 * 32 * rows) + 64  # rows x bytes just past ROWS_X_BYTES
+    with running_cpu_level(level), torch.no_grad():
+        decode_gemm.decode_linear(torch.zeros(rows, K, dtype=torch.bfloat16), torch.zeros(32, K, dtype=torch.bfloat16))
+    assert calls == ([(rows, K)] if level == "avx2" else [])

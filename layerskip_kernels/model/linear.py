@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from .. import backends, ops
 
-__all__ = ["ROWS_ALWAYS", "ROWS_ALWAYS_FP32", "ROWS_MAX", "ROWS_X_BYTES", "decode_linear", "decode_linear_int8", "ConcatWeight"]
+__all__ = ["ROWS_ALWAYS", "ROWS_ALWAYS_FP32", "ROWS_MAX", "ROWS_X_BYTES", "ROWS_X_BYTES_BY_LEVEL", "decode_linear", "decode_linear_int8", "ConcatWeight"]
 
 # Which products go to ops.linear_rows (bench/bench_linear.py,
 # bench/results/linear_rows.csv): any of at most ROWS_ALWAYS rows (1.5-3.8x
@@ -44,6 +44,14 @@ __all__ = ["ROWS_ALWAYS", "ROWS_ALWAYS_FP32", "ROWS_MAX", "ROWS_X_BYTES", "decod
 ROWS_ALWAYS = 4
 ROWS_MAX = 32
 ROWS_X_BYTES = 24 << 20
+# The same bound per CPU level, where it differs. That rule was measured at the
+# avx512_bf16 level, against ATen's bf16 GEMM on AVX512-BF16 hardware; at the
+# avx2 level (ATen, oneDNN and our kernels all at AVX2: an AVX2 machine emulated
+# on a Zen 4 with ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2) the kernel
+# was 1.2-4x faster than ATen's bf16 GEMM on every matrix measured at 5-32 rows
+# (the default model's and Llama-3.2-1B's, weights from cache and from DRAM),
+# so there every product of at most ROWS_MAX rows runs it.
+ROWS_X_BYTES_BY_LEVEL = {"avx2": float("inf")}
 # fp32 x and weights (bench/bench_linear.py's fp32 rows): the kernel's FMAs on
 # fp32 weights beat ATen's fp32 GEMM at 1-4 rows on the default model's
 # matrices (1.2-2.6x at the avx2 level, side by side on a Zen 4 CPU, one
@@ -59,10 +67,20 @@ def decode_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if x.dtype == torch.float32:
         few = rows <= ROWS_ALWAYS_FP32
     else:
-        few = rows <= ROWS_ALWAYS or (rows <= ROWS_MAX and rows * weight.numel() * weight.element_size() <= ROWS_X_BYTES)
+        few = rows <= ROWS_ALWAYS or (rows <= ROWS_MAX and rows * weight.numel() * weight.element_size() <= _rows_x_bytes())
     if few and _cpu_kernel(x, weight):
         return torch.ops.layerskip.linear_rows(x, weight)
     return F.linear(x, weight)
+
+
+@torch.compiler.assume_constant_result
+def _rows_x_bytes() -> float:
+    """ROWS_X_BYTES for the running CPU level: a constant to torch.compile (a
+    level switched after a step was compiled keeps that step's routing, which
+    only changes its speed)."""
+    native = backends.native()
+    level = native.cpu_level() if native is not None and hasattr(native, "cpu_level") else ""
+    return ROWS_X_BYTES_BY_LEVEL.get(level, ROWS_X_BYTES)
 
 
 def decode_linear_int8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
