@@ -73,14 +73,20 @@ def decode_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return F.linear(x, weight)
 
 
-@torch.compiler.assume_constant_result
 def _rows_x_bytes() -> float:
-    """ROWS_X_BYTES for the running CPU level: a constant to torch.compile (a
-    level switched after a step was compiled keeps that step's routing, which
-    only changes its speed)."""
-    native = backends.native()
-    level = native.cpu_level() if native is not None and hasattr(native, "cpu_level") else ""
-    return ROWS_X_BYTES_BY_LEVEL.get(level, ROWS_X_BYTES)
+    """ROWS_X_BYTES for the running CPU level. Eager calls ask the extension and
+    keep the answer; a traced step reads the kept one as a constant (the
+    extension cannot be called inside a graph; the engine's eager prefill runs
+    before its compiled steps), and dynamo's guard on it recompiles a step when
+    a later eager call finds another level."""
+    if not torch.compiler.is_compiling():
+        native = backends.native()
+        level = native.cpu_level() if native is not None and hasattr(native, "cpu_level") else ""
+        _BOUND[0] = ROWS_X_BYTES_BY_LEVEL.get(level, ROWS_X_BYTES)
+    return _BOUND[0]
+
+
+_BOUND = [ROWS_X_BYTES]
 
 
 def decode_linear_int8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
