@@ -104,14 +104,14 @@ MUTANTS = [
            ["test_generation.py", "-k", "test_greedy_selfspec"]),
     Mutant("verify_recomputes_early_layers", "verification recomputes layers [0, E) of the drafted positions",
            "engine",
-           [(STEPS, "    hidden, drafts = draft_greedy(model, E, k, tokens, cache, base, head)\n",
-             "    hidden, drafts = draft_greedy(model, E, k, tokens, cache, base, head)\n"
-             "    hidden = model.forward_layers(model.embed(torch.cat([tokens[:, None], drafts], 1)), 0, E, cache, "
+           [(STEPS, "        hidden, drafts = draft_greedy(model, E, k, tokens, cache, base, head)\n",
+             "        hidden, drafts = draft_greedy(model, E, k, tokens, cache, base, head)\n"
+             "        hidden = model.forward_layers(model.embed(torch.cat([tokens[:, None], drafts], 1)), 0, E, cache, "
              "base)\n")],
            ["test_generation.py", "-k", "no_layer_recomputes"]),
     Mutant("rejected_kv_leaks", "the cache length advances over rejected drafts (their K/V stay visible)", "engine",
-           [(ITER, "state.cache.seqlens, self.draft_head)\n        self._advance(state, accepted[:, 0] + 1, pending)",
-             "state.cache.seqlens, self.draft_head)\n        self._advance(state, k + 1, pending)")],
+           [(ITER, "*self.aids.step_args())\n        self._advance(state, accepted[:, 0] + 1, pending)",
+             "*self.aids.step_args())\n        self._advance(state, k + 1, pending)")],
            ["test_generation.py", "-k", "test_greedy_selfspec"]),
     Mutant("accept_coin_times_1_1", "accept coin scaled by 1.1", "reference (torch backend)",
            [(REF, "coins.double() * q_d.double() < p_d.double()", "coins.double() * 1.1 * q_d.double() < p_d.double()")],
