@@ -3,6 +3,7 @@ a constant to torch.compile, and lazy public names that still show their real
 signature."""
 
 import ast
+import contextlib
 import inspect
 import os
 import pathlib
@@ -234,3 +235,101 @@ def test_generate_imports_no_heavy_dependency():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip().splitlines()[-1] == "loaded: [] rc 0", p.stdout + p.stderr
+
+
+# --------------------------------------------------------------------------- the compiled decode step, GPU backends
+# A GPU is rarely lent to this project, so the decode step is traced here with
+# the GPU backends' dispatch: `triton` (its kernels opaque ops, run by the
+# interpreter) and `cuda` (resolution forced; torch.ops.layerskip then runs the
+# cpu kernel on these CPU tensors). fullgraph=True: any graph break fails.
+
+
+@pytest.fixture(scope="module")
+def d16_model(tmp_path_factory):
+    from helpers import make_hf_checkpoint
+
+    path = tmp_path_factory.mktemp("trace_d16")
+    make_hf_checkpoint(path, "gqa_tied", num_hidden_layers=4, head_dim=16)  # a head dim every backend runs
+    return lk.LlamaForCausalLM.from_pretrained(path)
+
+
+def _gpu_resolution(monkeypatch, name):
+    if name == "cuda":
+        if backends.native() is None:
+            pytest.skip("layerskip_kernels._C is not built")
+        monkeypatch.setattr(backends, "resolve", lambda device: "cuda")
+        return contextlib.nullcontext()
+    return lk.use_backend(name)
+
+
+@pytest.mark.parametrize("head", [None, "int8"])
+@pytest.mark.parametrize("name", ["cuda", "triton"])
+def test_compiled_decode_step_traces_with_gpu_backend_dispatch(d16_model, monkeypatch, name, head):
+    from layerskip_kernels.cache import StaticKVCache
+    from layerskip_kernels.generation import steps
+    from layerskip_kernels.generation.draft_head import DraftHead
+    from layerskip_kernels.generation.sampling import DecodingAids
+
+    m, E, k = d16_model, 2, 3
+    m.rope(32, "cpu")
+    m.refresh_decode_weights()
+    draft_head = None if head is None else DraftHead(m, quantization=head)
+
+    def fresh():
+        cache = StaticKVCache.for_model(m, 2, 32)
+        cache.seqlens.copy_(torch.tensor([3, 9], dtype=torch.int32))
+        return cache
+
+    tokens = torch.tensor([5, 7])
+    aids = DecodingAids(repetition_penalty=1.3)
+    with _gpu_resolution(monkeypatch, name), torch.inference_mode():
+        assert backends.resolve(tokens.device) == name
+        for fn, extra in ((steps.speculate_greedy, (E, k)), (steps.greedy_token, ())):
+            eager_cache, traced_cache = fresh(), fresh()
+            history = torch.zeros(2, 32, dtype=torch.int64)
+            tail = (draft_head,) if fn is steps.speculate_greedy else (aids, history.clone())
+            args = lambda cache: (*extra, tokens, cache, *((cache.seqlens,) if extra else ()))
+            expected = fn(m, *args(eager_cache), *tail)
+            tail = (draft_head,) if fn is steps.speculate_greedy else (aids, history.clone())
+            got = _trace(fn, m, *args(traced_cache), *tail)
+            for a, b in zip(expected if isinstance(expected, tuple) else (expected,),
+                            got if isinstance(got, tuple) else (got,)):
+                assert torch.equal(a, b), fn.__name__
+            assert torch.equal(eager_cache.k, traced_cache.k) and torch.equal(eager_cache.v, traced_cache.v)
+
+
+def test_int8_head_gpu_path_traces():
+    from layerskip_kernels.model.linear import linear_int8_aten
+
+    x = torch.randn(3, 16, dtype=torch.bfloat16)
+    w = torch.randint(-127, 128, (40, 16), dtype=torch.int8)
+    s = torch.rand(40) / 100
+    assert torch.equal(_trace(linear_int8_aten, x, w, s), linear_int8_aten(x, w, s))
+
+
+def test_cuda_head_dims_are_the_kernels():
+    """The registry's head dims of the cuda backend (checked in Python before the
+    kernel) are the ones csrc/cuda accepts."""
+    import re
+
+    src = (ROOT.parent / "csrc" / "cuda" / "attention_kernels.cuh")
+    if not src.exists():
+        pytest.skip("no CUDA sources in this install")
+    body = re.search(r"bool supported_head_dim\(int64_t D\) \{(.*?)\}", src.read_text(), re.S)
+    assert body, "supported_head_dim not found in csrc/cuda/attention_kernels.cuh"
+    dims = tuple(sorted(int(d) for d in re.findall(r"D == (\d+)", body.group(1))))
+    assert dims == backends.registry.BY_NAME["cuda"].head_dims
+
+
+def test_unsupported_head_dim_is_refused_before_the_kernel(monkeypatch):
+    if backends.native() is None:
+        pytest.skip("layerskip_kernels._C is not built")
+    monkeypatch.setattr(backends, "resolve", lambda device: "cuda")
+    called = []
+    monkeypatch.setattr(backends, "implementation", lambda op, name: called.append(op))
+    B, S, Hq, Hkv, D = 1, 1, 2, 1, 8
+    kc = torch.zeros(B, Hkv, 8, D)
+    with pytest.raises(ValueError, match="head dim D=8"):
+        ops.draft_verify_attention(torch.randn(B, S, Hq, D), kc, kc.clone(), torch.randn(B, S, Hkv, D),
+                                   torch.randn(B, S, Hkv, D), torch.zeros(B, dtype=torch.int32))
+    assert not called

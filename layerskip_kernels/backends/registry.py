@@ -34,6 +34,9 @@ class Backend:
     runs_on: str  # what `layerskip info` says about where it runs
     ops: tuple[str, ...]  # the ops it implements; the others run the reference
     source: str  # "reference", "native" (torch.ops.layerskip: the dispatcher picks the device) or "triton"
+    # Head dims its draft_verify_attention supports (None: any); ops refuses
+    # others with a ValueError before the kernel is called.
+    head_dims: tuple[int, ...] | None = None
 
 
 BACKEND_LIST = (
@@ -42,8 +45,9 @@ BACKEND_LIST = (
     # Few-row products on a GPU are ATen's GEMM (cuBLAS): the reference.
     Backend("triton", "CUDA tensors; CPU tensors under TRITON_INTERPRET=1",
             ("draft_verify_attention", "verify_greedy", "verify_sampling"), "triton"),
+    # head_dims: csrc/cuda/attention_kernels.cuh's supported_head_dim (a test compares).
     Backend("cuda", "CUDA tensors (csrc/cuda)", ("draft_verify_attention", "verify_greedy", "verify_sampling"),
-            "native"),
+            "native", head_dims=(16, 32, 64, 96, 128)),
 )
 BY_NAME = {b.name: b for b in BACKEND_LIST}
 BACKENDS = tuple(BY_NAME)  # names, in the order above

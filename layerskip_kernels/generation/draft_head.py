@@ -12,8 +12,9 @@ approximations, alone or together:
 - `ids`: a subset of the vocabulary (generation.draft_vocab): every other token
   gets logit -inf, so the draft proposes from the subset only.
 - `quantization="int8"`: the head's rows as int8 with one fp32 scale per row
-  (symmetric, absmax / 127), scored by `ops.linear_rows_int8`: half the bytes
-  of bf16. On the default model's held-out text the int8 head's greedy choice
+  (symmetric, absmax / 127), scored by `ops.linear_rows_int8` on a CPU (our
+  kernel) and by ATen's GEMM on the int8 rows widened to the activations'
+  dtype on a GPU (model.linear.decode_linear_int8): half the bytes of bf16. On the default model's held-out text the int8 head's greedy choice
   agrees with the bf16 head's on 99.2% of positions and with the full model as
   often as the bf16 head does (bench/bench_draft_vocab.py,
   bench/results/draft_vocab.csv).
@@ -64,6 +65,11 @@ class DraftHead:
             self.weight, self.scale = quantize_rows_int8(w)
         else:
             self.weight, self.scale = w.contiguous(), None
+
+    def tensors(self) -> tuple:
+        """The copies a draft step reads: static inputs of captured CUDA graphs
+        (generation.steps.StepFunctions.mark_static)."""
+        return tuple(t for t in (self.weight, self.scale, self.ids) if t is not None)
 
     def signature(self) -> tuple:
         """What a compiled step that scores with this head depends on (generation.steps)."""

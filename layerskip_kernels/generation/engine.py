@@ -203,6 +203,8 @@ class Engine:
         own_head = spec.draft_vocab is None and spec.draft_quantization is None
         self.draft_head = None if own_head or self.E is None else DraftHead(model, spec.draft_vocab,
                                                                             spec.draft_quantization)
+        if self.draft_head is not None:
+            self.steps.mark_static(*self.draft_head.tensors())
         self.chooser = make_chooser(spec.do_sample, seed, self.device)
         self.aids = make_aids(spec.aids, draft_subset=self.draft_head is not None and self.draft_head.ids is not None)
         self.waiting: deque[tuple[int, Request]] = deque()
@@ -321,18 +323,20 @@ class Engine:
     def _allocate(self, n: int, T_max: int) -> None:
         m, dev = self.model, self.device
         self.cache = StaticKVCache.for_model(m, n, T_max)
-        m.rope(T_max, dev)  # grown here, never inside a compiled step
+        rope = m.rope(T_max, dev)  # grown here, never inside a compiled step
         m.refresh_decode_weights()  # likewise (model/linear.py)
-        if self.steps.compile and dev.type == "cuda":
-            # Written in place by the captured graphs: static inputs (no copy per
-            # replay); a new cache re-records the CUDA graph, it does not recompile.
-            for t in (self.cache.k, self.cache.v):
-                torch._dynamo.mark_static_address(t, guard=False)
+        # pending: a buffer of its own that each step's next tokens are copied
+        # into (iteration.Iteration._advance), never a step's output itself.
         self.state = DecodeState(self.cache, torch.zeros(n, dtype=torch.int64, device=dev),
                                  torch.zeros(n, dtype=torch.bool, device=dev))
         self.aids.allocate(n, T_max, dev)
         self.chooser.allocate(n, self.k, m.config.vocab_size, dev)
         self.iteration.allocate(self.state)
+        # What the CUDA graphs read or write besides the parameters (steps.StepFunctions):
+        # the cache, the RoPE tables, the pending tokens, the decoding aids' token
+        # history. A new cache re-records the graphs; it does not recompile them.
+        history = [t for t in self.aids.step_args() if isinstance(t, torch.Tensor)]
+        self.steps.mark_static(self.cache.k, self.cache.v, *rope, self.state.pending, *history)
 
     # --- admission and emission -----------------------------------------------------
 

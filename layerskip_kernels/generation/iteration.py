@@ -85,13 +85,14 @@ class Iteration:
 
     def _advance(self, state: DecodeState, n_kept, pending: torch.Tensor) -> None:
         """Keep n_kept positions per slot, queue the next pending token; free
-        slots go back to position 0 so they never run past the cache."""
+        slots go back to position 0 so they never run past the cache. `pending`
+        may be a compiled step's output, which the step's next CUDA-graph replay
+        overwrites: it is copied into the state's own buffer."""
         seqlens = state.cache.seqlens
         seqlens += n_kept
         seqlens.masked_fill_(~state.alive, 0)
-        state.pending = pending
-        self.aids.record(seqlens, pending)
-
+        state.pending.copy_(pending)
+        self.aids.record(seqlens, state.pending)
 
     def _one_token(self, state: DecodeState, tok: torch.Tensor) -> Outcome:
         """An autoregressive iteration's end: every slot keeps one position and emits tok."""

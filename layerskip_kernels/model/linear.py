@@ -32,7 +32,8 @@ import torch.nn.functional as F
 
 from .. import backends, ops
 
-__all__ = ["ROWS_ALWAYS", "ROWS_ALWAYS_FP32", "ROWS_MAX", "ROWS_X_BYTES", "ROWS_X_BYTES_BY_LEVEL", "decode_linear", "decode_linear_int8", "ConcatWeight"]
+__all__ = ["ROWS_ALWAYS", "ROWS_ALWAYS_FP32", "ROWS_MAX", "ROWS_X_BYTES", "ROWS_X_BYTES_BY_LEVEL", "decode_linear",
+           "decode_linear_int8", "int8_route", "linear_int8_aten", "ConcatWeight"]
 
 # Which products go to ops.linear_rows (bench/bench_linear.py,
 # bench/results/linear_rows.csv): any of at most ROWS_ALWAYS rows (1.5-3.8x
@@ -90,12 +91,43 @@ _BOUND = [ROWS_X_BYTES]
 
 
 def decode_linear_int8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """(x [..., K] @ weight[N, K]^T) * scale[N] for int8 weights (ops.linear_rows_int8):
-    the cpu kernel called directly where `decode_linear` would call it, else the
-    op's backend choice (the reference widens the weights first)."""
-    if x.device.type == "cpu" and _cpu_kernel(x, weight):
+    """(x [..., K] @ weight[N, K]^T) * scale[N] for int8 weights (ops.linear_rows_int8),
+    by the path `int8_route` picks."""
+    route = int8_route(x.device.type, x.dtype, _cpu_kernel(x, weight), backends.get_backend())
+    if route == "kernel":
         return torch.ops.layerskip.linear_rows_int8(x, weight, scale)
+    if route == "aten":
+        return linear_int8_aten(x, weight, scale)
     return ops.linear_rows_int8(x, weight, scale)
+
+
+def int8_route(device_type: str, dtype: torch.dtype, cpu_kernel: bool, selected: str | None) -> str:
+    """How an int8 product of a decode step runs:
+
+    - "kernel": on a CPU, our cpu kernel, where `decode_linear` would call it;
+    - "aten": on a GPU (bf16/fp32 activations, no backend forced to `torch`),
+      ATen's GEMM on the int8 rows widened to the activations' dtype
+      (`linear_int8_aten`). The reference instead widens the whole weight to
+      fp32 at every call: for a Llama-3 vocabulary's int8 draft head a 1 GB
+      copy per draft step, four times the bytes it saves;
+    - "op": `ops.linear_rows_int8`, which picks the backend (the reference
+      where it has no kernel).
+    """
+    if device_type == "cpu":
+        return "kernel" if cpu_kernel else "op"
+    if dtype in (torch.bfloat16, torch.float32) and selected != "torch":
+        return "aten"
+    return "op"
+
+
+def linear_int8_aten(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """(x @ weight^T) * scale by ATen's GEMM (cuBLAS on a GPU) in x's dtype, fp32
+    accumulation: the int8 rows become x's dtype (exact: |q| <= 127), never
+    fp32 for a bf16 x. Compiled, inductor may fuse the widening into the
+    product; eager, it is one temporary of the head in x's dtype per call.
+    The product is rounded to x's dtype, scaled in fp32 and rounded again:
+    one rounding more than the reference, within its bf16 tolerance."""
+    return (F.linear(x, weight.to(x.dtype)).float() * scale).to(x.dtype)
 
 
 def _cpu_kernel(x: torch.Tensor, weight: torch.Tensor) -> bool:

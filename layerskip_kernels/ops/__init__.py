@@ -181,7 +181,12 @@ def draft_verify_attention(
         torch.Size([2, 3, 4, 64])
     """
     check_attention(q, k_cache, v_cache, k_new, v_new, cache_seqlens, cos, sin, softmax_scale)
-    fn = _dispatch("draft_verify_attention", q.device)
+    backend = backends.resolve(q.device)
+    head_dims = backends.registry.BY_NAME[backend].head_dims
+    if head_dims is not None and q.shape[-1] not in head_dims:
+        raise ValueError(f"q: head dim D={q.shape[-1]} is not supported by the {backend!r} backend, which "
+                         f"supports D in {head_dims}; select another backend (layerskip_kernels.use_backend)")
+    fn = backends.implementation("draft_verify_attention", backend)
     # B int32s: copying a strided or expanded tensor once here (no sync) means no
     # backend can read it as if it were contiguous.
     cache_seqlens = cache_seqlens.contiguous()
