@@ -50,17 +50,19 @@ LLAMA_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num
 DEFAULT_DAMP = 0.022
 
 
-def random_model(exit_layer: int, damp: float, seed: int = 0) -> LlamaForCausalLM:
-    """The 1B shape with N(0, std) bf16 weights; layers >= exit_layer damped.
+def random_model(exit_layer: int, damp: float, seed: int = 0, device="cpu", **shape) -> LlamaForCausalLM:
+    """The 1B shape (with `shape` overriding config fields: a smaller model for
+    dry runs) with N(0, std) bf16 weights, built on `device`; layers >=
+    exit_layer damped.
 
     The scale (std 0.05 for projections, embeddings N(0, 1)) makes every layer
     move the residual stream visibly, so the argmax is not just the input token
     (with GPT-2's std 0.02 the tied head would echo the input forever)."""
-    cfg = LlamaConfig(**LLAMA_1B)
+    cfg = LlamaConfig(**dict(LLAMA_1B, **shape))
     with torch.device("meta"):
         model = LlamaForCausalLM(cfg)
-    model = model.to_empty(device="cpu").to(torch.bfloat16)
-    g = torch.Generator().manual_seed(seed)
+    model = model.to_empty(device=device).to(torch.bfloat16)
+    g = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() == 1:
@@ -69,7 +71,8 @@ def random_model(exit_layer: int, damp: float, seed: int = 0) -> LlamaForCausalL
             std = 1.0 if "embed_tokens" in name else 0.05
             # Fill in fp32 blocks of rows: one fp32 copy of a 128256 x 2048 matrix would be 1 GB.
             for r0 in range(0, p.shape[0], 4096):
-                p[r0:r0 + 4096].copy_(torch.randn(p[r0:r0 + 4096].shape, generator=g) * std)
+                block = p[r0:r0 + 4096]
+                block.copy_(torch.randn(block.shape, generator=g, device=device) * std)
     damp_late_layers(model, exit_layer, damp)
     model.eval()
     return model

@@ -288,6 +288,8 @@ def kernel_bench_args(doc: str, name: str, default_reps: int, argv=None):
                     help="timed calls per configuration (fewer for slow ones)")
     ap.add_argument("--device", choices=("all", "cpu", "cuda"), default="all",
                     help="time only the backends of this device (default: every device here)")
+    ap.add_argument("--no-plot", action="store_true", help="the CSV only (no PNG)")
+    ap.add_argument("--tiny", action="store_true", help="one small configuration per case (dry runs: the script runs)")
     return ap.parse_args(argv)
 
 

@@ -281,17 +281,20 @@ class StepFunctions:
         def call(model, *args):
             t0 = time.perf_counter()
             fn = _compiled_fn(name, model, self.device)
-            key = (name, id(fn)) + tuple(_signature(a, self.graphs) for a in args)
+            key = (name, id(fn)) + tuple(_signature(a) for a in args)
             seen = _warm.get(key, 0)
-            if seen >= one_time:
+            where = key + tuple(_addresses(a) for a in args) if self.graphs else None
+            if seen >= one_time and (where is None or where in _captured):
                 return fn(model, *args)
-            # The first calls of this graph (for these static inputs): tracing and
-            # codegen (or loading them from inductor's on-disk caches), the run
-            # that loads the compiled module, and on a GPU the CUDA graph's
-            # warm-up and capture (see _ONE_TIME_CALLS). Counted as one-time cost.
+            # A one-time call of this graph: tracing and codegen (or loading them
+            # from inductor's on-disk caches) and the run that loads the compiled
+            # module; on a GPU also the CUDA graph's warm-up and capture, and its
+            # capture again for new static inputs (_ONE_TIME_CALLS).
             out = fn(model, *args)
             dt = time.perf_counter() - t0
-            _warm[key] = seen + 1
+            _warm[key] = min(seen + 1, one_time)
+            if where is not None:
+                _captured.add(where)
             self.compile_s += dt
             compile_stats[name] = compile_stats.get(name, 0.0) + dt
             return out
@@ -299,30 +302,39 @@ class StepFunctions:
         return call
 
 
-# Calls of one graph counted as one-time cost, per device type. CPU: the first
-# (compilation). CUDA, with cudagraph trees: the first compiles and runs the
-# graph's kernels once without capture (warm-up), the second captures it, and
-# a new address of a static input (the next run's cache or draft head) makes
-# the next call re-capture; three covers all of them. Their tokens still count
-# (the iteration ran), their time does not: a slight overestimate of tokens/s
-# on a run's first iterations, none once a run is longer than a few steps.
-_ONE_TIME_CALLS = {"cpu": 1, "cuda": 3}
+# Calls of one graph (per shapes) counted as one-time cost, per device type.
+# CPU: the first (compilation). CUDA, with cudagraph trees: the first compiles
+# it and runs it without capture (warm-up), the second captures it; then the
+# first call with a new address of a static input (the next run's cache or
+# draft head: StepFunctions.mark_static) captures it again (_captured). Their
+# tokens still count (the iteration ran), their time does not.
+_ONE_TIME_CALLS = {"cpu": 1, "cuda": 2}
 
-# Calls of each graph so far in this process (see StepFunctions._timed).
+# Calls of each graph so far in this process, per shapes (see StepFunctions._timed).
 _warm: dict = {}
+# CUDA graphs captured so far: (graph, shapes, static input addresses).
+_captured: set = set()
 
 
-def _signature(arg, addresses: bool = False):
-    """What a compiled step's graph depends on, for one argument; with
-    `addresses` (CUDA graphs) also where its static tensors live, since a CUDA
-    graph is captured again for a new address."""
+def _addresses(arg) -> tuple:
+    """Where an argument's static tensors live: a CUDA graph is captured for them."""
     if isinstance(arg, torch.Tensor):
-        static = addresses and getattr(arg, "_dynamo_static_input_type", None) is not None
-        return (tuple(arg.shape), arg.dtype, arg.device) + ((arg.data_ptr(),) if static else ())
+        return (arg.data_ptr(),) if getattr(arg, "_dynamo_static_input_type", None) is not None else ()
+    if hasattr(arg, "signature"):  # DraftHead
+        return tuple(t.data_ptr() for t in arg.tensors())
+    if hasattr(arg, "k") and hasattr(arg, "seqlens"):  # StaticKVCache
+        return (arg.k.data_ptr(), arg.v.data_ptr())
+    return ()
+
+
+def _signature(arg):
+    """What a compiled step's graph depends on, for one argument."""
+    if isinstance(arg, torch.Tensor):
+        return (tuple(arg.shape), arg.dtype, arg.device)
     if isinstance(arg, torch.nn.Module):
         return id(arg)
     if hasattr(arg, "signature"):  # DraftHead
-        return arg.signature() + ((arg.weight.data_ptr(),) if addresses else ())
+        return arg.signature()
     if hasattr(arg, "k") and hasattr(arg, "seqlens"):  # StaticKVCache
-        return (tuple(arg.k.shape), arg.k.dtype, arg.k.device) + ((arg.k.data_ptr(),) if addresses else ())
+        return (tuple(arg.k.shape), arg.k.dtype, arg.k.device)
     return arg
