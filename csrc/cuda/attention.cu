@@ -36,6 +36,33 @@
 #include "utils.cuh"
 
 namespace layerskip::cuda {
+namespace {
+
+using attention::AttnLaunch;
+using attention::AttnParams;
+
+// The attention kernel of dtype T: tensor cores in 16 bits, FMA in fp32. A
+// function template, so that `if constexpr` drops the other kernel's
+// instantiation (in the switch macros' lambdas it would not).
+template <typename T, int D, int R>
+const void* attention_kernel() {
+  if constexpr (std::is_same_v<T, float>)
+    return reinterpret_cast<const void*>(attention::attention_split_kernel<T, D, R>);
+  else
+    return reinterpret_cast<const void*>(attention::attention_mma_kernel<T, D, R>);
+}
+
+template <typename T, int D, int R>
+void launch_attention(const AttnLaunch& l, const AttnParams& ap, cudaStream_t stream) {
+  const auto grid = static_cast<unsigned>(l.ctas);
+  if constexpr (std::is_same_v<T, float>)
+    attention::attention_split_kernel<T, D, R><<<grid, l.threads, l.smem, stream>>>(ap);
+  else
+    attention::attention_mma_kernel<T, D, R><<<grid, l.threads, l.smem, stream>>>(ap);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
 
 at::Tensor draft_verify_attention(const at::Tensor& q, at::Tensor& k_cache, at::Tensor& v_cache,
                                   const at::Tensor& k_new, const at::Tensor& v_new,
@@ -68,12 +95,7 @@ at::Tensor draft_verify_attention(const at::Tensor& q, at::Tensor& k_cache, at::
   // opted in first, or the query would see the 48 KB default).
   const void* kernel = LS_FLOAT_TYPE_SWITCH(q.scalar_type(), "draft_verify_attention", T, [&] {
     return LS_HEAD_DIM_SWITCH(static_cast<int>(D), kD, [&] {
-      return LS_ROW_TILE_SWITCH(l.rows, kR, [&]() -> const void* {
-        if constexpr (std::is_same_v<T, float>)
-          return reinterpret_cast<const void*>(attention_split_kernel<T, kD, kR>);
-        else
-          return reinterpret_cast<const void*>(attention_mma_kernel<T, kD, kR>);
-      });
+      return LS_ROW_TILE_SWITCH(l.rows, kR, [&] { return attention_kernel<T, kD, kR>(); });
     });
   });
   if (l.smem > 48 * 1024)  // past the default limit: opt in (plan_tiles kept it <= the device's)
@@ -129,16 +151,8 @@ at::Tensor draft_verify_attention(const at::Tensor& q, at::Tensor& k_cache, at::
           <<<static_cast<unsigned>(l.write_blocks), kWriteThreads, 0, stream>>>(wp);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
-    // The kernel picked above, with its own type (a launch through the
-    // void pointer would need cudaLaunchKernel and an argument array).
     LS_HEAD_DIM_SWITCH(static_cast<int>(D), kD, [&] {
-      LS_ROW_TILE_SWITCH(l.rows, kR, [&] {
-        if constexpr (std::is_same_v<T, float>)
-          attention_split_kernel<T, kD, kR><<<static_cast<unsigned>(l.ctas), l.threads, l.smem, stream>>>(ap);
-        else
-          attention_mma_kernel<T, kD, kR><<<static_cast<unsigned>(l.ctas), l.threads, l.smem, stream>>>(ap);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
+      LS_ROW_TILE_SWITCH(l.rows, kR, [&] { launch_attention<T, kD, kR>(l, ap, stream); });
     });
     if (l.merge_ctas > 0) {
       const dim3 block(static_cast<unsigned>(D / 4), static_cast<unsigned>(l.merge_rows_per_cta));

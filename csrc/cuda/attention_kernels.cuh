@@ -641,17 +641,17 @@ struct MmaTile {
   static constexpr int RS = D + 8;
   static constexpr int kStages = 2;
   static constexpr int CS = D + 4;    // fp32 row stride of the final combine
-  // Offsets in elements of T; the K/V stages are reused in fp32 by the final
-  // combine: acc [KW][R][CS], then m and l [KW][R].
+  // Offsets in elements of T: Q, Q's low half, the K/V stages; the stages are
+  // reused in fp32 by the final combine: acc [KW][R][CS], then m and l [KW][R].
   static constexpr int kQ = 0;
-  static constexpr int kK = R * RS;
+  static constexpr int kQlo = R * RS;  // the rounding error of a rotated Q
+  static constexpr int kK = 2 * R * RS;
   static constexpr int kStage = 2 * N * RS;  // K tile, then V tile
   static constexpr size_t kKVBytes = static_cast<size_t>(kStages) * kStage * 2;
   static constexpr size_t kCombineBytes = static_cast<size_t>(KW) * R * (CS + 2) * 4;
   static constexpr size_t kSmemBytes =
       static_cast<size_t>(kK) * 2 + (kKVBytes > kCombineBytes ? kKVBytes : kCombineBytes);
   static_assert(D % 16 == 0 && NW % 16 == 0, "whole m16n8k16 steps");
-  static_assert(R <= 2 * N, "the low half of a rotated Q tile fits in stage 1");
 };
 
 // Issues the loads of keys t0 .. t0 + N - 1 into one stage: 16-byte chunks,
@@ -701,7 +701,7 @@ __device__ __forceinline__ bool is_nonfinite_bits(const T& x) {
 }
 
 template <typename T, int D, int R>
-__global__ void __launch_bounds__(MmaTile<D, R>::kThreads) attention_mma_kernel(const AttnParams p) {
+__global__ void __launch_bounds__(MmaTile<D, R>::kThreads, 1) attention_mma_kernel(const AttnParams p) {
   using Tl = MmaTile<D, R>;
   constexpr int N = Tl::N, NW = Tl::NW, RS = Tl::RS, HALF = D / 2;
   constexpr int KT = D / 16;   // k steps of Q K^T
@@ -711,6 +711,7 @@ __global__ void __launch_bounds__(MmaTile<D, R>::kThreads) attention_mma_kernel(
   constexpr float kLog2e = 1.4426950408889634f;
   LS_DYNAMIC_SHARED(T, smem);
   T* Qs = smem + Tl::kQ;
+  T* Qlo = smem + Tl::kQlo;
 
   const int tid = threadIdx.x;
   const int warp = tid / 32, lane = tid % 32;
@@ -730,11 +731,11 @@ __global__ void __launch_bounds__(MmaTile<D, R>::kThreads) attention_mma_kernel(
   // in T: it enters the products as hi + lo, two values of T (lo = the
   // rounding error of hi), which costs one more Q K^T product and keeps the
   // rotation's precision (rounding it to T alone doubled the RMS error of
-  // short rows). lo sits in stage 1 until its fragments are in registers.
+  // short rows). Q's fragments are read from shared memory at each tile
+  // rather than held: registers go to the accumulators.
   const bool rope = p.cos != nullptr;
   mma_load_tile<T, D, R>(stage_k(0), stage_v(0), kc, vc, p, w.key_begin, w.key_end, tid);
   cp_async_commit();
-  T* Qlo = stage_k(1);
   for (int e = tid; e < R * HALF; e += kThreads) {
     const int m = e / HALF, i = e % HALF;
     const RotatedPair x = query_pair<T, D>(p, w, m, i);
@@ -746,15 +747,7 @@ __global__ void __launch_bounds__(MmaTile<D, R>::kThreads) attention_mma_kernel(
       Qlo[m * RS + i + HALF] = static_cast<T>(x.hi - static_cast<float>(hi1));
     }
   }
-  __syncthreads();
-  uint32_t qa[KT][4], qlo[KT][4];  // A fragments of this warp's 16 rows, all of D
-#pragma unroll
-  for (int kk = 0; kk < KT; ++kk) {
-    const int off = (mw * 16 + lane / 8 % 2 * 8 + lane % 8) * RS + kk * 16 + lane / 16 * 8;
-    ldmatrix_x4(qa[kk], Qs + off);
-    if (rope) ldmatrix_x4(qlo[kk], Qlo + off);
-  }
-  if (rope) __syncthreads();  // stage 1 free for the second tile
+  const int q_off = (mw * 16 + lane / 8 % 2 * 8 + lane % 8) * RS + lane / 16 * 8;
 
   // Rows g and g + 8 of the slab: key bounds, softmax state (m in base 2; l
   // is this thread's share, summed over the 4 lanes of the row at the end).
@@ -806,16 +799,19 @@ __global__ void __launch_bounds__(MmaTile<D, R>::kThreads) attention_mma_kernel(
       for (int e = 0; e < 4; ++e) s[j][e] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < KT; ++kk) {
+      uint32_t qa[4], qlo[4];
+      ldmatrix_x4(qa, Qs + q_off + kk * 16);
+      if (rope) ldmatrix_x4(qlo, Qlo + q_off + kk * 16);
 #pragma unroll
       for (int j = 0; j < NB; j += 2) {
         uint32_t kb[4];
         ldmatrix_x4(kb, Ks + (n0 + j * 8 + lane / 16 * 8 + lane % 8) * RS + kk * 16 + lane / 8 % 2 * 8);
         const uint32_t b0[2] = {kb[0], kb[1]}, b1[2] = {kb[2], kb[3]};
-        mma_16816<T>(s[j], qa[kk], b0);
-        mma_16816<T>(s[j + 1], qa[kk], b1);
+        mma_16816<T>(s[j], qa, b0);
+        mma_16816<T>(s[j + 1], qa, b1);
         if (rope) {
-          mma_16816<T>(s[j], qlo[kk], b0);
-          mma_16816<T>(s[j + 1], qlo[kk], b1);
+          mma_16816<T>(s[j], qlo, b0);
+          mma_16816<T>(s[j + 1], qlo, b1);
         }
       }
     }
@@ -875,16 +871,17 @@ __global__ void __launch_bounds__(MmaTile<D, R>::kThreads) attention_mma_kernel(
       // Rare: a non-finite V among the new keys. Each query that sees such a
       // key gets it added as the reference would (inf, -inf or NaN).
       const int lo = max(hid_lo, t0 + n0), hi = min(hid_hi, t0 + n0 + NW);
+#pragma unroll 1
+      for (int key = lo; key < hi; ++key) {
+        const T* vrow = vc + key * p.vc_s[2];
 #pragma unroll
-      for (int j = 0; j < DB; ++j)
+        for (int j = 0; j < DB; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int d = j * 8 + 2 * tq + e % 2;
-          for (int key = lo; key < min(hi, lim[e / 2]); ++key) {
-            const float v = static_cast<float>(vc[key * p.vc_s[2] + d]);
-            if (!(fabsf(v) < INFINITY)) acc[j][e] += v;
+          for (int e = 0; e < 4; ++e) {
+            const float v = static_cast<float>(vrow[j * 8 + 2 * tq + e % 2]);
+            if (key < lim[e / 2] && !(fabsf(v) < INFINITY)) acc[j][e] += v;
           }
-        }
+      }
     }
     __syncthreads();  // the stage is free for the tile after next
   }
