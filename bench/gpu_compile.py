@@ -10,10 +10,15 @@ CUDA: the objects of the CMake target `layerskip_cuda_check` (csrc/cuda, built
 for sm_80 and sm_90) are read with `cuobjdump --dump-resource-usage` and
 `cuobjdump -sass`.
 
-Writes bench/results/gpu_compile.csv, one row per (kernel, arch, shape), and
-exits non-zero when a 16-bit Triton attention kernel spills or has no
-tensor-core instruction (mma / wgmma); other spills are listed as warnings. ptxas results are cached by the
-hash of the PTX, Triton's compiles by Triton's own cache.
+Writes bench/results/gpu_compile.csv, one row per (kernel, arch, shape): compile
+evidence only, nothing in it ran on a GPU (no timings). Exits non-zero when a
+16-bit attention kernel of either backend (Triton: `_draft_verify_attention_kernel`;
+CUDA: `attention_mma_kernel` / `attention_split_kernel` instantiated for
+c10::Half or c10::BFloat16) has no tensor-core instruction (Triton PTX: mma /
+wgmma; CUDA SASS: HMMA / HGMMA) or spills (Triton: ptxas spill bytes; CUDA: any
+local memory or stack frame, where spills would go); other spills are listed
+as warnings. ptxas results are cached by the hash of the PTX, Triton's
+compiles by Triton's own cache.
 
     python -m bench.gpu_compile [--cuda-build DIR | --skip-cuda] [--out CSV]
 """
@@ -325,6 +330,21 @@ def _short_cuda_name(demangled: str) -> tuple[str, str]:
     return m.group(1), (m.group(2) or "")
 
 
+_CUDA_DTYPES = {"float": "float32", "c10::Half": "float16", "c10::BFloat16": "bfloat16"}
+# CUDA kernels that compute attention scores and P V: the gated ones in 16 bits.
+CUDA_ATTENTION_KERNELS = ("attention_mma_kernel", "attention_split_kernel")
+
+
+def _cuda_meta(name: str, targs: str) -> dict:
+    """dtype (first template argument) and, for the attention kernels, D and
+    the query tile R (`variant` keeps the full template arguments)."""
+    args = [a.strip() for a in targs.split(",")] if targs else []
+    meta = {"dtype": _CUDA_DTYPES.get(args[0], "") if args else ""}
+    if name in CUDA_ATTENTION_KERNELS and len(args) == 3:
+        meta["D"] = args[1]
+    return meta
+
+
 def compile_cuda(build: Path) -> list[dict]:
     cuda_home = _cuda_home()
     cuobjdump = _cuobjdump(cuda_home)
@@ -370,6 +390,7 @@ def compile_cuda(build: Path) -> list[dict]:
             local = int(res.get("LOCAL", 0))
             rows.append({
                 "kernel": name, "arch": arch, "dtype": "", "D": "", "S": "", "B": "", "V": "",
+                **_cuda_meta(name, targs),
                 "variant": targs, "num_warps": "", "num_stages": "",
                 "registers": int(res.get("REG", 0)),
                 # cuobjdump has no separate spill count: local memory (spills and
@@ -387,21 +408,30 @@ def compile_cuda(build: Path) -> list[dict]:
 # --------------------------------------------------------------------------- checks
 
 
+def is_gated(r: dict) -> bool:
+    """A 16-bit attention kernel of either backend: the decode path on a GPU."""
+    if r["dtype"] not in ("bfloat16", "float16"):
+        return False
+    if str(r["source"]).startswith("cuda:"):
+        return r["kernel"] in CUDA_ATTENTION_KERNELS
+    return r["kernel"] == "_draft_verify_attention_kernel"
+
+
 def failures(rows: list[dict]) -> list[str]:
-    """The gate: the 16-bit Triton attention kernels (the decode path on a GPU)
-    must use tensor cores and must not spill. Spills elsewhere (fp32 attention
-    under tf32x3, which holds three operand tiles per dot; CUDA tiles of 128
-    query rows, which cap registers at 128) are reported by `warnings` and in
-    the CSV, with their reasons in README."""
+    """The gate: the 16-bit attention kernels of both backends must use tensor
+    cores and must not spill (for CUDA, cuobjdump reports no spill count: any
+    local memory or stack frame fails, spills would live there). Spills
+    elsewhere (fp32 attention under tf32x3, which holds three operand tiles
+    per dot; the fp32 CUDA tiles of 128 query rows, which cap registers at 128)
+    are reported by `warnings` and in the CSV, with their reasons in README."""
     bad = []
     for r in rows:
-        where = f"{r['kernel']} sm_{r['arch']} {r['dtype']} D={r['D']} S={r['S']} {r['variant']}".strip()
-        is_half_attention = (r["kernel"] == "_draft_verify_attention_kernel"
-                             and r["dtype"] in ("bfloat16", "float16"))
-        if not is_half_attention:
+        if not is_gated(r):
             continue
-        if r["spill_store_bytes"] or r["spill_load_bytes"]:
-            bad.append(f"spills: {where}: {r['spill_store_bytes']} B stores, {r['spill_load_bytes']} B loads")
+        where = f"{r['kernel']} sm_{r['arch']} {r['dtype']} D={r['D']} S={r['S']} {r['variant']}".strip()
+        if r["spill_store_bytes"] or r["spill_load_bytes"] or (r["source"] != "triton" and r["stack_bytes"]):
+            bad.append(f"spills: {where}: {r['spill_store_bytes']} B stores, {r['spill_load_bytes']} B loads, "
+                       f"{r['stack_bytes']} B stack")
         if r["tensor_cores"] == "none":
             bad.append(f"no tensor-core instruction: {where}")
     return bad
@@ -448,10 +478,18 @@ def main(argv=None) -> int:
         for r in rows:
             w.writerow({k: r.get(k, "") for k in FIELDS})
     worst = max((r["registers"] for r in rows), default=0)
-    print(f"gpu_compile: {len(rows)} rows -> {out} (max {worst} registers)")
+    gated = [r for r in rows if is_gated(r)]
+    print(f"gpu_compile: {len(rows)} rows -> {out} (compile evidence, no GPU run; max {worst} registers); "
+          f"{len(gated)} gated 16-bit attention rows "
+          f"({sum(r['source'] == 'triton' for r in gated)} Triton, {sum(r['source'] != 'triton' for r in gated)} CUDA)")
     for line in warnings(rows):
         print("gpu_compile: warning", line)
     bad = failures(rows)
+    # A renamed kernel must not pass the gate by dropping out of it.
+    for backend, present in (("triton", any(r["source"] == "triton" for r in gated)),
+                             ("cuda", args.skip_cuda or any(r["source"] != "triton" for r in gated))):
+        if not present:
+            bad.append(f"no 16-bit {backend} attention kernel found to check")
     for line in bad:
         print("gpu_compile: FAIL", line, file=sys.stderr)
     return 1 if bad else 0

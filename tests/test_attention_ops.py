@@ -22,8 +22,10 @@ ULP = {torch.float32: 2.0**-23, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7
 # scores or probabilities to bf16, or a scale off by 1/sqrt(D+1), raise it by
 # 1.3x or more (measured on the full grid, see tests/mutation/report.md).
 RMS_SLACK = 1.05
-# Triton on a GPU rounds P to the input dtype before the PV dot (as
-# flash-attention does): a documented extra error, allowed explicitly.
+# Triton and the CUDA tensor-core kernel on a GPU round P to the input dtype
+# before the PV product (as flash-attention does): a documented extra error,
+# allowed explicitly (the CUDA emulation in tests/cpp/emu checks the CUDA
+# kernel against this bound on the CPU).
 RMS_SLACK_P_ROUNDED = 1.6
 
 FULL_GRID = list(
@@ -104,7 +106,7 @@ def check_error(out, truth, ref_out, dtype, backend="torch"):
     assert err <= limit, f"max err {err:.3g} > {limit:.3g} (reference {err_ref:.3g})"
     if dtype != torch.float32:
         rms_ref, rms = diff_ref.pow(2).mean().sqrt().item(), diff.pow(2).mean().sqrt().item()
-        p_rounded = backend == "triton" and backend_device(backend) == "cuda"
+        p_rounded = backend in ("triton", "cuda") and backend_device(backend) == "cuda"
         slack = RMS_SLACK_P_ROUNDED if p_rounded else RMS_SLACK
         assert rms <= slack * rms_ref, f"RMS err {rms:.3g} > {slack} x reference's {rms_ref:.3g}"
 

@@ -6,17 +6,19 @@
 //      dtype and writes k_new / v_new at cache_seqlens[b] + s. It is its own
 //      launch because with split-KV the CTAs that read a new key are not the
 //      ones that would write it; stream order makes the writes visible.
-//   2. attention_split_kernel: one CTA per (batch, kv head, kv split, query
-//      tile). All G*S query rows of a kv head (G = Hq / Hkv) share every K/V
-//      tile loaded to shared memory; for S <= 16 (and G <= 8) they fit one
-//      tile, so the cache is read once per kv head and split (the tiling is
-//      documented in attention_kernels.cuh). fp32 online softmax. Each split
-//      covers whole key tiles of the row's real length (cache_seqlens, read
-//      on the device): the count of splits comes from the grid size, and the
-//      splits past a short row's length exit at once.
+//   2. attention_mma_kernel (fp16/bf16: tensor cores, sm_80+) or
+//      attention_split_kernel (fp32: FMA): one CTA per (batch, kv head, kv
+//      split, query tile). All G*S query rows of a kv head (G = Hq / Hkv)
+//      share every K/V tile loaded to shared memory; for S <= 16 (and G <= 8)
+//      they fit one tile, so the cache is read once per kv head and split (the
+//      tiling is documented in attention_kernels.cuh). fp32 online softmax
+//      and accumulators. Each split covers whole key tiles of the row's real
+//      length (cache_seqlens, read on the device), at least 256 keys; the
+//      count of splits fills about one wave of the kernel's occupancy, and
+//      the splits past a short row's length exit at once.
 //   3. attention_merge_kernel (only with more than one split): log-sum-exp merge
-//      of the per-split partials (m, l, acc) from a fp32 workspace; empty
-//      partials are skipped unread.
+//      of the per-split partials (m, l, acc) from a fp32 workspace, the (m, l)
+//      of all splits of a row loaded at once; empty partials are skipped unread.
 //
 // cache_seqlens values are not checked on the host (that would synchronize):
 // a row b with cache_seqlens[b] < 0 or cache_seqlens[b] + S > T_max is neither
@@ -27,12 +29,40 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include <cstdlib>
+#include <type_traits>
 
 #include "attention_kernels.cuh"
 #include "kernels.h"
 #include "utils.cuh"
 
 namespace layerskip::cuda {
+namespace {
+
+using attention::AttnLaunch;
+using attention::AttnParams;
+
+// The attention kernel of dtype T: tensor cores in 16 bits, FMA in fp32. A
+// function template, so that `if constexpr` drops the other kernel's
+// instantiation (in the switch macros' lambdas it would not).
+template <typename T, int D, int R>
+const void* attention_kernel() {
+  if constexpr (std::is_same_v<T, float>)
+    return reinterpret_cast<const void*>(attention::attention_split_kernel<T, D, R>);
+  else
+    return reinterpret_cast<const void*>(attention::attention_mma_kernel<T, D, R>);
+}
+
+template <typename T, int D, int R>
+void launch_attention(const AttnLaunch& l, const AttnParams& ap, cudaStream_t stream) {
+  const auto grid = static_cast<unsigned>(l.ctas);
+  if constexpr (std::is_same_v<T, float>)
+    attention::attention_split_kernel<T, D, R><<<grid, l.threads, l.smem, stream>>>(ap);
+  else
+    attention::attention_mma_kernel<T, D, R><<<grid, l.threads, l.smem, stream>>>(ap);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
 
 at::Tensor draft_verify_attention(const at::Tensor& q, at::Tensor& k_cache, at::Tensor& v_cache,
                                   const at::Tensor& k_new, const at::Tensor& v_new,
@@ -53,13 +83,28 @@ at::Tensor draft_verify_attention(const at::Tensor& q, at::Tensor& k_cache, at::
               "draft_verify_attention (cuda): T_max, S and Hq*S must fit in int32, got T_max=",
               shape.T_max, ", S=", shape.S, ", Hq=", shape.Hq);
   const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
+  const bool half = q.element_size() == 2;
+  // Before any launch, as the head-dim check: the 16-bit kernel is the tensor-core one.
+  TORCH_CHECK(!half || props->major >= 8, "draft_verify_attention (cuda): float16/bfloat16 needs "
+              "tensor cores of sm_80 or later (this GPU is sm_", props->major, props->minor,
+              "); use float32 or the triton backend");
   int forced_splits = 0;  // LAYERSKIP_CUDA_NUM_SPLITS=n forces n splits (tests of the merge)
   if (const char* env = std::getenv("LAYERSKIP_CUDA_NUM_SPLITS")) forced_splits = std::atoi(env);
-  const AttnLaunch l = plan_attention(shape, props->multiProcessorCount,
-                                      props->sharedMemPerBlockOptin, forced_splits);
-  TORCH_CHECK(l.write_blocks <= INT_MAX && l.ctas <= INT_MAX && l.merge_ctas <= INT_MAX,
-              "draft_verify_attention (cuda): batch * heads * S too large for one launch");
-
+  AttnLaunch l = plan_tiles(shape, props->sharedMemPerBlockOptin, half);
+  // One wave: the chosen kernel's resident CTAs per SM (with its shared memory
+  // opted in first, or the query would see the 48 KB default).
+  const void* kernel = LS_FLOAT_TYPE_SWITCH(q.scalar_type(), "draft_verify_attention", T, [&] {
+    return LS_HEAD_DIM_SWITCH(static_cast<int>(D), kD, [&] {
+      return LS_ROW_TILE_SWITCH(l.rows, kR, [&] { return attention_kernel<T, kD, kR>(); });
+    });
+  });
+  if (l.smem > 48 * 1024)  // past the default limit: opt in (plan_tiles kept it <= the device's)
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(l.smem)));
+  int blocks_per_sm = 1;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, l.threads,
+                                                               l.smem));
+  plan_splits(shape, props->multiProcessorCount, blocks_per_sm, forced_splits, &l);
   at::Tensor ws_acc, ws_ml;
   if (l.splits > 1) {
     const auto f32 = q.options().dtype(at::kFloat);
@@ -107,17 +152,10 @@ at::Tensor draft_verify_attention(const at::Tensor& q, at::Tensor& k_cache, at::
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
     LS_HEAD_DIM_SWITCH(static_cast<int>(D), kD, [&] {
-      LS_ROW_TILE_SWITCH(l.rows, kR, [&] {
-        auto* kernel = attention_split_kernel<T, kD, kR>;
-        if (l.smem > 48 * 1024)  // past the default limit: opt in (plan_attention kept it <= the device's)
-          C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              static_cast<int>(l.smem)));
-        kernel<<<static_cast<unsigned>(l.ctas), RowTile<kR>::kThreads, l.smem, stream>>>(ap);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
+      LS_ROW_TILE_SWITCH(l.rows, kR, [&] { launch_attention<T, kD, kR>(l, ap, stream); });
     });
     if (l.merge_ctas > 0) {
-      const dim3 block(static_cast<unsigned>(D), static_cast<unsigned>(l.merge_rows_per_cta));
+      const dim3 block(static_cast<unsigned>(D / 4), static_cast<unsigned>(l.merge_rows_per_cta));
       attention_merge_kernel<T><<<static_cast<unsigned>(l.merge_ctas), block, 0, stream>>>(
           ap.ws_acc, ap.ws_ml, static_cast<T*>(ap.out), l.merge_rows, ap.S, ap.Hq, ap.Hkv, ap.G,
           ap.splits);

@@ -2,20 +2,40 @@
 // launches them). Torch-free, so that tests/cpp/emu runs this very code on the
 // CPU; only attention.cu includes it in the build.
 //
-// Tiling of attention_split_kernel. One CTA owns a (batch b, kv head h, key
-// split, query tile) and loads each K/V tile of its key range once to shared
-// memory (fp32), for every query row of the tile. The query rows of a kv head
-// are its G*S rows (G = Hq / Hkv query heads times S positions), row r =
-// s * G + g. A query tile has R rows, R the smallest of {16, 64, 128} >= G*S
-// whose shared memory fits the device, so for S <= 16 and G <= 8 every row of
-// a kv head sits in one CTA and K/V are read once per split (the point of a
-// verify step: S = k+1 rows, G up to 8, all reading the same keys). Wider heads
+// The query rows of a kv head are its G*S rows (G = Hq / Hkv query heads times
+// S positions), row r = s * G + g. One CTA owns a (batch b, kv head h, key
+// split, query tile of R rows), R the smallest of {16, 64, 128} >= G*S whose
+// shared memory fits the device, so for S <= 16 and G <= 8 every row of a kv
+// head sits in one CTA and K/V are read once per split (the point of a verify
+// step: S = k+1 rows, G up to 8, all reading the same keys). Wider heads
 // (G*S > 128: prefill, G > 8) take ceil(G*S / 128) tiles, each re-reading K/V.
-// Shared memory (fp32, dynamic): Q [R, D], K [N, D+4], V [N, D], P [R, N+1]
-// and three R-vectors; N = 64 keys per tile for D <= 64, 32 above. At R = 128,
-// D = 128 that is 115 KB, past the 48 KB default: the launcher raises the
-// limit with cudaFuncSetAttribute and falls back to a smaller R on devices
-// whose opt-in limit is lower (99 KB on sm_86/89).
+//
+// fp16/bf16: attention_mma_kernel, tensor cores (mma.sync m16n8k16, fp32
+// accumulation; csrc/cuda/mma.cuh). Each warp owns 16 query rows; R = 16 has
+// 4 warps that split every key tile between them (their partials are combined
+// through shared memory at the end), R = 64 and 128 have one warp per 16 rows.
+// K/V tiles of 64 keys stay in their 16-bit dtype in shared memory, two stages
+// deep, filled by cp.async while the previous tile is computed. Q K^T and P V
+// read their operands with ldmatrix (V transposed on the fly); the rotated q
+// and P are rounded to the input dtype before their products, as
+// flash-attention and the Triton kernel do. The online softmax runs in base 2.
+//
+// fp32: attention_split_kernel, FMA units. Shared memory (fp32): Q [R, D], K
+// [N, D+4], V [N, D], P [R, N+1] and three R-vectors; N = 64 keys per tile for
+// D <= 64, 32 above; K/V of the next tile are loaded to registers while the
+// current one is computed.
+//
+// Both need more than the 48 KB default of shared memory at the larger tiles:
+// the launcher raises the limit with cudaFuncSetAttribute and plan_tiles falls
+// back to a smaller R on devices whose opt-in limit is lower (99 KB on
+// sm_86/89).
+//
+// Splits: enough key splits for about one wave of CTAs (the occupancy the
+// launcher reads for the chosen kernel times the SM count), at least 256 keys
+// each; the kernel divides each row's real length (read on the device) into
+// ranges of whole key tiles, so splits past a short row's length are empty and
+// exit at once. attention_merge_kernel reads the (m, l) of all splits of a row
+// at once, then their accumulators with independent loads.
 //
 // Whatever cache_seqlens holds (it is not checked on the host: that would
 // synchronize), nothing is read or written outside the tensors: a row b with
@@ -31,12 +51,13 @@
 #include "../common/online_softmax.h"
 #include "../common/rope.h"
 #include "device.cuh"
+#include "mma.cuh"
 
 namespace layerskip::cuda::attention {
 
 constexpr int kMaxSplits = 64;
 constexpr int kWriteThreads = 256;   // cache_write_kernel
-constexpr int kMergeThreads = 128;   // attention_merge_kernel: 128 / D rows per CTA (at least 1)
+constexpr int kMergeThreads = 128;   // attention_merge_kernel: 4 columns a thread, 512 / D rows per CTA
 constexpr int kMaxRowTile = 128;
 
 // Threads of a query tile of R rows: row m belongs to warp m % kWarps, so a
@@ -177,6 +198,7 @@ struct AttnParams {
   int64_t cos_s[2], sin_s[2];
   int S, Hq, Hkv, G, T_max;
   int q_tiles, splits;
+  int min_split_keys;  // a split covers at least this many keys of a row (0: any)
   float scale;
   bool kv_vec;  // caches 16-byte aligned at every (b, h, t): vector loads allowed
 };
@@ -380,10 +402,13 @@ __device__ __forceinline__ void pv_accumulate(const float* Ps, const float* Vs,
     for (int i = 0; i < NI; ++i) {
       const float4 v = lds4(Vs + n * D + col[kSameCol ? 0 : i]);
       const float pn = Ps[row[i] * Tl::PS + n];
-      acc[i][0] = fmaf(pn, v.x, acc[i][0]);
-      acc[i][1] = fmaf(pn, v.y, acc[i][1]);
-      acc[i][2] = fmaf(pn, v.z, acc[i][2]);
-      acc[i][3] = fmaf(pn, v.w, acc[i][3]);
+      // A key hidden from this row (p = 0) may be a later query's new key
+      // with NaN or inf in V: 0 * NaN must not reach the row.
+      const bool seen = pn != 0.f;
+      acc[i][0] = seen ? fmaf(pn, v.x, acc[i][0]) : acc[i][0];
+      acc[i][1] = seen ? fmaf(pn, v.y, acc[i][1]) : acc[i][1];
+      acc[i][2] = seen ? fmaf(pn, v.z, acc[i][2]) : acc[i][2];
+      acc[i][3] = seen ? fmaf(pn, v.w, acc[i][3]) : acc[i][3];
     }
   }
 }
@@ -407,6 +432,110 @@ __device__ __forceinline__ int64_t out_row(const AttnParams& p, int64_t b, int h
   return (b * p.S + s) * p.Hq + hq;
 }
 
+// What one CTA of either attention kernel owns: query rows r0 .. r0 + rows - 1
+// of kv head h of sequence b, keys key_begin .. key_end - 1. Consecutive CTAs
+// are query tiles of the same (b, h, split): they read the same keys at about
+// the same time, so a second read (G*S > R) comes from L2.
+struct CtaWork {
+  int64_t b;
+  int h, split, r0, rows, seqlen, key_begin, key_end;
+};
+
+// block_n: keys per tile; splits cover whole tiles. The keys seen by the
+// tile's last (latest) query row are divided over p.splits ranges here on the
+// device, each at least p.min_split_keys long: the work follows the real
+// length, and splits past it are empty.
+template <int R>
+__device__ __forceinline__ CtaWork cta_work(const AttnParams& p, int block_n) {
+  CtaWork w;
+  int64_t cta = blockIdx.x;
+  const int qt = static_cast<int>(cta % p.q_tiles);
+  cta /= p.q_tiles;
+  w.split = static_cast<int>(cta % p.splits);
+  cta /= p.splits;
+  w.h = static_cast<int>(cta % p.Hkv);
+  w.b = cta / p.Hkv;
+  w.r0 = qt * R;
+  w.rows = min(R, p.G * p.S - w.r0);
+  w.seqlen = p.seqlens[w.b];
+  const bool valid = row_in_bounds(w.seqlen, p.S, p.T_max);
+  const int kv_len = valid ? w.seqlen + (w.r0 + w.rows - 1) / p.G + 1 : 0;
+  const int split_len =
+      max(ceil_div(ceil_div(kv_len, block_n), p.splits), ceil_div(p.min_split_keys, block_n)) * block_n;
+  w.key_begin = static_cast<int>(
+      min(static_cast<int64_t>(w.split) * split_len, static_cast<int64_t>(kv_len)));
+  w.key_end = static_cast<int>(
+      min(static_cast<int64_t>(w.key_begin) + split_len, static_cast<int64_t>(kv_len)));
+  return w;
+}
+
+// Keys row m of the tile may see: the causal limit, cut at the split's end.
+__device__ __forceinline__ int key_limit(const AttnParams& p, const CtaWork& w, int m) {
+  return m < w.rows ? min(w.key_end, w.seqlen + (w.r0 + m) / p.G + 1) : 0;
+}
+
+// An empty key range reads nothing. It marks its partials empty (m = -inf,
+// l = 0) so that the merge skips their accumulators; with one split the range
+// is empty only for an out-of-bounds row, whose output is zero.
+template <typename T, int D>
+__device__ __forceinline__ void finish_empty(const AttnParams& p, const CtaWork& w, int tid,
+                                             int threads) {
+  for (int m = tid; m < w.rows; m += threads) {
+    if (p.splits == 1) {
+      T* o = static_cast<T*>(p.out) + out_row(p, w.b, w.h, w.r0 + m) * D;
+      for (int d = 0; d < D; ++d) o[d] = static_cast<T>(0.f);
+    } else {
+      const int64_t slot = ((w.b * p.Hkv + w.h) * p.G * p.S + w.r0 + m) * p.splits + w.split;
+      p.ws_ml[2 * slot] = -INFINITY;
+      p.ws_ml[2 * slot + 1] = 0.f;
+    }
+  }
+}
+
+// Elements (i, i + D/2) of query row m of the tile in fp32, RoPE applied (not
+// rounded back to q's dtype, as in the reference); zeros past the tile's rows.
+// The RoPE branch is uniform and outside the key loop, so it stays a runtime
+// flag instead of doubling the kernel instantiations.
+template <typename T, int D>
+__device__ __forceinline__ RotatedPair query_pair(const AttnParams& p, const CtaWork& w, int m,
+                                                  int i) {
+  if (m >= w.rows) return {0.f, 0.f};
+  const int r = w.r0 + m;
+  const int s = r / p.G;
+  const int hq = w.h * p.G + r % p.G;
+  const T* qrow = static_cast<const T*>(p.q) + w.b * p.q_s[0] + s * p.q_s[1] + hq * p.q_s[2];
+  const float x1 = static_cast<float>(qrow[i * p.q_s[3]]);
+  const float x2 = static_cast<float>(qrow[(i + D / 2) * p.q_s[3]]);
+  if (p.cos == nullptr) return {x1, x2};
+  const int64_t pos = w.seqlen + s;
+  return rope_rotate_pair(x1, x2, p.cos[pos * p.cos_s[0] + i * p.cos_s[1]],
+                          p.sin[pos * p.sin_s[0] + i * p.sin_s[1]]);
+}
+
+// Columns col .. col + 3 of tile row m once the CTA is done: the output
+// (acc / l, or zero for a row that saw no key), or with several splits the
+// partial: the accumulator when some key of this split reached the row
+// (m > -inf; the merge reads no other), and (m, l) with the first column.
+template <typename T, int D>
+__device__ __forceinline__ void store_row_chunk(const AttnParams& p, const CtaWork& w, int m,
+                                                int col, const float (&acc)[4], float row_m,
+                                                float row_l) {
+  const int r = w.r0 + m;
+  if (p.splits == 1) {
+    T* o = static_cast<T*>(p.out) + out_row(p, w.b, w.h, r) * D + col;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[e] = static_cast<T>(row_l > 0.f ? acc[e] / row_l : 0.f);
+  } else {
+    const int64_t slot = ((w.b * p.Hkv + w.h) * p.G * p.S + r) * p.splits + w.split;
+    if (row_m != -INFINITY)
+      sts4(p.ws_acc + slot * D + col, make_float4(acc[0], acc[1], acc[2], acc[3]));
+    if (col == 0) {
+      p.ws_ml[2 * slot] = row_m;
+      p.ws_ml[2 * slot + 1] = row_l;
+    }
+  }
+}
+
 template <typename T, int D, int R>
 __global__ void __launch_bounds__(RowTile<R>::kThreads) attention_split_kernel(const AttnParams p) {
   using Tl = Tile<D, R>;
@@ -424,72 +553,18 @@ __global__ void __launch_bounds__(RowTile<R>::kThreads) attention_split_kernel(c
 
   const int tid = threadIdx.x;
   const int warp = tid / 32, lane = tid % 32;
-  // Consecutive CTAs: query tiles of the same (b, h, split) read the same keys
-  // at about the same time, so a second read (G*S > R) comes from L2.
-  int64_t cta = blockIdx.x;
-  const int qt = static_cast<int>(cta % p.q_tiles);
-  cta /= p.q_tiles;
-  const int split = static_cast<int>(cta % p.splits);
-  cta /= p.splits;
-  const int h = static_cast<int>(cta % p.Hkv);
-  const int64_t b = cta / p.Hkv;
-
-  const int GS = p.G * p.S;
-  const int r0 = qt * R;
-  const int rows = min(R, GS - r0);
-  const int seqlen = p.seqlens[b];
-  const bool valid = row_in_bounds(seqlen, p.S, p.T_max);
-  // Keys seen by the tile's last (latest) query row, split into p.splits
-  // ranges of whole key tiles here on the device: the work follows the real
-  // length, and splits past it are empty.
-  const int kv_len = valid ? seqlen + (r0 + rows - 1) / p.G + 1 : 0;
-  const int split_len = ceil_div(ceil_div(kv_len, N), p.splits) * N;
-  const int key_begin = static_cast<int>(
-      min(static_cast<int64_t>(split) * split_len, static_cast<int64_t>(kv_len)));
-  const int key_end = static_cast<int>(
-      min(static_cast<int64_t>(key_begin) + split_len, static_cast<int64_t>(kv_len)));
-
+  const CtaWork w = cta_work<R>(p, N);
+  const int rows = w.rows, key_begin = w.key_begin, key_end = w.key_end;
   if (key_begin >= key_end) {
-    // An empty split reads nothing. It marks its partials empty (m = -inf,
-    // l = 0) so that the merge skips their accumulators; with one split the
-    // range is empty only for an out-of-bounds row, whose output is zero.
-    for (int m = tid; m < rows; m += kThreads) {
-      if (p.splits == 1) {
-        T* o = static_cast<T*>(p.out) + out_row(p, b, h, r0 + m) * D;
-        for (int d = 0; d < D; ++d) o[d] = static_cast<T>(0.f);
-      } else {
-        const int64_t slot = ((b * p.Hkv + h) * GS + r0 + m) * p.splits + split;
-        p.ws_ml[2 * slot] = -INFINITY;
-        p.ws_ml[2 * slot + 1] = 0.f;
-      }
-    }
+    finish_empty<T, D>(p, w, tid, kThreads);
     return;
   }
 
-  // Query tile in fp32, RoPE applied (not rounded back to q's dtype, as in the
-  // reference). The RoPE branch is uniform and outside the key loop, so it
-  // stays a runtime flag instead of doubling the kernel instantiations.
-  const T* q = static_cast<const T*>(p.q);
   for (int e = tid; e < R * HALF; e += kThreads) {
     const int m = e / HALF, i = e % HALF;
-    float x1 = 0.f, x2 = 0.f;
-    if (m < rows) {
-      const int r = r0 + m;
-      const int s = r / p.G;
-      const int hq = h * p.G + r % p.G;
-      const T* qrow = q + b * p.q_s[0] + s * p.q_s[1] + hq * p.q_s[2];
-      x1 = static_cast<float>(qrow[i * p.q_s[3]]);
-      x2 = static_cast<float>(qrow[(i + HALF) * p.q_s[3]]);
-      if (p.cos != nullptr) {
-        const int64_t pos = seqlen + s;
-        const RotatedPair rot = rope_rotate_pair(x1, x2, p.cos[pos * p.cos_s[0] + i * p.cos_s[1]],
-                                                 p.sin[pos * p.sin_s[0] + i * p.sin_s[1]]);
-        x1 = rot.lo;
-        x2 = rot.hi;
-      }
-    }
-    Qs[m * D + i] = x1;
-    Qs[m * D + i + HALF] = x2;
+    const RotatedPair x = query_pair<T, D>(p, w, m, i);
+    Qs[m * D + i] = x.lo;
+    Qs[m * D + i + HALF] = x.hi;
   }
   // Rows past `rows` are never written by qk_softmax: zero P and unit scale
   // keep the accumulators of the items that still cover them at exactly 0.
@@ -503,8 +578,7 @@ __global__ void __launch_bounds__(RowTile<R>::kThreads) attention_split_kernel(c
   SoftmaxState st[Tl::kRowsPerWarp];
 #pragma unroll
   for (int i = 0; i < Tl::kRowsPerWarp; ++i) {
-    const int m = warp + Tl::kWarps * i;
-    limit[i] = m < rows ? min(key_end, seqlen + (r0 + m) / p.G + 1) : 0;
+    limit[i] = key_limit(p, w, warp + Tl::kWarps * i);
     st[i] = softmax_state_empty();
   }
   const int ni = ceil_div(rows * Tl::DG, kThreads);  // output items in use, uniform per CTA
@@ -514,8 +588,8 @@ __global__ void __launch_bounds__(RowTile<R>::kThreads) attention_split_kernel(c
 #pragma unroll
     for (int e = 0; e < 4; ++e) acc[i][e] = 0.f;
 
-  const T* kc = static_cast<const T*>(p.k_cache) + b * p.kc_s[0] + h * p.kc_s[1];
-  const T* vc = static_cast<const T*>(p.v_cache) + b * p.vc_s[0] + h * p.vc_s[1];
+  const T* kc = static_cast<const T*>(p.k_cache) + w.b * p.kc_s[0] + w.h * p.kc_s[1];
+  const T* vc = static_cast<const T*>(p.v_cache) + w.b * p.vc_s[0] + w.h * p.vc_s[1];
   KVLoader<T, D, R> kv;
   kv.load(kc, vc, p, key_begin, key_end, tid);
   for (int t0 = key_begin; t0 < key_end; t0 += N) {
@@ -541,92 +615,421 @@ __global__ void __launch_bounds__(RowTile<R>::kThreads) attention_split_kernel(c
   }
   __syncthreads();
 
-  // Every row < rows is written: the output, or its partial (m, l) and, when
-  // some key of this split reached it (m > -inf), its accumulator.
 #pragma unroll
   for (int i = 0; i < Tl::ITEMS; ++i) {
     const int item = tid + kThreads * i;
     const int m = item / Tl::DG;
-    const int col = item % Tl::DG * 4;
-    if (m >= rows) continue;
-    const int r = r0 + m;
-    if (p.splits == 1) {
-      T* o = static_cast<T*>(p.out) + out_row(p, b, h, r) * D + col;
-      const float l = row_l[m];
+    if (m < w.rows) store_row_chunk<T, D>(p, w, m, item % Tl::DG * 4, acc[i], row_m[m], row_l[m]);
+  }
+}
+
+// --------------------------------------------------------------------------- tensor cores
+
+// Geometry of attention_mma_kernel<T, D, R>: R / 16 row warps of 16 query
+// rows each; at R = 16, KW = 4 warps share the rows and split each key tile.
+template <int D, int R>
+struct MmaTile {
+  static constexpr int MW = R / 16;              // warps along the rows
+  static constexpr int KW = R >= 64 ? 1 : 4 / MW;  // warps along the keys of a tile
+  static constexpr int kWarps = MW * KW;
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int N = 64;        // keys per tile (stage)
+  static constexpr int NW = N / KW;   // keys per warp per tile: 16 or 64
+  // Row stride of Q, K and V in shared memory, in elements: 16 padding bytes
+  // put the 8 rows of each ldmatrix in distinct banks (2D + 16 bytes is an
+  // odd multiple of 16 modulo 128 for every supported D).
+  static constexpr int RS = D + 8;
+  static constexpr int kStages = 2;
+  static constexpr int CS = D + 4;    // fp32 row stride of the final combine
+  // Offsets in elements of T: Q, Q's low half, the K/V stages; the stages are
+  // reused in fp32 by the final combine: acc [KW][R][CS], then m and l [KW][R].
+  static constexpr int kQ = 0;
+  static constexpr int kQlo = R * RS;  // the rounding error of a rotated Q
+  static constexpr int kK = 2 * R * RS;
+  static constexpr int kStage = 2 * N * RS;  // K tile, then V tile
+  static constexpr size_t kKVBytes = static_cast<size_t>(kStages) * kStage * 2;
+  static constexpr size_t kCombineBytes = static_cast<size_t>(KW) * R * (CS + 2) * 4;
+  static constexpr size_t kSmemBytes =
+      static_cast<size_t>(kK) * 2 + (kKVBytes > kCombineBytes ? kKVBytes : kCombineBytes);
+  static_assert(D % 16 == 0 && NW % 16 == 0, "whole m16n8k16 steps");
+};
+
+// Issues the loads of keys t0 .. t0 + N - 1 into one stage: 16-byte chunks,
+// by cp.async when the cache layout allows it, else element by element
+// through registers (misaligned views; visible after the same barrier). Keys
+// >= key_end become zeros and are never read (past a row's length they may
+// hold NaN).
+template <typename T, int D, int R>
+__device__ __forceinline__ void mma_load_tile(T* Ks, T* Vs, const T* kc, const T* vc,
+                                              const AttnParams& p, int t0, int key_end, int tid) {
+  using Tl = MmaTile<D, R>;
+  constexpr int CPR = D / 8;  // chunks per key row
+  constexpr int TOTAL = Tl::N * CPR;
 #pragma unroll
-      for (int e = 0; e < 4; ++e) o[e] = static_cast<T>(l > 0.f ? acc[i][e] / l : 0.f);
+  for (int c = 0; c < ceil_div(TOTAL, Tl::kThreads); ++c) {
+    const int idx = tid + c * Tl::kThreads;
+    if (TOTAL % Tl::kThreads != 0 && idx >= TOTAL) break;  // D = 16 at 256 threads
+    const int n = idx / CPR, col = idx % CPR * 8;
+    const int key = t0 + n;
+    const bool in = key < key_end;
+    const T* ksrc = in ? kc + key * p.kc_s[2] + col : kc;
+    const T* vsrc = in ? vc + key * p.vc_s[2] + col : vc;
+    T* kdst = Ks + n * Tl::RS + col;
+    T* vdst = Vs + n * Tl::RS + col;
+    if (p.kv_vec) {
+      cp_async_16(kdst, ksrc, in);
+      cp_async_16(vdst, vsrc, in);
     } else {
-      const int64_t slot = ((b * p.Hkv + h) * GS + r) * p.splits + split;
-      if (row_m[m] != -INFINITY) sts4(p.ws_acc + slot * D + col, make_float4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]));
-      if (col == 0) {
-        p.ws_ml[2 * slot] = row_m[m];
-        p.ws_ml[2 * slot + 1] = row_l[m];
+      Vec<T, 8> kx, vx;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        kx.e[j] = in ? ksrc[j] : static_cast<T>(0.f);
+        vx.e[j] = in ? vsrc[j] : static_cast<T>(0.f);
       }
+      memcpy(kdst, &kx, 16);
+      memcpy(vdst, &vx, 16);
     }
   }
 }
 
-// blockDim = (D, rows per CTA): thread (d, y) merges column d of query row
-// blockIdx.x * blockDim.y + y over the splits. Empty partials (m = -inf) are
-// skipped without reading their accumulators, which were never written.
 template <typename T>
-__global__ void attention_merge_kernel(const float* __restrict__ ws_acc,
-                                       const float* __restrict__ ws_ml, T* __restrict__ out,
-                                       int64_t total_rows, int S, int Hq, int Hkv, int G,
-                                       int splits) {
-  const int D = blockDim.x;
-  const int d = threadIdx.x;
-  const int64_t R = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
-  if (R >= total_rows) return;  // ((b * Hkv + h) * G*S + r)
+__device__ __forceinline__ bool is_nonfinite_bits(const T& x) {
+  uint16_t bits;
+  memcpy(&bits, &x, sizeof(bits));
+  constexpr uint16_t kExp = is_bf16<T>() ? 0x7f80 : 0x7c00;
+  return (bits & kExp) == kExp;
+}
+
+template <typename T, int D, int R>
+__global__ void __launch_bounds__(MmaTile<D, R>::kThreads, 1) attention_mma_kernel(const AttnParams p) {
+  using Tl = MmaTile<D, R>;
+  constexpr int N = Tl::N, NW = Tl::NW, RS = Tl::RS, HALF = D / 2;
+  constexpr int KT = D / 16;   // k steps of Q K^T
+  constexpr int NB = NW / 8;   // n8 blocks of a warp's scores
+  constexpr int DB = D / 8;    // n8 blocks of the output
+  constexpr int kThreads = Tl::kThreads;
+  constexpr float kLog2e = 1.4426950408889634f;
+  LS_DYNAMIC_SHARED(T, smem);
+  T* Qs = smem + Tl::kQ;
+  T* Qlo = smem + Tl::kQlo;
+
+  const int tid = threadIdx.x;
+  const int warp = tid / 32, lane = tid % 32;
+  const int mw = warp % Tl::MW, kw = warp / Tl::MW;  // row slab, key slice
+  const int g = lane / 4, tq = lane % 4;             // fragment row, column pair
+  const CtaWork w = cta_work<R>(p, N);
+  if (w.key_begin >= w.key_end) {
+    finish_empty<T, D>(p, w, tid, kThreads);
+    return;
+  }
+  const T* kc = static_cast<const T*>(p.k_cache) + w.b * p.kc_s[0] + w.h * p.kc_s[1];
+  const T* vc = static_cast<const T*>(p.v_cache) + w.b * p.vc_s[0] + w.h * p.vc_s[1];
+  auto stage_k = [&](int st) { return smem + Tl::kK + st * Tl::kStage; };
+  auto stage_v = [&](int st) { return smem + Tl::kK + st * Tl::kStage + N * RS; };
+
+  // The first tile flies while q is rotated. A rotated q is no longer exact
+  // in T: it enters the products as hi + lo, two values of T (lo = the
+  // rounding error of hi), which costs one more Q K^T product and keeps the
+  // rotation's precision (rounding it to T alone doubled the RMS error of
+  // short rows). Q's fragments are read from shared memory at each tile
+  // rather than held: registers go to the accumulators.
+  const bool rope = p.cos != nullptr;
+  mma_load_tile<T, D, R>(stage_k(0), stage_v(0), kc, vc, p, w.key_begin, w.key_end, tid);
+  cp_async_commit();
+  for (int e = tid; e < R * HALF; e += kThreads) {
+    const int m = e / HALF, i = e % HALF;
+    const RotatedPair x = query_pair<T, D>(p, w, m, i);
+    const T hi0 = static_cast<T>(x.lo), hi1 = static_cast<T>(x.hi);
+    Qs[m * RS + i] = hi0;
+    Qs[m * RS + i + HALF] = hi1;
+    if (rope) {
+      Qlo[m * RS + i] = static_cast<T>(x.lo - static_cast<float>(hi0));
+      Qlo[m * RS + i + HALF] = static_cast<T>(x.hi - static_cast<float>(hi1));
+    }
+  }
+  const int q_off = (mw * 16 + lane / 8 % 2 * 8 + lane % 8) * RS + lane / 16 * 8;
+
+  // Rows g and g + 8 of the slab: key bounds, softmax state (m in base 2; l
+  // is this thread's share, summed over the 4 lanes of the row at the end).
+  const int lim[2] = {key_limit(p, w, mw * 16 + g), key_limit(p, w, mw * 16 + g + 8)};
+  float row_m[2] = {-INFINITY, -INFINITY}, row_l[2] = {0.f, 0.f};
+  float acc[DB][4];
+#pragma unroll
+  for (int j = 0; j < DB; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[j][e] = 0.f;
+  const float scale = p.scale * kLog2e;
+  // Keys seqlen + 1 .. key_end - 1 are new keys that earlier queries of the
+  // row do not see: a NaN or inf in their V would still reach those queries
+  // through 0 * NaN in P V. Such tiles have them zeroed in shared memory and
+  // added back below for the queries that do see them.
+  const int hidden_begin = w.seqlen + 1;
+
+  int st = 0;
+  for (int t0 = w.key_begin; t0 < w.key_end; t0 += N, st ^= 1) {
+    if (t0 + N < w.key_end)
+      mma_load_tile<T, D, R>(stage_k(st ^ 1), stage_v(st ^ 1), kc, vc, p, t0 + N, w.key_end, tid);
+    cp_async_commit();  // possibly empty: one group per tile keeps wait<1> exact
+    cp_async_wait<1>();
+    const T* Ks = stage_k(st);
+    T* Vs = stage_v(st);
+    const int hid_lo = max(t0, hidden_begin), hid_hi = min(t0 + N, w.key_end);
+    bool repair = false;
+    if (hid_lo < hid_hi) {  // uniform: only tiles with new keys of a verify step
+      __syncthreads();
+      int found = 0;
+      for (int e = tid; e < (hid_hi - hid_lo) * D; e += kThreads) {
+        T* v = Vs + (hid_lo - t0 + e / D) * RS + e % D;
+        if (is_nonfinite_bits(*v)) {
+          *v = static_cast<T>(0.f);
+          found = 1;
+        }
+      }
+      repair = __syncthreads_or(found) != 0;
+    } else {
+      __syncthreads();
+    }
+
+    // S = Q K^T for this warp's 16 rows and NW keys.
+    const int n0 = kw * NW;
+    float s[NB][4];
+#pragma unroll
+    for (int j = 0; j < NB; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[j][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < KT; ++kk) {
+      uint32_t qa[4], qlo[4];
+      ldmatrix_x4(qa, Qs + q_off + kk * 16);
+      if (rope) ldmatrix_x4(qlo, Qlo + q_off + kk * 16);
+#pragma unroll
+      for (int j = 0; j < NB; j += 2) {
+        uint32_t kb[4];
+        ldmatrix_x4(kb, Ks + (n0 + j * 8 + lane / 16 * 8 + lane % 8) * RS + kk * 16 + lane / 8 % 2 * 8);
+        const uint32_t b0[2] = {kb[0], kb[1]}, b1[2] = {kb[2], kb[3]};
+        mma_16816<T>(s[j], qa, b0);
+        mma_16816<T>(s[j + 1], qa, b1);
+        if (rope) {
+          mma_16816<T>(s[j], qlo, b0);
+          mma_16816<T>(s[j + 1], qlo, b1);
+        }
+      }
+    }
+
+    // Online softmax of rows g (e = 0, 1) and g + 8 (e = 2, 3).
+    float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int j = 0; j < NB; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = t0 + n0 + j * 8 + 2 * tq + e % 2;
+        s[j][e] = key < lim[e / 2] ? s[j][e] * scale : -INFINITY;
+        tile_max[e / 2] = fmaxf(tile_max[e / 2], s[j][e]);
+      }
+    float alpha[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(kFullMask, tile_max[i], 1));
+      tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(kFullMask, tile_max[i], 2));
+      const float m_new = fmaxf(row_m[i], tile_max[i]);
+      alpha[i] = row_m[i] == -INFINITY ? 0.f : exp2f(row_m[i] - m_new);
+      row_m[i] = m_new;
+      row_l[i] *= alpha[i];
+    }
+#pragma unroll
+    for (int j = 0; j < NB; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        // Masked keys: exactly 0, also while the whole row is masked (m = -inf).
+        s[j][e] = s[j][e] == -INFINITY ? 0.f : exp2f(s[j][e] - row_m[e / 2]);
+        row_l[e / 2] += s[j][e];
+      }
+#pragma unroll
+    for (int j = 0; j < DB; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[j][e] *= alpha[e / 2];
+
+    // acc += P V: the score fragments of two n8 blocks are the A fragment of
+    // one k16 step (P rounded to T); V^T fragments by ldmatrix.trans.
+#pragma unroll
+    for (int kk = 0; kk < NW / 16; ++kk) {
+      const uint32_t pa[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]),
+                              pack2<T>(s[2 * kk][2], s[2 * kk][3]),
+                              pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                              pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int j = 0; j < DB; j += 2) {
+        uint32_t vb[4];
+        ldmatrix_x4_trans(vb, Vs + (n0 + kk * 16 + lane / 8 % 2 * 8 + lane % 8) * RS + j * 8 + lane / 16 * 8);
+        const uint32_t b0[2] = {vb[0], vb[1]}, b1[2] = {vb[2], vb[3]};
+        mma_16816<T>(acc[j], pa, b0);
+        mma_16816<T>(acc[j + 1], pa, b1);
+      }
+    }
+
+    if (repair) {
+      // Rare: a non-finite V among the new keys. Each query that sees such a
+      // key gets it added as the reference would (inf, -inf or NaN).
+      const int lo = max(hid_lo, t0 + n0), hi = min(hid_hi, t0 + n0 + NW);
+#pragma unroll 1
+      for (int key = lo; key < hi; ++key) {
+        const T* vrow = vc + key * p.vc_s[2];
+#pragma unroll
+        for (int j = 0; j < DB; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float v = static_cast<float>(vrow[j * 8 + 2 * tq + e % 2]);
+            if (key < lim[e / 2] && !(fabsf(v) < INFINITY)) acc[j][e] += v;
+          }
+      }
+    }
+    __syncthreads();  // the stage is free for the tile after next
+  }
+  cp_async_wait<0>();  // the last group is empty; nothing may be in flight at exit
+
+  // Combine: every warp's partial of its rows in fp32 shared memory (over the
+  // K/V stages), then each thread finishes (row, 4 columns) items over the KW
+  // key slices of the row.
+  float* cacc = reinterpret_cast<float*>(smem + Tl::kK);
+  float* cm = cacc + Tl::KW * R * Tl::CS;
+  float* cl = cm + Tl::KW * R;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    row_l[i] += __shfl_xor_sync(kFullMask, row_l[i], 1);
+    row_l[i] += __shfl_xor_sync(kFullMask, row_l[i], 2);
+    const int m = mw * 16 + g + 8 * i;
+    if (tq == 0) {
+      cm[kw * R + m] = row_m[i];
+      cl[kw * R + m] = row_l[i];
+    }
+#pragma unroll
+    for (int j = 0; j < DB; ++j) {
+      float* dst = cacc + (kw * R + m) * Tl::CS + j * 8 + 2 * tq;
+      dst[0] = acc[j][2 * i];
+      dst[1] = acc[j][2 * i + 1];
+    }
+  }
+  __syncthreads();
+  constexpr int DG = D / 4;
+  for (int item = tid; item < R * DG; item += kThreads) {
+    const int m = item / DG, col = item % DG * 4;
+    if (m >= w.rows) continue;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int k = 0; k < Tl::KW; ++k) mx = fmaxf(mx, cm[k * R + m]);
+    float l = 0.f, out[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int k = 0; k < Tl::KW; ++k) {
+      const float mk = cm[k * R + m];
+      if (mk == -INFINITY) continue;  // no key of this slice reached the row
+      const float wk = exp2f(mk - mx);
+      const float4 a = lds4(cacc + (k * R + m) * Tl::CS + col);
+      l += wk * cl[k * R + m];
+      out[0] += wk * a.x;
+      out[1] += wk * a.y;
+      out[2] += wk * a.z;
+      out[3] += wk * a.w;
+    }
+    // Partials leave in natural-log units (the merge's and the fp32 kernel's).
+    store_row_chunk<T, D>(p, w, m, col, out, mx * 0.6931471805599453f, l);
+  }
+}
+
+// --------------------------------------------------------------------------- merge
+
+// blockDim = (D / 4, rows per CTA): the threads of row y first load the (m, l)
+// of all splits of their row at once (into shared memory), then each merges 4
+// columns: one pass over the splits with independent loads of their
+// accumulators. Empty partials (m = -inf) are skipped without reading their
+// accumulators, which were never written.
+constexpr int kMergeMaxRows = kMergeThreads / 4;
+
+template <typename T>
+__global__ void __launch_bounds__(kMergeThreads)
+    attention_merge_kernel(const float* __restrict__ ws_acc, const float* __restrict__ ws_ml,
+                           T* __restrict__ out, int64_t total_rows, int S, int Hq, int Hkv, int G,
+                           int splits) {
+  __shared__ float part_m[kMergeMaxRows][kMaxSplits];
+  __shared__ float part_l[kMergeMaxRows][kMaxSplits];
+  const int D = blockDim.x * 4;
+  const int x = threadIdx.x, y = threadIdx.y;
+  const int64_t R = static_cast<int64_t>(blockIdx.x) * blockDim.y + y;  // ((b * Hkv + h) * G*S + r)
+  const bool active = R < total_rows;
+  if (active)
+    for (int j = x; j < splits; j += blockDim.x) {
+      part_m[y][j] = ws_ml[2 * (R * splits + j)];
+      part_l[y][j] = ws_ml[2 * (R * splits + j) + 1];
+    }
+  __syncthreads();
+  if (!active) return;
+  float mx = -INFINITY;
+  for (int j = 0; j < splits; ++j) mx = fmaxf(mx, part_m[y][j]);
+  float l = 0.f;
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+  const float* src = ws_acc + R * splits * D + 4 * x;
+#pragma unroll 4
+  for (int j = 0; j < splits; ++j) {
+    const float mj = part_m[y][j];
+    if (mj == -INFINITY) continue;
+    const float wj = expf(mj - mx);
+    const float4 a = lds4(src + static_cast<int64_t>(j) * D);
+    l += wj * part_l[y][j];
+    acc.x += wj * a.x;
+    acc.y += wj * a.y;
+    acc.z += wj * a.z;
+    acc.w += wj * a.w;
+  }
   const int GS = G * S;
   const int r = static_cast<int>(R % GS);
   const int64_t bh = R / GS;
   const int h = static_cast<int>(bh % Hkv);
   const int64_t b = bh / Hkv;
-
-  SoftmaxState st = softmax_state_empty();
-  float acc = 0.f;
-  for (int j = 0; j < splits; ++j) {
-    const int64_t slot = R * splits + j;
-    const SoftmaxState part{ws_ml[2 * slot], ws_ml[2 * slot + 1]};
-    if (part.m == -INFINITY) continue;
-    const float part_acc = ws_acc[slot * D + d];
-    softmax_merge(st, &acc, part, &part_acc, 1);
-  }
   const int s = r / G;
   const int hq = h * G + r % G;
-  out[((b * S + s) * Hq + hq) * D + d] = static_cast<T>(st.l > 0.f ? acc / st.l : 0.f);
+  T* o = out + ((b * S + s) * Hq + hq) * D + 4 * x;
+  o[0] = static_cast<T>(l > 0.f ? acc.x / l : 0.f);
+  o[1] = static_cast<T>(l > 0.f ? acc.y / l : 0.f);
+  o[2] = static_cast<T>(l > 0.f ? acc.z / l : 0.f);
+  o[3] = static_cast<T>(l > 0.f ? acc.w / l : 0.f);
 }
 
 // --------------------------------------------------------------------------- launch plan
 
-// Dynamic shared memory of attention_split_kernel<T, D, R> (any T).
-inline size_t split_smem_bytes(int D, int R) {
+constexpr int kMinSplitKeys = 256;  // a split reads at least this many keys of a row
+
+// Dynamic shared memory and keys per tile of the attention kernel that runs
+// tiles of R rows: attention_mma_kernel (tensor_cores) or attention_split_kernel.
+inline size_t attention_smem_bytes(bool tensor_cores, int D, int R) {
   return LS_HEAD_DIM_SWITCH(D, kD, [&] {
-    return LS_ROW_TILE_SWITCH(R, kR, [&] { return Tile<kD, kR>::kSmemBytes; });
+    return LS_ROW_TILE_SWITCH(R, kR, [&] {
+      return tensor_cores ? MmaTile<kD, kR>::kSmemBytes : Tile<kD, kR>::kSmemBytes;
+    });
   });
+}
+
+inline int attention_block_n(bool tensor_cores, int D) {
+  return LS_HEAD_DIM_SWITCH(D, kD, [&] { return tensor_cores ? MmaTile<kD, 16>::N : block_n<kD>(); });
 }
 
 // Query tile: the smallest of {16, 64, 128} that holds all G*S rows of a kv
 // head, or the largest that fits `smem_limit` bytes of shared memory.
-inline int choose_row_tile(int64_t GS, int D, size_t smem_limit) {
+inline int choose_row_tile(int64_t GS, int D, size_t smem_limit, bool tensor_cores) {
   int R = GS <= 16 ? 16 : GS <= 64 ? 64 : 128;
-  while (R > 16 && split_smem_bytes(D, R) > smem_limit) R = R == 128 ? 64 : 16;
+  while (R > 16 && attention_smem_bytes(tensor_cores, D, R) > smem_limit) R = R == 128 ? 64 : 16;
   return R;
 }
 
-// Splits of the keys: enough CTAs to fill the GPU a few times over when the
-// (batch, kv head, query tile) grid alone cannot, never more splits than key
-// tiles in the cache. The kernel divides each row's real length over them,
-// so short rows leave the last splits empty (they exit at once).
-inline int choose_splits(int64_t base_ctas, int64_t T_max, int block_n, int64_t sms,
-                         int forced) {
+// Key splits: as many as fit one wave of CTAs next to the (batch, kv head,
+// query tile) grid (`wave` = CTAs resident on the whole GPU at once, from the
+// kernel's occupancy), at most one per kMinSplitKeys keys of the cache. More
+// would only add waves and partial results to merge; the kernel also keeps
+// kMinSplitKeys per split of a row's real length, so short rows leave the last
+// splits empty (they exit at once).
+inline int choose_splits(int64_t base_ctas, int64_t T_max, int64_t wave, int forced) {
   if (forced >= 1) return std::min(forced, kMaxSplits);
-  const int64_t max_useful = std::max<int64_t>(1, ceil_div<int64_t>(T_max, block_n));
-  const int64_t target = 4 * sms;
-  if (base_ctas >= target) return 1;
-  const int64_t want = ceil_div<int64_t>(target, base_ctas);
-  return static_cast<int>(std::min<int64_t>({want, max_useful, kMaxSplits}));
+  const int64_t max_useful = std::max<int64_t>(1, T_max / kMinSplitKeys);
+  const int64_t fit = std::max<int64_t>(1, wave / std::max<int64_t>(base_ctas, 1));
+  return static_cast<int>(std::min<int64_t>({fit, max_useful, kMaxSplits}));
 }
 
 struct AttnShape {
@@ -635,35 +1038,50 @@ struct AttnShape {
 
 // Grid sizes of the three launches, from shapes only (no device read).
 struct AttnLaunch {
+  bool tensor_cores;       // attention_mma_kernel (else attention_split_kernel)
   int rows;                // query tile R
+  int threads;             // threads of an attention CTA
   int q_tiles, splits;
-  int64_t ctas;            // attention_split_kernel CTAs of RowTile<R>::kThreads
-  size_t smem;             // its dynamic shared memory, bytes
+  int min_split_keys;      // AttnParams::min_split_keys
+  int64_t ctas;            // attention CTAs
+  size_t smem;             // their dynamic shared memory, bytes
   int64_t write_blocks;    // cache_write_kernel blocks of kWriteThreads
   int64_t merge_rows;      // query rows merged (0: one split, no merge)
-  int merge_rows_per_cta;  // blockDim.y of attention_merge_kernel
+  int merge_rows_per_cta;  // blockDim.y of attention_merge_kernel (blockDim.x = D / 4)
   int64_t merge_ctas;
 };
 
-// sms: multiprocessors; smem_limit: opt-in shared memory per block (bytes);
-// forced_splits >= 1 forces the split count (tests of the merge).
-inline AttnLaunch plan_attention(const AttnShape& s, int64_t sms, size_t smem_limit,
-                                 int forced_splits) {
+// The tiles: which kernel, R, its threads and shared memory. tensor_cores:
+// 16-bit inputs on sm_80 or later; smem_limit: opt-in shared memory per block.
+inline AttnLaunch plan_tiles(const AttnShape& s, size_t smem_limit, bool tensor_cores) {
   AttnLaunch l{};
   const int64_t G = s.Hq / s.Hkv;
   const int D = static_cast<int>(s.D);
-  l.rows = choose_row_tile(G * s.S, D, smem_limit);
+  l.tensor_cores = tensor_cores;
+  l.rows = choose_row_tile(G * s.S, D, smem_limit, tensor_cores);
+  l.threads = LS_ROW_TILE_SWITCH(l.rows, kR, [&] {
+    return tensor_cores ? MmaTile<64, kR>::kThreads : RowTile<kR>::kThreads;
+  });
   l.q_tiles = static_cast<int>(ceil_div<int64_t>(G * s.S, l.rows));
-  l.smem = split_smem_bytes(D, l.rows);
-  const int block_n_ = LS_HEAD_DIM_SWITCH(D, kD, [&] { return block_n<kD>(); });
-  const int64_t base_ctas = s.B * s.Hkv * l.q_tiles;
-  l.splits = choose_splits(base_ctas, s.T_max, block_n_, sms, forced_splits);
-  l.ctas = base_ctas * l.splits;
+  l.smem = attention_smem_bytes(tensor_cores, D, l.rows);
   l.write_blocks = ceil_div<int64_t>(s.B * s.S * s.Hkv * (s.D / 2), kWriteThreads);
-  l.merge_rows = l.splits > 1 ? s.B * s.Hq * s.S : 0;
-  l.merge_rows_per_cta = std::max(1, kMergeThreads / D);
-  l.merge_ctas = ceil_div<int64_t>(l.merge_rows, l.merge_rows_per_cta);
   return l;
+}
+
+// The splits, once the launcher knows how many of the chosen kernel's CTAs an
+// SM holds: sms * blocks_per_sm is one wave. forced_splits >= 1 forces the
+// split count and lets every split take a single key tile (tests of the merge).
+inline void plan_splits(const AttnShape& s, int64_t sms, int64_t blocks_per_sm, int forced_splits,
+                        AttnLaunch* l) {
+  const int D = static_cast<int>(s.D);
+  const int64_t base_ctas = s.B * s.Hkv * l->q_tiles;
+  l->splits = choose_splits(base_ctas, s.T_max, sms * std::max<int64_t>(blocks_per_sm, 1),
+                            forced_splits);
+  l->min_split_keys = forced_splits >= 1 ? 0 : kMinSplitKeys;
+  l->ctas = base_ctas * l->splits;
+  l->merge_rows = l->splits > 1 ? s.B * s.Hq * s.S : 0;
+  l->merge_rows_per_cta = kMergeThreads / (D / 4);
+  l->merge_ctas = ceil_div<int64_t>(l->merge_rows, l->merge_rows_per_cta);
 }
 
 // Kernel arguments from raw pointers and element strides, shared by
@@ -725,6 +1143,7 @@ inline void make_params(const AttnShape& s, const AttnLaunch& l, const AttnTenso
   ap->T_max = static_cast<int>(s.T_max);
   ap->q_tiles = l.q_tiles;
   ap->splits = l.splits;
+  ap->min_split_keys = l.min_split_keys;
   ap->scale = static_cast<float>(softmax_scale);
   auto vec_ok = [&](const void* ptr, const int64_t* strides) {
     bool ok = reinterpret_cast<uintptr_t>(ptr) % 16 == 0;

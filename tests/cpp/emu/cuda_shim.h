@@ -11,6 +11,20 @@
 //                        turn make one barrier per collective enough: a buffer
 //                        is rewritten only after a later barrier, which no lane
 //                        passes before it has read.
+//   __syncthreads_or     the block barrier, each thread's predicate in its own
+//                        slot (two in turn, as above), ORed after the barrier.
+// Tensor-core instructions (csrc/cuda/mma.cuh) are warp collectives too:
+//   mma.m16n8k16         every lane publishes its A, B, C fragment registers;
+//                        each lane then computes its own four D elements from
+//                        the PTX fragment layouts (products exact in fp32, the
+//                        16 of a dot summed in k order onto C);
+//   ldmatrix.x4[.trans]  every lane publishes its row address; each lane reads
+//                        the elements the PTX layout gives its registers;
+//   cp.async             a per-thread list of 16-byte copies (or zero fills),
+//                        done at the cp.async.wait_group that covers their
+//                        group, so shared memory read before the wait (and a
+//                        barrier) is stale or NaN; a thread that exits with
+//                        copies in flight aborts.
 // __shared__ becomes `static thread_local` (one copy per OS thread, shared by
 // the fibers of the running block); dynamic shared memory is a per-block
 // buffer filled with NaN bytes at each block start, so a read before a write
@@ -36,6 +50,7 @@
 #define __launch_bounds__(...)
 #define __align__(n) alignas(n)
 #define __shared__ static thread_local
+#define LS_CUDA_EMULATION 1  // csrc/cuda/mma.cuh: use the lane-by-lane emulation below
 #define LS_DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(::ls_emu::dynamic_smem())
 
 // ------------------------------------------------------------------ vector types
@@ -63,6 +78,12 @@ inline int64_t max(int64_t a, int64_t b) { return a > b ? a : b; }
 
 namespace ls_emu {
 
+struct AsyncCopy {
+  void* dst;
+  const void* src;  // null: 16 zero bytes
+  unsigned group;
+};
+
 struct Fiber {
   ucontext_t ctx;
   dim3 tid;
@@ -71,6 +92,10 @@ struct Fiber {
   const unsigned* wait_gen = nullptr;  // blocked until *wait_gen != wait_value
   unsigned wait_value = 0;
   unsigned collectives = 0;  // warp collectives done: picks the slot buffer
+  unsigned block_collectives = 0;  // __syncthreads_or calls done: picks or_slot
+  int or_slot[2] = {0, 0};
+  std::vector<AsyncCopy> copies;  // cp.async in flight
+  unsigned copy_groups = 0;       // cp.async.commit_group calls done
 };
 
 // Threads that must all arrive; exited threads leave `live`.
@@ -85,9 +110,13 @@ struct Barrier {
   }
 };
 
+// A lane's payload in one warp collective: a shuffled word, or the A, B and C
+// registers of an mma (10 words of 32 bits).
+constexpr int kSlotWords = 5;
+
 struct Warp {
   Barrier bar;
-  uint64_t slot[2][32];
+  uint64_t slot[2][32][kSlotWords];
 };
 
 struct Block {
@@ -130,15 +159,22 @@ inline void arrive(Barrier& bar) {
 
 inline void syncthreads() { arrive(state().block.bar); }
 
-// Publishes this lane's 64-bit word, waits for the warp, returns the slots.
-inline const uint64_t* warp_exchange(uint64_t word) {
+// Publishes this lane's payload (at most kSlotWords 64-bit words), waits for
+// the warp, returns the 32 lanes' payloads.
+inline const uint64_t (*warp_exchange_words(const void* payload, size_t bytes))[kSlotWords] {
   State& s = state();
   Fiber* f = s.cur;
   Warp& w = s.block.warps[f->warp];
   const int buf = f->collectives++ & 1;
-  w.slot[buf][f->lane] = word;
+  if (bytes > sizeof(w.slot[buf][f->lane])) std::abort();
+  memcpy(w.slot[buf][f->lane], payload, bytes);
   arrive(w.bar);
   return w.slot[buf];
+}
+
+// Word 0 of each lane's slot: lane l's 64-bit word at [l * kSlotWords].
+inline const uint64_t* warp_exchange(uint64_t word) {
+  return &warp_exchange_words(&word, sizeof(word))[0][0];
 }
 
 template <typename T>
@@ -149,7 +185,7 @@ inline T shfl_xor(T v, int lane_mask) {
   const uint64_t* slots = warp_exchange(word);
   const int src = state().cur->lane ^ lane_mask;
   T out;
-  memcpy(&out, &slots[src], sizeof(T));
+  memcpy(&out, &slots[src * kSlotWords], sizeof(T));
   return out;
 }
 
@@ -157,14 +193,126 @@ inline unsigned ballot(bool pred) {
   const uint64_t* slots = warp_exchange(pred ? 1u : 0u);
   unsigned mask = 0;
   for (int l = 0; l < 32; ++l)
-    if (slots[l] == 1u) mask |= 1u << l;
+    if (slots[l * kSlotWords] == 1u) mask |= 1u << l;
   return mask;
+}
+
+inline int syncthreads_or(int pred) {
+  State& s = state();
+  Fiber* f = s.cur;
+  const unsigned n = f->block_collectives++;
+  f->or_slot[n & 1] = pred != 0;
+  syncthreads();
+  // The threads that took part in call n (one may have exited since; one that
+  // exited before it did not take part and its slot is stale).
+  int any = 0;
+  for (const Fiber& o : s.block.fibers) any |= o.block_collectives > n && o.or_slot[n & 1];
+  return any;
+}
+
+// ---------------------------------------------------------------- tensor cores
+
+inline float bf16_bits_to_float(uint16_t h) {
+  const uint32_t w = static_cast<uint32_t>(h) << 16;
+  float v;
+  memcpy(&v, &w, sizeof(v));
+  return v;
+}
+
+inline float fp16_bits_to_float(uint16_t h) {
+  const int e = (h >> 10) & 0x1f, m = h & 0x3ff;
+  const float v = e == 0    ? std::ldexp(static_cast<float>(m), -24)
+                  : e == 31 ? (m ? NAN : INFINITY)
+                            : std::ldexp(static_cast<float>(m | 0x400), e - 25);
+  return (h & 0x8000) ? -v : v;
+}
+
+// Element `half` (0: low 16 bits) of a fragment register, as float.
+template <bool kBf16>
+inline float frag_elem(uint32_t reg, int half) {
+  const uint16_t bits = static_cast<uint16_t>(reg >> (16 * half));
+  return kBf16 ? bf16_bits_to_float(bits) : fp16_bits_to_float(bits);
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32, d = a @ b + d.
+template <bool kBf16>
+inline void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  struct Regs {
+    uint32_t a[4], b[2];
+  } mine{{a[0], a[1], a[2], a[3]}, {b[0], b[1]}};
+  const auto* slots = warp_exchange_words(&mine, sizeof(mine));
+  auto regs = [&](int lane) {
+    Regs r;
+    memcpy(&r, slots[lane], sizeof(r));
+    return r;
+  };
+  // A[r][k]: lane (r % 8) * 4 + (k % 8) / 2, register r / 8 + 2 * (k / 8), half k % 2.
+  // B[k][n]: lane n * 4 + (k % 8) / 2, register k / 8, half k % 2.
+  const int lane = state().cur->lane, g = lane / 4, t = lane % 4;
+  for (int i = 0; i < 4; ++i) {
+    const int r = g + 8 * (i / 2), n = 2 * t + i % 2;
+    float acc = d[i];
+    for (int k = 0; k < 16; ++k) {
+      const float x = frag_elem<kBf16>(regs((r % 8) * 4 + (k % 8) / 2).a[r / 8 + 2 * (k / 8)], k % 2);
+      const float y = frag_elem<kBf16>(regs(n * 4 + (k % 8) / 2).b[k / 8], k % 2);
+      acc += x * y;  // exact product of two 16-bit values
+    }
+    d[i] = acc;
+  }
+}
+
+// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16.
+inline void ldmatrix_x4(uint32_t (&r)[4], const void* row, bool trans) {
+  const uint64_t mine = reinterpret_cast<uintptr_t>(row);
+  const auto* slots = warp_exchange_words(&mine, sizeof(mine));
+  const int lane = state().cur->lane;
+  auto elem = [&](int matrix, int i, int j) {  // element [i][j] of the 8 x 8 matrix
+    const auto* p = reinterpret_cast<const unsigned char*>(static_cast<uintptr_t>(slots[matrix * 8 + i][0]));
+    uint16_t v;
+    memcpy(&v, p + 2 * j, sizeof(v));
+    return static_cast<uint32_t>(v);
+  };
+  for (int m = 0; m < 4; ++m) {
+    const int i = lane / 4, j = 2 * (lane % 4);
+    r[m] = trans ? elem(m, j, i) | elem(m, j + 1, i) << 16 : elem(m, i, j) | elem(m, i, j + 1) << 16;
+  }
+}
+
+// ---------------------------------------------------------------- cp.async
+
+inline void cp_async_16(void* dst, const void* src, bool fill) {
+  Fiber* f = state().cur;
+  f->copies.push_back({dst, fill ? src : nullptr, f->copy_groups});
+}
+
+inline void cp_async_commit() { ++state().cur->copy_groups; }
+
+// Completes the copies of every group but the newest n committed ones.
+inline void cp_async_wait(int n) {
+  Fiber* f = state().cur;
+  std::vector<AsyncCopy> left;
+  for (const AsyncCopy& c : f->copies) {
+    if (c.group + n < f->copy_groups) {
+      if (c.src)
+        memcpy(c.dst, c.src, 16);
+      else
+        memset(c.dst, 0, 16);
+    } else {
+      left.push_back(c);
+    }
+  }
+  f->copies.swap(left);
 }
 
 inline void fiber_exit() {
   State& s = state();
   Block& b = s.block;
   Fiber* f = s.cur;
+  if (!f->copies.empty()) {
+    std::fprintf(stderr, "emulation: thread %d of block %u exits with cp.async copies in flight\n",
+                 f->warp * 32 + f->lane, s.block_idx.x);
+    std::abort();
+  }
   f->done = true;
   for (Barrier* bar : {&b.bar, &b.warps[f->warp].bar}) {
     --bar->live;
@@ -256,6 +404,7 @@ inline void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem_byte
 #define gridDim (::ls_emu::state().grid_dim)
 
 inline void __syncthreads() { ls_emu::syncthreads(); }
+inline int __syncthreads_or(int pred) { return ls_emu::syncthreads_or(pred); }
 template <typename T>
 inline T __shfl_xor_sync(unsigned, T v, int lane_mask) {
   return ls_emu::shfl_xor(v, lane_mask);

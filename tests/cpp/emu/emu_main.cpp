@@ -6,7 +6,10 @@
 //     bit-identical, rows with out-of-range lengths untouched with zero output;
 //     each case with the automatic plan and with 3 forced key splits (merge,
 //     empty splits), with the scalar K/V path on every third case, and q as a
-//     strided view over a NaN-filled buffer.
+//     strided view over a NaN-filled buffer. fp16/bf16 run the tensor-core
+//     kernel (mma, ldmatrix and cp.async emulated lane by lane, cuda_shim.h),
+//     fp32 the FMA kernel. Where the truth is NaN or inf (a query that sees a
+//     non-finite V), the output must be the same.
 //   acceptance: num_accepted and out_tokens identical to the reference, with
 //     and without per-row draft lengths (a case's optional "lens" tensor).
 // Every buffer has NaN/0xA5 guard bytes on both sides, checked after each run:
@@ -145,11 +148,15 @@ void run_attention(const Case& c, int forced_splits, bool scalar_kv, std::string
   const int64_t Hkv = kc.shape[1], T_max = kc.shape[2];
   const bool rope = c.count("cos") != 0;
   const AttnShape shape{B, S, Hq, Hkv, D, T_max};
-  // 2 SMs and an sm_86-sized shared memory limit: splits from the grid size
-  // and the R = 128 -> 64 fallback both get exercised.
-  const AttnLaunch l = plan_attention(shape, 2, 99 * 1024, forced_splits);
-  *info = "R=" + std::to_string(l.rows) + " tiles=" + std::to_string(l.q_tiles) +
-          " splits=" + std::to_string(l.splits) + (scalar_kv ? " scalar-kv" : "");
+  // An sm_86-sized shared memory limit (the R = 128 -> 64 fallback gets
+  // exercised) and a one-wave budget of 2 SMs x 2 CTAs; fp16/bf16 take the
+  // tensor-core kernel as on sm_80+.
+  constexpr bool kHalf = sizeof(T) == 2;
+  AttnLaunch l = plan_tiles(shape, 99 * 1024, kHalf);
+  plan_splits(shape, 2, 2, forced_splits, &l);
+  *info = std::string(kHalf ? "mma " : "fp32 ") + "R=" + std::to_string(l.rows) +
+          " tiles=" + std::to_string(l.q_tiles) + " splits=" + std::to_string(l.splits) +
+          (scalar_kv ? " scalar-kv" : "");
 
   // q as a view with head stride 2*D over a NaN buffer (the tests' non-contiguous q).
   Buffer qbuf(2 * q.data.size());
@@ -206,13 +213,17 @@ void run_attention(const Case& c, int forced_splits, bool scalar_kv, std::string
   });
   LS_HEAD_DIM_SWITCH(static_cast<int>(D), kD, [&] {
     LS_ROW_TILE_SWITCH(l.rows, kR, [&] {
-      ls_emu::launch(attention_split_kernel<T, kD, kR>, dim3(static_cast<unsigned>(l.ctas)),
-                     dim3(RowTile<kR>::kThreads), l.smem, ap);
+      if constexpr (kHalf)
+        ls_emu::launch(attention_mma_kernel<T, kD, kR>, dim3(static_cast<unsigned>(l.ctas)),
+                       dim3(l.threads), l.smem, ap);
+      else
+        ls_emu::launch(attention_split_kernel<T, kD, kR>, dim3(static_cast<unsigned>(l.ctas)),
+                       dim3(l.threads), l.smem, ap);
     });
   });
   if (l.merge_ctas > 0)
     ls_emu::launch(attention_merge_kernel<T>, dim3(static_cast<unsigned>(l.merge_ctas)),
-                   dim3(static_cast<unsigned>(D), static_cast<unsigned>(l.merge_rows_per_cta)), 0,
+                   dim3(static_cast<unsigned>(D / 4), static_cast<unsigned>(l.merge_rows_per_cta)), 0,
                    ap.ws_acc, ap.ws_ml, static_cast<T*>(ap.out), l.merge_rows, ap.S, ap.Hq,
                    ap.Hkv, ap.G, ap.splits);
 
@@ -224,12 +235,21 @@ void run_attention(const Case& c, int forced_splits, bool scalar_kv, std::string
   const double* truth = c.at("truth").as<double>();
   const T* got = out.as<T>();
   double max_err = 0, sq = 0;
+  int64_t n_finite = 0;
   for (int64_t i = 0; i < q.numel(); ++i) {
+    if (!std::isfinite(truth[i])) {  // a NaN or inf in V that this query sees
+      const double g = to_double(got[i]);
+      expect(std::isnan(truth[i]) ? std::isnan(g) : g == truth[i],
+             "element " + std::to_string(i) + " is " + std::to_string(g) + ", the reference's " +
+                 std::to_string(truth[i]));
+      continue;
+    }
+    ++n_finite;
     const double e = std::fabs(to_double(got[i]) - truth[i]);
     if (!(e <= max_err)) max_err = std::isnan(e) ? INFINITY : e;
     sq += e * e;
   }
-  const double rms = std::sqrt(sq / q.numel());
+  const double rms = std::sqrt(sq / std::max<int64_t>(n_finite, 1));
   const double max_limit = c.at("max_limit").scalar(), rms_limit = c.at("rms_limit").scalar();
   expect(max_err <= max_limit,
          "max err " + std::to_string(max_err) + " > " + std::to_string(max_limit));
