@@ -1,7 +1,7 @@
 """Microbenchmark of linear_rows (and linear_rows_int8): the few-row products of a decode step.
 
 Each weight matrix of the default model (its decode path: q/k/v and gate/up
-concatenated, o, down, the LM head) and two of Llama-3.2-1B, times 1 to 32 rows
+concatenated, o, down, the LM head) and of Llama-3.2-1B, times 1 to 32 rows
 (a draft step has 1 per sequence, a verify pass k+1: 32 at batch 8, k = 3), bf16. Side by side in one
 run: ATen's bf16 linear (what the model called before, oneDNN here) and
 linear_rows (the cpu backend's kernel; other backends run
@@ -25,6 +25,13 @@ to one directory per CPU kind, bench/results/<cpu kind>/linear_rows.csv (and
 .png; common.results_path), so a run on another machine never overwrites these.
 
     python bench/bench_linear.py [--quick] [--cpu-level avx2] [--note "quiet machine ..."]
+        [--rows 1,2,3,4,5,8,16] [--shapes stdlib,llama-1b qkv] [--dtypes bf16]
+
+--rows, --shapes (name prefixes, comma-separated) and --dtypes time a part of
+the grid (the row-count probe that set ROWS_X_BYTES_BY_LEVEL: the verify
+passes' 5-32 rows on the default model's and Llama-3.2-1B's matrices); its
+results go to linear_rows_probe.csv instead, so the full grid's file stays.
+The 525 MB LM head is timed at its draft-step row counts only (<= 8).
 """
 
 from __future__ import annotations
@@ -40,7 +47,8 @@ from layerskip_kernels import ops
 SHAPES = {  # name: (K, N)
     "stdlib qkv": (256, 384), "stdlib o": (256, 256), "stdlib gate_up": (256, 1536),
     "stdlib down": (768, 256), "stdlib head": (256, 4096),
-    "llama-1b qkv": (2048, 3072), "llama-1b down": (8192, 2048), "llama-1b head": (2048, 128256),
+    "llama-1b qkv": (2048, 3072), "llama-1b o": (2048, 2048), "llama-1b gate_up": (2048, 16384),
+    "llama-1b down": (8192, 2048), "llama-1b head": (2048, 128256),
 }
 HEADS = ("stdlib head", "llama-1b head")  # also timed with int8 weights (linear_rows_int8)
 DRAFT_ROWS = (1, 4, 8)  # the only row counts of the 525 MB head (a draft step's rows, batch 1-8)
@@ -48,34 +56,36 @@ DRAFT_ROWS = (1, 4, 8)  # the only row counts of the 525 MB head (a draft step's
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    note = ""
-    if "--note" in argv:
-        i = argv.index("--note")
-        note = argv[i + 1]
-        del argv[i:i + 2]
-    level = None
-    if "--cpu-level" in argv:
-        i = argv.index("--cpu-level")
-        level = argv[i + 1]
-        del argv[i:i + 2]
+    note = _take(argv, "--note") or ""
+    level = _take(argv, "--cpu-level")
+    only_rows, only_shapes, only_dtypes = (_take(argv, f) for f in ("--rows", "--shapes", "--dtypes"))
+    probe = any(v is not None for v in (only_rows, only_shapes, only_dtypes))
     from layerskip_kernels import backends
 
     native = backends.native()
     if level is not None:
         native.set_cpu_level(level)  # raises, naming the levels, when this CPU cannot run it
     # Default --out: common.results_path, per CPU kind (and _<level> when forced lower).
-    args = common.kernel_bench_args(__doc__, "linear_rows", 200, argv)
+    args = common.kernel_bench_args(__doc__, "linear_rows_probe" if probe else "linear_rows", 200, argv)
     meta, pairs, bw = common.start_run(args.device)  # meta["cpu_level"]: the level that runs
     print(f"cpu kernels at level {meta['cpu_level']}")
     # Only the cpu backend has a kernel of ours; elsewhere linear_rows is ATen's GEMM.
     impls = [("aten", device) for device in sorted({d for _, d in pairs})] + [p for p in pairs if p[0] == "cpu"]
     shapes = {k: v for k, v in SHAPES.items() if not args.quick or k.startswith("stdlib")}
+    if only_shapes is not None:
+        prefixes = [p.strip() for p in only_shapes.split(",")]
+        shapes = {k: v for k, v in shapes.items() if any(k.startswith(p) for p in prefixes)}
     row_counts = (1, 4, 8, 16) if args.quick else (1, 2, 4, 8, 9, 12, 16, 24, 32)
+    if only_rows is not None:
+        row_counts = tuple(int(r) for r in only_rows.split(","))
+    dtypes = [d for d in (torch.bfloat16, torch.float32)
+              if only_dtypes is None or ("bf16" if d == torch.bfloat16 else "fp32") in only_dtypes.split(",")]
 
     rows = []
     for name, (K, N) in shapes.items():
-        for M in (row_counts if name != "llama-1b head" else DRAFT_ROWS):
-            for dtype in (torch.bfloat16, torch.float32):
+        head_rows = [r for r in row_counts if r <= max(DRAFT_ROWS)] if only_rows is not None else DRAFT_ROWS
+        for M in (row_counts if name != "llama-1b head" else head_rows):
+            for dtype in dtypes:
                 if dtype == torch.float32 and name == "llama-1b head":
                     continue  # 1 GB of fp32 weights
                 rows += _time_shape(name, K, N, M, dtype, impls, args, meta, bw, note)
@@ -91,6 +101,16 @@ def main(argv=None):
         hline=1.0, hline_label="ATen",
     )
     print(f"wrote {args.out}.csv and {args.out}.png")
+
+
+def _take(argv, flag):
+    """The value after `flag` in argv (removed from it), or None."""
+    if flag not in argv:
+        return None
+    i = argv.index(flag)
+    value = argv[i + 1]
+    del argv[i:i + 2]
+    return value
 
 
 def _time_shape(name, K, N, M, dtype, impls, args, meta, bw, note):

@@ -24,9 +24,10 @@ native = pytest.mark.skipif(backends.native() is None, reason="layerskip_kernels
 # reference's, a few ulps of fp32 before that rounding.
 TOL = {torch.bfloat16: (1e-2, 8e-3), torch.float16: (1e-3, 1e-3), torch.float32: (1e-5, 1e-5)}
 
-SHAPES = [  # (rows, K, N): decode-step sizes, K tails of the 16- and 32-wide loops, row blocks past 8
+SHAPES = [  # (rows, K, N): decode-step sizes, K tails of the 16- and 32-wide loops, row blocks past 6 and 8,
+    # remainders of every tile width (N prime), rows 4 KB apart (K = 2048 bf16), K blocks (6 rows x K = 1500)
     (1, 256, 384), (4, 256, 1536), (8, 768, 256), (3, 40, 7), (9, 33, 100), (16, 64, 65), (1, 31, 3), (5, 1, 2),
-    (24, 130, 70),
+    (24, 130, 70), (2, 2048, 29), (6, 1500, 37), (7, 300, 13), (13, 97, 31),
 ]
 
 
@@ -61,6 +62,24 @@ def test_exact_when_products_are_exact(cpu_level):
             x = torch.randint(-3, 4, (rows, K), generator=g).to(dtype)
             w = torch.randint(-3, 4, (N, K), generator=g).to(dtype)
             assert torch.equal(torch.ops.layerskip.linear_rows(x, w), reference.linear_rows(x, w)), (rows, K, N)
+
+
+@native
+@pytest.mark.parametrize("op", ["linear_rows", "linear_rows_int8"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_rows_do_not_depend_on_their_batch(op, dtype, cpu_level):
+    # Each row's output is the same, bit for bit, whatever rows share its call
+    # (a verify pass's rows against draft steps of one row): the kernels' tiles
+    # of every width sum the same products in the same order. Random values, so
+    # a differing order would show in the last bits.
+    for rows, K, N in [(13, 97, 31), (8, 2048, 50), (6, 1500, 37), (32, 256, 77)]:
+        args = (_case if op == "linear_rows" else _case_int8)(rows, K, N, dtype, seed=3)
+        fn = getattr(torch.ops.layerskip, op)
+        whole = fn(*args)
+        for m in range(rows):
+            one = fn(args[0][m : m + 1], *args[1:])
+            assert torch.equal(one[0], whole[m]), (rows, K, N, m)
+        assert torch.equal(fn(args[0][5:9], *args[1:]), whole[5:9]), (rows, K, N)
 
 
 @native

@@ -48,6 +48,7 @@ extern const KernelTable LS_LEVEL_TABLE;
 const KernelTable LS_LEVEL_TABLE = {
     LS_LEVEL_ID,
     LS_LEVEL::kRowBlock,
+    LS_LEVEL::kRowUnit,
     &LS_LEVEL::linear_x_bytes,
     &LS_LEVEL::linear_prepare_x,
     &LS_LEVEL::linear_rows,

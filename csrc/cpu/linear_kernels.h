@@ -7,130 +7,209 @@
 // the time to stream a 256 x 256 weight, and a step makes dozens of calls. This
 // kernel streams each weight row once per block of up to kRowBlock input rows:
 // weights are widened to fp32 in registers (bf16: a shift or a mask; int8: a
-// sign extension and a conversion) and multiplied into tiles of kAcc = kLanes
-// fp32 accumulators ((weight rows) x (input rows)), x prepared once in fp32 in
-// the order the widened weights come out; the tile's horizontal sums are one
-// transpose-and-add tree (reduce_lanes). On AVX-512-BF16, bf16 x with bf16 or
-// int8 weights instead multiply 32 bf16 pairs per VDPBF16PS (x stays bf16).
+// sign extension and a conversion) and multiplied into tiles of (weight rows)
+// x (input rows) fp32 accumulators, x prepared once in fp32 in the order the
+// widened weights come out; the tile's horizontal sums are transpose-and-add
+// trees (reduce_lanes). On AVX-512-BF16, bf16 x with bf16 or int8 weights
+// instead multiply 32 bf16 pairs per VDPBF16PS (x stays bf16).
 // Outputs: fp32 sums, times the row's scale for int8 weights, rounded once to
 // x's dtype (round to nearest even for bf16).
+//
+// The fp32 path gives each output the same sum (the same products added in
+// the same order) whatever the number of rows, the tile it falls in or the
+// split over threads: one accumulator per (input row, weight row), its steps
+// in K order, the same reduction tree. So a row's result does not depend on
+// the rows beside it (a verify pass's row equals the draft step's).
 
 constexpr int kL = Vec::kLanes;
-constexpr int kAcc = kL;          // accumulators per tile: (weight rows) x (input rows) <= kAcc
-constexpr int kStep = 2 * kL;     // weights along K per step (two vectors)
-constexpr int64_t kRowBlock = 8;  // input rows per pass over the weights
+constexpr int kStep = 2 * kL;                 // weights along K per step (two halves of kL)
+constexpr int64_t kRowBlock = kTileRowBlock;  // input rows per pass over the weights (vec.h)
 // Weight rows per chunk that every row block of a call goes through before the
 // next chunk: a chunk stays in L2 while the row blocks re-read it.
 constexpr int64_t kChunkBytes = 128 * 1024;
+// Software prefetch of the weights this far ahead (into L2), where a tile's
+// rows are short: the hardware prefetchers lose a stream at every 4 KB page
+// and need a few lines of each to find it, too late for rows of 256 elements.
+// Not where a step reads more than kPrefetchMaxStepBytes (a prefetch per 64
+// bytes would then cost more than the loads gain from cache) or a tile is
+// long enough for the hardware prefetchers.
+constexpr int64_t kPrefetchBytes = 4096;
+constexpr int64_t kPrefetchMaxStepBytes = 256;
+constexpr int64_t kPrefetchMaxTileBytes = 24 * 1024;
 
 inline int64_t padded_k(int64_t K) { return (K + kStep - 1) / kStep * kStep; }
 
-// fp32 -> bf16 bits, round to nearest even (as torch's cast); NaN stays NaN.
-LS_FORCE_INLINE uint16_t bf16_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
-  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-
-LS_FORCE_INLINE void store_out(const LinearArgs& a, int64_t m, int64_t n, float v) {
-  if (a.out_dtype == DType::kBFloat16)
-    static_cast<uint16_t*>(a.out)[m * a.N + n] = bf16_bits(v);
-  else
-    static_cast<float*>(a.out)[m * a.N + n] = v;
-}
-
-// One step of kStep along K of a tile: kN weight rows (stride ws) times kM rows
-// of prepared x (stride xs). One row: each weight vector is used once, x is
-// loaded once. More rows: the tile's widened weights stay in registers while
-// each x row is loaded once (rows_block sizes kN so that they fit).
-template <int kM, int kN, typename WT>
-LS_FORCE_INLINE void tile_step(Vec acc[kAcc], const float* x, int64_t xs, const WT* w, int64_t ws) {
-  if constexpr (kM == 1) {
-    const Vec x0 = Vec::load(x), x1 = Vec::load(x + kL);
-    for (int j = 0; j < kN; ++j) {
-      Vec w0, w1;
-      load_w2(w + j * ws, w0, w1);
-      acc[j] = fmadd(w1, x1, fmadd(w0, x0, acc[j]));
-    }
-  } else {
-    Vec w0[kN], w1[kN];
-    for (int j = 0; j < kN; ++j) load_w2(w + j * ws, w0[j], w1[j]);
-    for (int i = 0; i < kM; ++i) {
-      const Vec x0 = Vec::load(x + i * xs), x1 = Vec::load(x + i * xs + kL);
-      for (int j = 0; j < kN; ++j) acc[j * kM + i] = fmadd(w1[j], x1, fmadd(w0[j], x0, acc[j * kM + i]));
-    }
-  }
-}
-
-// Weight rows n .. n+kN-1 times input rows m0 .. m0+kM-1.
-template <int kM, int kN, typename WT>
-void tile(const LinearArgs& a, const float* xp, const WT* w, int64_t m0, int64_t n) {
-  static_assert(kM * kN <= kAcc, "a tile holds at most kAcc accumulators");
-  const int64_t K = a.K, Kp = padded_k(K), K0 = K / kStep * kStep;
-  Vec acc[kAcc];
-  for (int i = 0; i < kAcc; ++i) acc[i] = Vec::zero();
-  const float* x = xp + m0 * Kp;
-  const WT* wn = w + n * K;
-  for (int64_t k = 0; k < K0; k += kStep) tile_step<kM, kN>(acc, x + k, Kp, wn + k, K);
-  if (K0 < K) {  // the tail through a zero-padded copy: nothing past a row is read
-    WT buf[kN][kStep] = {};
-    for (int j = 0; j < kN; ++j)
-      for (int64_t k = K0; k < K; ++k) buf[j][k - K0] = wn[j * K + k];
-    tile_step<kM, kN>(acc, x + K0, Kp, &buf[0][0], kStep);
-  }
-  if constexpr (kM * kN == 1) {
-    const float s = reduce_add(acc[0]);
-    store_out(a, m0, n, a.scale ? s * a.scale[n] : s);
-  } else {
-    alignas(64) float sums[kAcc];
-    reduce_lanes(acc).store(sums);  // lane j * kM + i: weight row n + j, input row m0 + i
-    for (int j = 0; j < kN; ++j)
-      for (int i = 0; i < kM; ++i) {
-        const float s = sums[j * kM + i];
-        store_out(a, m0 + i, n + j, a.scale ? s * a.scale[n + j] : s);
-      }
-  }
-}
-
-// Weight rows per tile for kM input rows: at most kAcc accumulators, and for
-// several rows, registers for the tile's 2 kN widened weights, its kM kN
-// accumulators, two x vectors and a constant (the bf16 mask).
+// Weight rows per tile for kM input rows: at most kTileAcc accumulators, and
+// registers for them, the operand the inner loop keeps (the x rows or the
+// widened weights, whichever are fewer: one half of each at a time where
+// kTileByHalf, both halves otherwise), the one it streams and a constant (the
+// bf16 mask). One input row takes kL weight rows, not more: its rows are
+// streams through L1, and rows 4 KB apart (K = 2048 in bf16) share the cache
+// sets, 8 ways of them. AVX2: 8, 6, 3, 2, 2, 2 for 1..6 rows; AVX-512: 16, 8,
+// 5, 4, 3, 2, 2, 2 for 1..8.
 template <int kM>
 constexpr int tile_rows() {
-  if (kM == 1) return kAcc;
-  const int by_regs = (Vec::kRegs - 3) / (2 + kM);
-  return std::max(1, std::min(kAcc / kM, by_regs));
+  constexpr int kHeld = kTileByHalf ? 1 : 2;
+  int n = 1;
+  while (kM * (n + 1) <= std::min(kTileAcc, kM == 1 ? kL : kTileAcc) &&
+         kM * (n + 1) + kHeld * std::min(kM, n + 1) + 2 <= Vec::kRegs)
+    ++n;
+  return n;
+}
+// Weight rows of the split over threads and of the chunks: whole tiles of one
+// and of two input rows (the widest; the others divide them or are few).
+constexpr int64_t kRowUnit = std::lcm(tile_rows<1>(), tile_rows<2>());
+
+// One step of kStep along K of a tile: kN weight rows (stride ws) times kM rows
+// of prepared x (stride xs). Each accumulator takes the step's even-half
+// product, then its odd-half one, in either loop order.
+template <int kM, int kN, typename WT>
+LS_FORCE_INLINE void tile_step(Vec* acc, const float* x, int64_t xs, const WT* w, int64_t ws) {
+  if constexpr (!kTileByHalf) {  // both halves at once: one load of each weight vector
+    if constexpr (kM <= kN) {    // the x rows stay, each weight row meets them all
+      Vec x0[kM], x1[kM];
+      for (int i = 0; i < kM; ++i) x0[i] = Vec::load(x + i * xs), x1[i] = Vec::load(x + i * xs + kL);
+      for (int j = 0; j < kN; ++j) {
+        const Vec w0 = load_w_half<0>(w + j * ws), w1 = load_w_half<1>(w + j * ws);
+        for (int i = 0; i < kM; ++i) acc[j * kM + i] = fmadd(w1, x1[i], fmadd(w0, x0[i], acc[j * kM + i]));
+      }
+    } else {  // the widened weights stay, each x row meets them all
+      Vec w0[kN], w1[kN];
+      for (int j = 0; j < kN; ++j) w0[j] = load_w_half<0>(w + j * ws), w1[j] = load_w_half<1>(w + j * ws);
+      for (int i = 0; i < kM; ++i) {
+        const Vec x0 = Vec::load(x + i * xs), x1 = Vec::load(x + i * xs + kL);
+        for (int j = 0; j < kN; ++j) acc[j * kM + i] = fmadd(w1[j], x1, fmadd(w0[j], x0, acc[j * kM + i]));
+      }
+    }
+  } else {  // half by half: half the registers held, for larger tiles
+    auto half = [&](auto h) {
+      constexpr int kH = decltype(h)::value;
+      if constexpr (kM <= kN) {
+        Vec xv[kM];
+        for (int i = 0; i < kM; ++i) xv[i] = Vec::load(x + i * xs + kH * kL);
+        for (int j = 0; j < kN; ++j) {
+          const Vec wv = load_w_half<kH>(w + j * ws);
+          for (int i = 0; i < kM; ++i) acc[j * kM + i] = fmadd(wv, xv[i], acc[j * kM + i]);
+        }
+      } else {
+        Vec wv[kN];
+        for (int j = 0; j < kN; ++j) wv[j] = load_w_half<kH>(w + j * ws);
+        for (int i = 0; i < kM; ++i) {
+          const Vec xv = Vec::load(x + i * xs + kH * kL);
+          for (int j = 0; j < kN; ++j) acc[j * kM + i] = fmadd(wv[j], xv, acc[j * kM + i]);
+        }
+      }
+    };
+    half(std::integral_constant<int, 0>{});
+    half(std::integral_constant<int, 1>{});
+  }
+}
+
+// A tile's outputs (lane j * kM + i of v) to rows m0 + i, columns n + j of the
+// output (o at m0, n; row stride N).
+template <int kM, int kN, typename T>
+LS_FORCE_INLINE void store_tile(T* o, int64_t N, const T* v) {
+  for (int i = 0; i < kM; ++i)
+    for (int j = 0; j < kN; ++j) o[i * N + j] = v[j * kM + i];
+}
+
+// The part [k0, k1) of K that a tile runs; `part` keeps the accumulators of a
+// tile between blocks (null when one block covers K).
+struct KBlock {
+  int64_t k0, k1;
+  bool first, last;
+};
+
+// Weight rows n .. n+kN-1 times input rows m0 .. m0+kM-1 over K block kb.
+template <int kM, int kN, typename WT>
+void tile(const LinearArgs& a, const float* xp, const WT* w, int64_t m0, int64_t n, const KBlock& kb, float* part) {
+  static_assert(kM * kN <= kTileAcc, "a tile holds at most kTileAcc accumulators");
+  constexpr int kAccN = (kM * kN + kL - 1) / kL * kL;  // whole groups for reduce_lanes (zeros past kM kN)
+  const int64_t K = a.K, Kp = padded_k(K), K0 = K / kStep * kStep;
+  Vec acc[kAccN];
+  if (kb.first) {
+    for (int i = 0; i < kAccN; ++i) acc[i] = Vec::zero();
+  } else {
+    for (int i = 0; i < kM * kN; ++i) acc[i] = Vec::load(part + i * kL);
+    for (int i = kM * kN; i < kAccN; ++i) acc[i] = Vec::zero();
+  }
+  const float* x = xp + m0 * Kp;
+  const WT* wn = w + n * K;
+  const int64_t kend = std::min(kb.k1, K0);
+  // One block covering K: the tile's rows are one contiguous run, and so are
+  // the next tiles'; prefetch as far ahead of this one as it reads per step.
+  constexpr int64_t kStepBytes = int64_t{kN} * kStep * sizeof(WT);
+  const int64_t tile_bytes = kN * K * static_cast<int64_t>(sizeof(WT));
+  const char* pf = nullptr;
+  if (kStepBytes <= kPrefetchMaxStepBytes && kb.first && kb.last && tile_bytes <= kPrefetchMaxTileBytes) {
+    pf = reinterpret_cast<const char*>(wn) + (kPrefetchBytes + tile_bytes - 1) / tile_bytes * tile_bytes;
+    if (pf >= reinterpret_cast<const char*>(w + a.N * K)) pf = nullptr;
+  }
+  for (int64_t k = kb.k0; k < kend; k += kStep) {
+    if (pf) {
+      const char* p = pf + (k / kStep) * kStepBytes;
+      for (int64_t l = 0; l < kStepBytes; l += 64) __builtin_prefetch(p + l, 0, 2);
+    }
+    tile_step<kM, kN>(acc, x + k, Kp, wn + k, K);
+  }
+  if (kb.last && K0 < K) {  // the tail through a zero-padded copy: nothing past a row is read
+    WT buf[kN][kStep];
+    for (int j = 0; j < kN; ++j)
+      for (int64_t k = 0; k < kStep; ++k) buf[j][k] = K0 + k < K ? wn[j * K + K0 + k] : WT{0};
+    tile_step<kM, kN>(acc, x + K0, Kp, &buf[0][0], kStep);
+  }
+  if (!kb.last) {
+    for (int i = 0; i < kM * kN; ++i) acc[i].store(part + i * kL);
+    return;
+  }
+  alignas(64) float sums[kAccN];
+  for (int g = 0; g < kAccN; g += kL) reduce_lanes(acc + g).store(sums + g);  // lane j * kM + i: row n + j, m0 + i
+  if (a.scale)
+    for (int j = 0; j < kN; ++j)
+      for (int i = 0; i < kM; ++i) sums[j * kM + i] *= a.scale[n + j];
+  if (a.out_dtype == DType::kBFloat16) {
+    alignas(64) uint16_t bits[kAccN];
+    for (int g = 0; g < kAccN; g += kL) store_bf16(Vec::load(sums + g), bits + g);
+    store_tile<kM, kN>(static_cast<uint16_t*>(a.out) + m0 * a.N + n, a.N, bits);
+  } else {
+    store_tile<kM, kN>(static_cast<float*>(a.out) + m0 * a.N + n, a.N, sums);
+  }
 }
 
 template <int kM, typename WT>
-void rows_block(const LinearArgs& a, const float* xp, const WT* w, int64_t m0, int64_t n0, int64_t n1) {
+void rows_block(const LinearArgs& a, const float* xp, const WT* w, int64_t m0, int64_t c0, int64_t c1,
+                const KBlock& kb, float* part) {
   constexpr int kN = tile_rows<kM>();
-  int64_t n = n0;
-  for (; n + kN <= n1; n += kN) tile<kM, kN>(a, xp, w, m0, n);
-  for (; n < n1; ++n) tile<kM, 1>(a, xp, w, m0, n);
+  int64_t n = c0;
+  auto at = [&](int64_t r) { return part ? part + (r - c0) * kM * kL : nullptr; };
+  for (; n + kN <= c1; n += kN) tile<kM, kN>(a, xp, w, m0, n, kb, at(n));
+  for (; n < c1; ++n) tile<kM, 1>(a, xp, w, m0, n, kb, at(n));
 }
 
 // Calls f(kM, m0, c0, c1), kM a std::integral_constant, for every block of kM
 // <= kRowBlock input rows from m0 and chunk [c0, c1) of the weight rows [n0,
 // n1): the row blocks go through a chunk (kChunkBytes of weights, multiple of
-// kTileAcc rows) before the next one, so it is read from memory once.
-template <int kTileAcc, typename F>
+// kTileRows rows) before the next one, so it is read from memory once.
+template <int kTileRows, typename F>
 LS_FORCE_INLINE void for_each_block(const LinearArgs& a, int64_t w_bytes, int64_t n0, int64_t n1, F&& f) {
   const int64_t chunk =
-      std::max<int64_t>(kTileAcc, kChunkBytes / std::max<int64_t>(1, a.K * w_bytes) / kTileAcc * kTileAcc);
+      std::max<int64_t>(kTileRows, kChunkBytes / std::max<int64_t>(1, a.K * w_bytes) / kTileRows * kTileRows);
   for (int64_t c0 = n0; c0 < n1; c0 += chunk) {
     const int64_t c1 = std::min(n1, c0 + chunk);
     for (int64_t m0 = 0; m0 < a.M; m0 += kRowBlock) {
-      switch (std::min<int64_t>(kRowBlock, a.M - m0)) {
-        case 1: f(std::integral_constant<int, 1>{}, m0, c0, c1); break;
-        case 2: f(std::integral_constant<int, 2>{}, m0, c0, c1); break;
-        case 3: f(std::integral_constant<int, 3>{}, m0, c0, c1); break;
-        case 4: f(std::integral_constant<int, 4>{}, m0, c0, c1); break;
-        case 5: f(std::integral_constant<int, 5>{}, m0, c0, c1); break;
-        case 6: f(std::integral_constant<int, 6>{}, m0, c0, c1); break;
-        case 7: f(std::integral_constant<int, 7>{}, m0, c0, c1); break;
-        default: f(std::integral_constant<int, 8>{}, m0, c0, c1); break;
+      const int64_t rows = std::min<int64_t>(kRowBlock, a.M - m0);
+      auto call = [&](auto kM) {
+        if constexpr (decltype(kM)::value <= kRowBlock) f(kM, m0, c0, c1);
+      };
+      switch (rows) {
+        case 1: call(std::integral_constant<int, 1>{}); break;
+        case 2: call(std::integral_constant<int, 2>{}); break;
+        case 3: call(std::integral_constant<int, 3>{}); break;
+        case 4: call(std::integral_constant<int, 4>{}); break;
+        case 5: call(std::integral_constant<int, 5>{}); break;
+        case 6: call(std::integral_constant<int, 6>{}); break;
+        case 7: call(std::integral_constant<int, 7>{}); break;
+        default: call(std::integral_constant<int, 8>{}); break;
       }
     }
   }
@@ -138,10 +217,24 @@ LS_FORCE_INLINE void for_each_block(const LinearArgs& a, int64_t w_bytes, int64_
 
 template <typename WT>
 void rows_fp32(const LinearArgs& a, int64_t n0, int64_t n1) {
+  static_assert(kRowBlock <= 8, "for_each_block dispatches up to 8 rows");
   const auto* xp = static_cast<const float*>(a.xp);
   const auto* w = static_cast<const WT*>(a.w);
-  for_each_block<kAcc>(a, sizeof(WT), n0, n1, [&](auto kM, int64_t m0, int64_t c0, int64_t c1) {
-    rows_block<decltype(kM)::value>(a, xp, w, m0, c0, c1);
+  const int64_t K0 = a.K / kStep * kStep;
+  std::vector<float> part;  // accumulators between K blocks: chunk rows x kRowBlock vectors
+  for_each_block<kRowUnit>(a, sizeof(WT), n0, n1, [&](auto kM, int64_t m0, int64_t c0, int64_t c1) {
+    constexpr int kRows = decltype(kM)::value;
+    // K blocks of whole steps whose x (kRows rows of fp32) fits
+    // kTileXBlockBytes (vec.h), of even length; the tail step goes with the last.
+    const int64_t steps = std::max<int64_t>(1, K0 / kStep);
+    const int64_t per_block = kTileXBlockBytes > 0 ? std::max<int64_t>(1, kTileXBlockBytes / (kRows * kStep * 4)) : steps;
+    const int64_t blocks = (steps + per_block - 1) / per_block;
+    const int64_t block_steps = (steps + blocks - 1) / blocks;
+    if (blocks > 1 && part.size() < static_cast<size_t>((c1 - c0) * kRowBlock * kL)) part.resize((c1 - c0) * kRowBlock * kL);
+    for (int64_t b = 0; b < blocks; ++b) {
+      const KBlock kb{b * block_steps * kStep, std::min(K0, (b + 1) * block_steps * kStep), b == 0, b == blocks - 1};
+      rows_block<kRows>(a, xp, w, m0, c0, c1, kb, blocks > 1 ? part.data() : nullptr);
+    }
   });
 }
 
@@ -189,10 +282,7 @@ void tile(const LinearArgs& a, const uint16_t* x, const WT* w, int64_t m0, int64
   if (K32 < K)
     tile_step<kM, kN, true>(acc, x, w, K, m0, n, K32, static_cast<__mmask32>((uint64_t{1} << (K - K32)) - 1));
   auto* o = static_cast<uint16_t*>(a.out);
-  if constexpr (kM * kN == 1) {
-    const float sum = reduce_add(acc[0]);
-    o[m0 * N + n] = bf16_bits(a.scale ? sum * a.scale[n] : sum);
-  } else {
+  {  // every tile, 1 x 1 included, through the same tree and rounding: a row's result is the same in any tile
     __m512 sums = reduce_lanes(acc).v;  // lane j * kM + i: weight row n + j, input row m0 + i
     if (a.scale) {
       alignas(64) float f[kAcc16] = {};
@@ -251,25 +341,40 @@ int64_t linear_x_bytes(WeightKind wk, DType x_dtype, int64_t M, int64_t K) {
 }
 
 // x [M, K] in x_dtype -> fp32 rows of padded_k(K) (zeros past K), each block of
-// kStep in the order load_w2 widens weights of kind wk; bf16 x for VDPBF16PS
-// is copied as is.
+// kStep in the order load_w_half widens weights of kind wk; bf16 x for
+// VDPBF16PS is copied as is.
 void linear_prepare_x(WeightKind wk, DType x_dtype, const void* x, int64_t M, int64_t K, void* xp) {
   if (use_bf16_dot(wk, x_dtype)) {
     std::memcpy(xp, x, M * K * 2);
     return;
   }
-  const int64_t Kp = padded_k(K);
+  const int64_t Kp = padded_k(K), K0 = K / kStep * kStep;
   const bool split = kBf16Split && wk == WeightKind::kBf16;
+  const bool bf16_x = x_dtype == DType::kBFloat16;
   for (int64_t m = 0; m < M; ++m) {
     float* dst = static_cast<float*>(xp) + m * Kp;
-    for (int64_t k = 0; k < Kp; ++k) {
-      float v = 0.f;
-      if (k < K) {
-        v = x_dtype == DType::kBFloat16 ? widen(static_cast<const uint16_t*>(x)[m * K + k])
-                                        : static_cast<const float*>(x)[m * K + k];
+    int64_t k = 0;
+    // Whole steps by the weights' own widening: fp32 x, and bf16 x with bf16
+    // weights (both come out in the weights' order); bf16 x with int8 weights
+    // (in order, where bf16 widens split) takes the loop below.
+    if (!bf16_x || wk == WeightKind::kBf16) {
+      for (; k < K0; k += kStep) {
+        if (bf16_x) {
+          const uint16_t* src = static_cast<const uint16_t*>(x) + m * K + k;
+          load_w_half<0>(src).store(dst + k);
+          load_w_half<1>(src).store(dst + k + kL);
+        } else {
+          const float* src = static_cast<const float*>(x) + m * K + k;
+          load_w_half<0>(src).store(dst + k);
+          load_w_half<1>(src).store(dst + k + kL);
+        }
       }
-      // Element e of a block goes where load_w2 puts weight e: the even ones
-      // first, then the odd ones, when bf16 weights are split.
+    }
+    for (; k < Kp; ++k) {
+      float v = 0.f;
+      if (k < K) v = bf16_x ? widen(static_cast<const uint16_t*>(x)[m * K + k]) : static_cast<const float*>(x)[m * K + k];
+      // Element e of a block goes where load_w_half puts weight e: the even
+      // ones first, then the odd ones, when bf16 weights are split.
       const int64_t e = k % kStep;
       const int64_t at = split ? k - e + (e % 2) * kL + e / 2 : k;
       dst[at] = v;

@@ -4,10 +4,29 @@
 // allows). Included by csrc/cpu/level_kernels.h inside the level's namespace
 // and instruction-set region; no includes here.
 //
-// The weight loads widen 2 * kLanes weights into two fp32 vectors `a`, `b`, in
-// the order prepare_x lays out x (kBf16Split: bf16 weights come out as the even
-// and the odd elements, two integer ops for 2 * kLanes weights; x is stored
-// the same way, so the sum of products is the same set of terms).
+// load_w_half<h>(p) widens half h (0 or 1) of the 2 * kLanes weights at p to
+// one fp32 vector, in the order prepare_x lays out x (kBf16Split: bf16 weights
+// come out as the even (h = 0) and the odd (h = 1) elements, one integer op per
+// half on one load; x is stored the same way, so the sum of products is the
+// same set of terms).
+//
+// Each level also sets the shape of the linear_rows tiles (linear_kernels.h)
+// for its register file (Vec::kRegs vectors): kTileAcc, the most fp32
+// accumulators a tile keeps in registers; kTileRowBlock, the most input rows a
+// pass over the weights takes; kTileByHalf, whether a tile step goes through
+// the even, then the odd halves (half the operands held: larger tiles in 16
+// registers) or both at once (one load per weight vector); kTileXBlockBytes,
+// the prepared x of a row block that one K block of a pass reads (it stays in
+// L1 while the weight rows go past; 0: no K blocks).
+
+// fp32 -> bf16 bits, round to nearest even (as torch's cast); NaN stays NaN.
+// store_bf16(v, p) writes the kLanes lanes of v so, to p.
+LS_FORCE_INLINE uint16_t bf16_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
+  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
 
 #if defined(LS_VEC_AVX512)
 
@@ -24,18 +43,35 @@ LS_FORCE_INLINE Vec fmadd(Vec a, Vec b, Vec c) { return {_mm512_fmadd_ps(a.v, b.
 LS_FORCE_INLINE float reduce_add(Vec a) { return _mm512_reduce_add_ps(a.v); }
 constexpr bool kBf16Split = true;
 
-LS_FORCE_INLINE void load_w2(const float* p, Vec& a, Vec& b) {
-  a = Vec::load(p);
-  b = Vec::load(p + 16);
+LS_FORCE_INLINE void store_bf16(Vec v, uint16_t* p) {
+  const __m512i u = _mm512_castps_si512(v.v), hi = _mm512_srli_epi32(u, 16);
+  const __m512i bias = _mm512_add_epi32(_mm512_and_si512(hi, _mm512_set1_epi32(1)), _mm512_set1_epi32(0x7fff));
+  const __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, bias), 16);
+  const __mmask16 nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                                _mm512_set1_epi32(0x7f800000));
+  const __m512i b = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(hi, _mm512_set1_epi32(0x40)));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(b));
 }
-LS_FORCE_INLINE void load_w2(const uint16_t* p, Vec& a, Vec& b) {
+
+constexpr int kTileAcc = 16;  // one transpose-and-add tree (reduce_lanes) sums them
+constexpr int kTileRowBlock = 8;
+constexpr bool kTileByHalf = false;
+// Tiles of 2 to 16 weight rows per x row: no K blocks (timed slower with them).
+constexpr int64_t kTileXBlockBytes = 0;
+
+template <int h>
+LS_FORCE_INLINE Vec load_w_half(const float* p) {
+  return Vec::load(p + 16 * h);
+}
+template <int h>
+LS_FORCE_INLINE Vec load_w_half(const uint16_t* p) {
   const __m512i r = _mm512_loadu_si512(p);
-  a.v = _mm512_castsi512_ps(_mm512_slli_epi32(r, 16));                          // even elements
-  b.v = _mm512_castsi512_ps(_mm512_and_si512(r, _mm512_set1_epi32(-65536)));   // odd elements
+  if constexpr (h == 0) return {_mm512_castsi512_ps(_mm512_slli_epi32(r, 16))};    // even elements
+  return {_mm512_castsi512_ps(_mm512_and_si512(r, _mm512_set1_epi32(-65536)))};  // odd elements
 }
-LS_FORCE_INLINE void load_w2(const int8_t* p, Vec& a, Vec& b) {
-  a.v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-  b.v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16))));
+template <int h>
+LS_FORCE_INLINE Vec load_w_half(const int8_t* p) {
+  return {_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * h))))};
 }
 
 // Lane j of the result is the sum of the 16 lanes of v[j]: a transpose-and-add
@@ -76,18 +112,42 @@ LS_FORCE_INLINE float reduce_add(Vec a) {
 }
 constexpr bool kBf16Split = true;
 
-LS_FORCE_INLINE void load_w2(const float* p, Vec& a, Vec& b) {
-  a = Vec::load(p);
-  b = Vec::load(p + 8);
+LS_FORCE_INLINE void store_bf16(Vec v, uint16_t* p) {
+  const __m256i u = _mm256_castps_si256(v.v), hi = _mm256_srli_epi32(u, 16);
+  const __m256i bias = _mm256_add_epi32(_mm256_and_si256(hi, _mm256_set1_epi32(1)), _mm256_set1_epi32(0x7fff));
+  const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, bias), 16);
+  const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
+                                         _mm256_set1_epi32(0x7f800000));
+  const __m256i b = _mm256_blendv_epi8(r, _mm256_or_si256(hi, _mm256_set1_epi32(0x40)), nan);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                   _mm_packus_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1)));
 }
-LS_FORCE_INLINE void load_w2(const uint16_t* p, Vec& a, Vec& b) {
+
+// 12 accumulators, one half at a time: at two input rows 6 weight rows x 2,
+// 12 FMA chains (8 leave the FMA latency exposed: 4 cycles x 2 per cycle),
+// with the two x halves and a widened weight in the other registers. Up to 6
+// input rows per pass: 6 x 2 tiles, where 8 rows fit only 8 x 1 (a load per
+// FMA, and the x rows read again for every weight row).
+constexpr int kTileAcc = 12;
+constexpr int kTileRowBlock = 6;
+constexpr bool kTileByHalf = true;
+// 5 rows of K = 2048 in fp32 are 40 KB, read again for every 1 or 2 weight
+// rows: K blocks of 16 KB keep them in L1.
+constexpr int64_t kTileXBlockBytes = 16 * 1024;
+
+template <int h>
+LS_FORCE_INLINE Vec load_w_half(const float* p) {
+  return Vec::load(p + 8 * h);
+}
+template <int h>
+LS_FORCE_INLINE Vec load_w_half(const uint16_t* p) {
   const __m256i r = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  a.v = _mm256_castsi256_ps(_mm256_slli_epi32(r, 16));                         // even elements
-  b.v = _mm256_castsi256_ps(_mm256_and_si256(r, _mm256_set1_epi32(-65536)));  // odd elements
+  if constexpr (h == 0) return {_mm256_castsi256_ps(_mm256_slli_epi32(r, 16))};    // even elements
+  return {_mm256_castsi256_ps(_mm256_and_si256(r, _mm256_set1_epi32(-65536)))};  // odd elements
 }
-LS_FORCE_INLINE void load_w2(const int8_t* p, Vec& a, Vec& b) {
-  a.v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
-  b.v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8))));
+template <int h>
+LS_FORCE_INLINE Vec load_w_half(const int8_t* p) {
+  return {_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * h))))};
 }
 
 // Lane j of the result is the sum of the 8 lanes of v[j]: two rounds of
@@ -103,7 +163,7 @@ LS_FORCE_INLINE Vec reduce_lanes(const Vec v[8]) {
 
 struct Vec {
   static constexpr int kLanes = 8;
-  static constexpr int kRegs = 16;  // SSE registers (two per Vec: a rough guide)
+  static constexpr int kRegs = 8;  // 16 SSE registers, two per Vec (a rough guide)
   float v[8];
   static Vec zero() { return set1(0.f); }
   static Vec set1(float x) {
@@ -133,12 +193,20 @@ LS_FORCE_INLINE float reduce_add(Vec a) {
 }
 constexpr bool kBf16Split = false;
 
-template <typename WT>
-LS_FORCE_INLINE void load_w2(const WT* p, Vec& a, Vec& b) {
-  for (int i = 0; i < 8; ++i) {
-    a.v[i] = widen(p[i]);
-    b.v[i] = widen(p[i + 8]);
-  }
+LS_FORCE_INLINE void store_bf16(Vec v, uint16_t* p) {
+  for (int i = 0; i < 8; ++i) p[i] = bf16_bits(v.v[i]);
+}
+
+constexpr int kTileAcc = 8;
+constexpr int kTileRowBlock = 8;
+constexpr bool kTileByHalf = false;
+constexpr int64_t kTileXBlockBytes = 0;
+
+template <int h, typename WT>
+LS_FORCE_INLINE Vec load_w_half(const WT* p) {
+  Vec a;
+  for (int i = 0; i < 8; ++i) a.v[i] = widen(p[8 * h + i]);
+  return a;
 }
 
 LS_FORCE_INLINE Vec reduce_lanes(const Vec v[8]) {
