@@ -39,24 +39,26 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS, metadata, print_table, write_csv  # noqa: E402
+from common import metadata, print_table, results_path, write_csv  # noqa: E402
 
 import layerskip_kernels as lk  # noqa: E402
 from layerskip_kernels.generation.config import SpeculationConfig  # noqa: E402
 from bench_e2e import load_prompts  # noqa: E402
-from bench_quality import distinct, longest_run, repeated_ngram_rate  # noqa: E402
+from bench_quality import distinct, longest_loop, longest_run, repeated_ngram_rate  # noqa: E402
 
-GREEDY = [(1.0, 0), (1.05, 0), (1.1, 0), (1.2, 0), (1.0, 3), (1.0, 4), (1.0, 5), (1.0, 6),
-          (1.05, 4), (1.1, 4), (1.2, 4), (1.05, 6), (1.1, 6)]
+GREEDY = [(1.0, 0), (1.02, 0), (1.05, 0), (1.1, 0), (1.2, 0), (1.0, 3), (1.0, 4), (1.0, 5), (1.0, 6),
+          (1.0, 8), (1.0, 10), (1.0, 12), (1.0, 16), (1.05, 4), (1.1, 4), (1.2, 4), (1.05, 6), (1.1, 6), (1.05, 8)]
 SAMPLING = [(t, p) for t in (0.6, 0.7, 0.8, 0.9) for p in (0.9, 0.95)]
 
 
-def settings(smoke: bool) -> list[tuple[str, dict]]:
+def settings(smoke: bool, only: list[str] | None = None) -> list[tuple[str, dict]]:
     greedy = [(f"greedy penalty={r} ngram={n}", dict(repetition_penalty=r, no_repeat_ngram_size=n))
               for r, n in GREEDY]
     sampling = [(f"sample T={t} top_p={p}", dict(do_sample=True, temperature=t, top_p=p)) for t, p in SAMPLING]
     if smoke:
-        return [greedy[0], greedy[9], sampling[3]]
+        return [greedy[0], greedy[13], sampling[3]]
+    if only:
+        return [(name, kw) for name, kw in greedy + sampling if name in only]
     return greedy + sampling
 
 
@@ -70,15 +72,16 @@ def parses(text: str) -> bool:
     return True
 
 
-def run_setting(model, prompts, kw, E, k, new_tokens, reps, seed=0):
+def run_setting(model, prompts, kw, E, k, new_tokens, reps, seed=0, modes=("spec", "ar")):
     """Both modes on every prompt, interleaved; returns per-mode decode times per rep and the outputs."""
-    times = {"spec": [0.0] * reps, "ar": [0.0] * reps}
-    tokens = {"spec": [0] * reps, "ar": [0] * reps}
-    outs, stats = {"spec": [], "ar": []}, {"drafted": 0, "accepted": 0, "steps": 0, "emitted": 0}
-    modes = {"spec": dict(exit_layer=E, num_speculations=k), "ar": dict(exit_layer=None)}
+    times = {m: [0.0] * reps for m in modes}
+    tokens = {m: [0] * reps for m in modes}
+    outs, stats = {m: [] for m in modes}, {"drafted": 0, "accepted": 0, "steps": 0, "emitted": 0}
+    modes = {m: kws for m, kws in (("spec", dict(exit_layer=E, num_speculations=k)), ("ar", dict(exit_layer=None)))
+             if m in modes}
     for rep in range(reps):
         for i, p in enumerate(prompts):
-            order = ("spec", "ar") if (rep + i) % 2 == 0 else ("ar", "spec")
+            order = list(modes) if (rep + i) % 2 == 0 else list(modes)[::-1]
             for mode in order:
                 out = lk.generate(model, [p], max_new_tokens=new_tokens, eos_token_id=[], seed=seed + i,
                                   **modes[mode], **kw)
@@ -104,10 +107,20 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     ap.add_argument("--smoke", action="store_true", help="2 prompts, 32 new tokens, 1 rep, 3 settings")
-    ap.add_argument("--out", default=os.path.join(RESULTS, "defaults"))
+    ap.add_argument("--note", default="", help="conditions of the run (quiet machine?), written on every row")
+    ap.add_argument("--quality-only", action="store_true",
+                    help="self-speculative runs only, one repetition: acceptance and output quality (which do "
+                         "not depend on the machine's load); no timing columns")
+    ap.add_argument("--only", action="append", default=None, metavar="SETTING",
+                    help="run only this setting, named as in the table (repeatable)")
+    ap.add_argument("--out", default=None, help="CSV path without .csv (default: this CPU's results directory)")
     args = ap.parse_args(argv)
     if args.smoke:
         args.prompts, args.new_tokens, args.reps = 2, 32, 1
+    chosen = settings(args.smoke, args.only)
+    if args.only and len(chosen) != len(set(args.only)):
+        ap.error(f"--only: unknown setting among {args.only}; known: {[n for n, _ in settings(False)]}")
+    args.out = args.out or results_path("defaults")
     from tokenizers import Tokenizer
 
     path = args.model or lk.default_model_path()
@@ -123,11 +136,15 @@ def main(argv=None):
     rows = []
     mean = lambda xs: sum(xs) / len(xs)
     t_start = time.perf_counter()
-    for name, kw in settings(args.smoke):
-        tps, outs, st = run_setting(model, prompts, kw, E, k, args.new_tokens, args.reps)
+    for name, kw in chosen:
+        if args.quality_only:
+            tps, outs, st = run_setting(model, prompts, kw, E, k, args.new_tokens, 1, modes=("spec",))
+            tps["ar"] = outs["ar"] = None
+        else:
+            tps, outs, st = run_setting(model, prompts, kw, E, k, args.new_tokens, args.reps)
         seqs = outs["spec"]
         rows.append({
-            **{c: meta[c] for c in ("cpu", "torch", "layerskip")},
+            **{c: meta[c] for c in ("cpu", "cpu_level", "torch", "layerskip")}, "note": args.note,
             "model": os.path.basename(os.path.normpath(path)), "dtype": args.dtype, "setting": name,
             "repetition_penalty": kw.get("repetition_penalty", 1.0),
             "no_repeat_ngram_size": kw.get("no_repeat_ngram_size", 0),
@@ -136,22 +153,32 @@ def main(argv=None):
             "acceptance": st["accepted"] / st["drafted"] if st["drafted"] else None,
             "tokens_per_iteration": st["emitted"] / st["steps"] if st["steps"] else None,
             "selfspec_tokens_per_s": tps["spec"], "ar_tokens_per_s": tps["ar"],
-            "speedup": tps["spec"] / tps["ar"],
+            **({} if args.quality_only else {
+                "speedup": tps["spec"] / tps["ar"],
+                # the aids' cost: one iteration (draft k + verify) and one autoregressive step, in ms
+                "selfspec_ms_per_iteration": 1e3 * st["emitted"] / st["steps"] / tps["spec"],
+                "ar_ms_per_token": 1e3 / tps["ar"]}),
             "distinct_1": mean([distinct(s, 1) for s in seqs]),
             "distinct_2": mean([distinct(s, 2) for s in seqs]),
             "distinct_3": mean([distinct(s, 3) for s in seqs]),
             "repeated_4gram_rate": mean([repeated_ngram_rate(p, s) for p, s in zip(prompts, seqs)]),
             "max_token_run": max(longest_run(s) for s in seqs),
+            "longest_loop_tokens": max(longest_loop(s) for s in seqs),
+            "completions_with_loop": mean([longest_loop(s) >= 24 for s in seqs]),
             "parses": mean([parses(tok.decode(p + s)) for p, s in zip(prompts, seqs)]),
-            "selfspec_equals_ar": "" if kw.get("do_sample") else outs["spec"] == outs["ar"],
+            "selfspec_equals_ar": "" if kw.get("do_sample") or args.quality_only else outs["spec"] == outs["ar"],
         })
         r = rows[-1]
-        print(f"{name}: acceptance {r['acceptance']:.1%}, {r['speedup']:.2f}x, distinct-2 {r['distinct_2']:.2f}, "
-              f"parses {r['parses']:.0%} ({time.perf_counter() - t_start:.0f} s)", flush=True)
+        speed = "" if args.quality_only else f", {r['speedup']:.2f}x"
+        print(f"{name}: acceptance {r['acceptance']:.1%}{speed}, distinct-2 {r['distinct_2']:.2f}, "
+              f"loops {r['completions_with_loop']:.0%}, parses {r['parses']:.0%} ({time.perf_counter() - t_start:.0f} s)",
+              flush=True)
     write_csv(args.out + ".csv", rows)
     print()
-    print_table(rows, ["setting", "acceptance", "tokens_per_iteration", "selfspec_tokens_per_s", "ar_tokens_per_s",
-                       "speedup", "distinct_2", "repeated_4gram_rate", "max_token_run", "parses",
+    timing = [] if args.quality_only else ["selfspec_tokens_per_s", "ar_tokens_per_s", "speedup",
+                                           "selfspec_ms_per_iteration"]
+    print_table(rows, ["setting", "acceptance", "tokens_per_iteration", *timing, "distinct_2",
+                       "repeated_4gram_rate", "longest_loop_tokens", "completions_with_loop", "parses",
                        "selfspec_equals_ar"])
     print(f"wrote {args.out}.csv")
 

@@ -61,6 +61,19 @@ def repeated_ngram_rate(prompt: list[int], gen: list[int], n: int = 4) -> float:
     return rep / total if total else 0.0
 
 
+def longest_loop(gen: list[int], max_period: int = 32) -> int:
+    """The longest stretch of tokens that only repeats what came p tokens
+    earlier (some period p <= max_period): 0 for loop-free text, about
+    (r - 1) * p for a phrase of p tokens said r times in a row."""
+    best = 0
+    for p in range(1, max_period + 1):
+        run = 0
+        for i in range(p, len(gen)):
+            run = run + 1 if gen[i] == gen[i - p] else 0
+            best = max(best, run)
+    return best
+
+
 def longest_run(gen: list[int]) -> int:
     best = run = 0
     for i, t in enumerate(gen):
