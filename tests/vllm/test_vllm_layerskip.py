@@ -136,6 +136,7 @@ def test_greedy_output_equals_vllm_without_speculation(model_dir, reference, exi
         assert drafter.model is _runner(llm).model
         assert not any(isinstance(v, torch.nn.Parameter) for v in vars(drafter).values())
         assert len(drafter.k_cache) == exit_layer
+        assert drafter.k_cache[0].shape[2] < drafter.max_len  # grown to what requests used, not max_model_len
         # After vLLM's requests, its rows hold their K/V: new contents must be recomputed, not reused.
         check_drafts_against_our_model(drafter, model_dir)
     finally:
@@ -169,3 +170,20 @@ def test_exported_draft_runs_as_vllms_draft_model(model_dir, reference, tmp_path
 def test_bad_exit_layer_is_refused(model_dir):
     with pytest.raises(Exception, match="exit_layer must be an int in \\[1, 11\\]"):
         _llm(model_dir, speculative_config=speculative_config(exit_layer=12, num_speculative_tokens=3))
+
+
+def test_plugin_and_serve_json_reach_vllm():
+    """Installing the package registers the general plugin vLLM loads in every
+    process, and `vllm serve --speculative-config JSON` parses our JSON into
+    the same config as the dict."""
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.plugins import load_plugins_by_group
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    from layerskip_kernels.integrations import vllm as lv
+
+    plugins = load_plugins_by_group("vllm.general_plugins")
+    assert plugins["layerskip"] is lv.register
+    parser = EngineArgs.add_cli_args(FlexibleArgumentParser())
+    args = parser.parse_args(["--speculative-config", speculative_config(3, 4, as_json=True)])
+    assert EngineArgs.from_cli_args(args).speculative_config == speculative_config(3, 4)
