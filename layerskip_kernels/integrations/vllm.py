@@ -17,8 +17,9 @@ proposer drafts with the target's own first E layers, final norm and LM head:
 the very modules vLLM loaded (shared weights, never a copy; on CPU vLLM repacks
 linear weights for oneDNN, so the modules are called, never their `.weight`).
 vLLM verifies the drafts with the full model and its own rejection sampler, so
-greedy output is vLLM's greedy output and sampling keeps its distribution
-(a greedy draft is a deterministic proposal).
+greedy output is vLLM's greedy output. (Sampling should keep the target's
+distribution, a greedy draft being a deterministic proposal; with vLLM 0.32.0's
+CPU backend it does not, for any custom_class proposer: docs/engines.md.)
 
 What vLLM 0.32's interface allows, and what it does not:
 
