@@ -39,7 +39,7 @@ from common import metadata, plot_bars, print_table, results_path, write_csv  # 
 import layerskip_kernels as lk  # noqa: E402
 from layerskip_kernels.generation.config import SpeculationConfig  # noqa: E402
 from layerskip_kernels.generation.policy import adaptive_policy  # noqa: E402
-from layerskip_kernels.vocab import FREQUENCIES_FILE, frequent_tokens  # noqa: E402
+from layerskip_kernels.vocab import FREQUENCIES_FILE, LEGACY_FREQUENCIES_FILE, frequent_tokens  # noqa: E402
 
 
 def run(model, prompts, n_new, exit_layer=None, k=4, speculation="static", compile=False, draft_vocab=None):
@@ -186,7 +186,7 @@ def main(argv=None) -> int:
     recorded = SpeculationConfig.from_model(path, model, speculation="static", draft_vocab=0)
     Ed, kd = recorded.exit_layer or E0, recorded.num_speculations if "default_num_speculations" in defaults else k0
     vocabs = {}
-    if not os.path.exists(os.path.join(path, FREQUENCIES_FILE)):
+    if not any(os.path.exists(os.path.join(path, f)) for f in (FREQUENCIES_FILE, LEGACY_FREQUENCIES_FILE)):
         print(f"no {FREQUENCIES_FILE} in {path}: no reduced draft vocabulary screened")
         args.draft_vocab = []
     for N in args.draft_vocab:

@@ -1,4 +1,4 @@
-"""Console entry point: `layerskip info | generate | train`."""
+"""Console entry point: `layerskip info | generate | train | export-draft`."""
 
 from __future__ import annotations
 
@@ -27,6 +27,18 @@ def _info(args) -> int:
     return 0
 
 
+def _export_draft(args) -> int:
+    from layerskip_kernels.model.export import export_draft
+
+    try:
+        out = export_draft(args.model, args.exit_layer, args.out)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}: layers 0..{args.exit_layer - 1} + final norm + LM head of {args.model}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="layerskip", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -38,10 +50,17 @@ def main(argv=None) -> int:
     from layerskip_kernels.train.cli import add_arguments as add_train
 
     add_train(sub.add_parser("train", help="train a LayerSkip model on Python source files"))
+    ex = sub.add_parser("export-draft", help="write the first E layers + final norm + LM head as a standalone "
+                                             "Llama checkpoint (a draft model for vLLM's draft_model method)")
+    ex.add_argument("--exit-layer", type=int, required=True, help="E: the draft's number of layers (1..L-1)")
+    ex.add_argument("model", help="model directory (Hugging Face Llama layout)")
+    ex.add_argument("out", help="output directory (new or empty)")
 
     args = parser.parse_args(argv)
     if args.command == "info":
         return _info(args)
+    if args.command == "export-draft":
+        return _export_draft(args)
     if args.command == "generate":
         from layerskip_kernels.generation.cli import run
 

@@ -14,12 +14,17 @@ greedy output is unchanged (a draft is a proposal; the full model decides) and
 sampling stays lossless (the draft distribution q is just another q, zero
 outside the subset; see ops.verify_sampling).
 
-    ids = frequent_tokens(model_dir, 1024)          # from token_frequencies.safetensors
+    ids = frequent_tokens(model_dir, 1024)          # from token_frequencies.npy
     generate(model, prompts, exit_layer=3, draft_vocab=ids)
 
 The model directory records how often each token occurs in its training split
 (`FREQUENCIES_FILE`, written by the trainer, or by
 `python -m layerskip_kernels.train.frequencies MODEL_DIR` for older models).
+The file is a NumPy `.npy` array, not safetensors: serving engines (vLLM)
+load every `*.safetensors` file of a model directory as weights and refuse a
+directory with an extra one. Directories written before keep their
+`LEGACY_FREQUENCIES_FILE` (a safetensors file holding one tensor `counts`),
+which is still read; saving replaces it.
 `bench/bench_draft_vocab.py` measures whether a subset size pays. The head that
 scores the subset is generation.draft_head.DraftHead (which can also be int8).
 """
@@ -30,43 +35,73 @@ import os
 
 import torch
 
-__all__ = ["FREQUENCIES_FILE", "save_frequencies", "load_frequencies", "frequent_tokens"]
+__all__ = ["FREQUENCIES_FILE", "LEGACY_FREQUENCIES_FILE", "save_frequencies", "load_frequencies",
+           "frequent_tokens"]
 
-FREQUENCIES_FILE = "token_frequencies.safetensors"
+FREQUENCIES_FILE = "token_frequencies.npy"
+LEGACY_FREQUENCIES_FILE = "token_frequencies.safetensors"
 
 
 def save_frequencies(model_dir: str, counts: torch.Tensor) -> None:
-    """Write int64 [V] token counts to MODEL_DIR/token_frequencies.safetensors."""
-    from safetensors.torch import save_file
+    """Write int64 [V] token counts to MODEL_DIR/token_frequencies.npy (and
+    remove a legacy token_frequencies.safetensors, which vLLM would load as weights)."""
+    import numpy as np
 
     if counts.dim() != 1 or counts.dtype != torch.int64 or bool((counts < 0).any()):
         raise ValueError(f"counts must be a 1-D int64 tensor of non-negative counts, got {counts.dtype} "
                          f"{tuple(counts.shape)}")
     path = os.path.join(model_dir, FREQUENCIES_FILE)
     tmp = os.path.join(model_dir, "." + FREQUENCIES_FILE + ".tmp")
-    save_file({"counts": counts.contiguous().cpu()}, tmp)
-    os.chmod(tmp, 0o644)  # safetensors writes 0600; a shipped model must be readable by all
+    with open(tmp, "wb") as f:
+        np.save(f, counts.contiguous().cpu().numpy(), allow_pickle=False)
+    os.chmod(tmp, 0o644)  # a shipped model must be readable by all, whatever the umask
     os.replace(tmp, path)
+    legacy = os.path.join(model_dir, LEGACY_FREQUENCIES_FILE)
+    if os.path.lexists(legacy):
+        os.remove(legacy)
 
 
-def load_frequencies(model_dir: str, vocab_size: int | None = None) -> torch.Tensor:
-    """int64 [V] token counts recorded in the model directory; ValueError naming
-    the file when it is missing or not one 1-D int64 tensor of V counts."""
+def _read_npy(path: str) -> torch.Tensor:
+    import numpy as np
+
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{path} is not a readable .npy array: {e}") from None
+    if not isinstance(arr, np.ndarray) or arr.dtype != np.int64:
+        raise ValueError(f"{path}: counts must be a 1-D int64 array of non-negative counts, got "
+                         f"{getattr(arr, 'dtype', type(arr).__name__)} {tuple(getattr(arr, 'shape', ()))}")
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def _read_legacy_safetensors(path: str) -> torch.Tensor:
     from safetensors import SafetensorError, safe_open
 
-    from .model.loading import model_file
-
-    path = model_file(model_dir, FREQUENCIES_FILE)
-    if not os.path.isfile(path):
-        raise ValueError(f"{model_dir} has no {FREQUENCIES_FILE} (token frequencies of the training split); "
-                         f"write it with `python -m layerskip_kernels.train.frequencies {model_dir}`")
     try:
         with safe_open(path, "pt") as f:
             if list(f.keys()) != ["counts"]:
                 raise ValueError(f"{path} must hold exactly one tensor named 'counts', has {list(f.keys())}")
-            counts = f.get_tensor("counts")
+            return f.get_tensor("counts")
     except (SafetensorError, OSError) as e:
         raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
+
+
+def load_frequencies(model_dir: str, vocab_size: int | None = None) -> torch.Tensor:
+    """int64 [V] token counts recorded in the model directory (FREQUENCIES_FILE, or
+    LEGACY_FREQUENCIES_FILE of older directories); ValueError naming the file
+    when it is missing or not one 1-D int64 array of V counts."""
+    from .model.loading import model_file
+
+    path = model_file(model_dir, FREQUENCIES_FILE)
+    legacy = model_file(model_dir, LEGACY_FREQUENCIES_FILE)
+    if os.path.lexists(path):
+        counts = _read_npy(path)
+    elif os.path.lexists(legacy):
+        path = legacy
+        counts = _read_legacy_safetensors(path)
+    else:
+        raise ValueError(f"{model_dir} has no {FREQUENCIES_FILE} (token frequencies of the training split); "
+                         f"write it with `python -m layerskip_kernels.train.frequencies {model_dir}`")
     if counts.dim() != 1 or counts.dtype != torch.int64 or bool((counts < 0).any()):
         raise ValueError(f"{path}: 'counts' must be a 1-D int64 tensor of non-negative counts, got {counts.dtype} "
                          f"{tuple(counts.shape)}")

@@ -167,7 +167,7 @@ def test_generate_with_a_reduced_draft_vocabulary(tiny_with_tokenizer, tmp_path,
     args = ["generate", "--model", str(path), "--prompt", "def add(", "--max-new-tokens", "8", "--dtype", "float32",
             "--exit-layer", "2", "--num-speculations", "3", "--draft-vocab", "40"]
     assert main(args) == 1  # no frequency file yet
-    assert "token_frequencies.safetensors" in capsys.readouterr().err
+    assert "token_frequencies.npy" in capsys.readouterr().err
     tok = Tokenizer.from_file(str(path / "tokenizer.json"))
     V = tok.get_vocab_size()
     save_frequencies(str(path), torch.arange(V, dtype=torch.int64) % 7)
@@ -268,7 +268,7 @@ def test_a_recorded_draft_vocabulary_is_not_needed_without_drafting(tiny_with_to
     assert "[autoregressive]" in capsys.readouterr().err
     assert main(base + ["2"]) == 1  # drafting needs the recorded vocabulary's frequencies
     assert main(base + ["0", "--draft-vocab", "40"]) == 1
-    assert capsys.readouterr().err.count("token_frequencies.safetensors") == 2
+    assert capsys.readouterr().err.count("token_frequencies.npy") == 2
 
 
 @pytest.mark.parametrize("layerskip,match", [

@@ -16,6 +16,7 @@ from layerskip_kernels.generation.draft_head import DraftHead
 from layerskip_kernels.generation.draft_vocab import (FREQUENCIES_FILE, check_draft_vocab, frequent_tokens,
                                                       load_frequencies, save_frequencies)
 from layerskip_kernels.cache import StaticKVCache
+from layerskip_kernels.vocab import LEGACY_FREQUENCIES_FILE
 
 from helpers import damp_late_layers, make_hf_checkpoint
 
@@ -145,32 +146,66 @@ def test_frequencies_round_trip_and_most_frequent_first(tmp_path):
 
 
 def test_bad_frequency_files_are_refused(tmp_path):
-    from safetensors.torch import save_file
+    import numpy as np
 
-    with pytest.raises(ValueError, match="no token_frequencies"):
+    with pytest.raises(ValueError, match="no token_frequencies.npy"):
         load_frequencies(str(tmp_path))
     f = tmp_path / FREQUENCIES_FILE
-    save_file({"counts": torch.ones(4)}, str(f))
+    np.save(f, np.ones(4))
     with pytest.raises(ValueError, match="int64"):
         load_frequencies(str(tmp_path))
-    save_file({"counts": torch.ones(4, dtype=torch.int64), "x": torch.ones(1)}, str(f))
-    with pytest.raises(ValueError, match="exactly one tensor"):
+    np.save(f, np.ones((2, 2), dtype=np.int64))
+    with pytest.raises(ValueError, match="1-D int64"):
         load_frequencies(str(tmp_path))
-    save_file({"counts": -torch.ones(4, dtype=torch.int64)}, str(f))
+    np.save(f, -np.ones(4, dtype=np.int64))
     with pytest.raises(ValueError, match="non-negative"):
         load_frequencies(str(tmp_path))
+    np.save(f, np.array([{"counts": 1}], dtype=object))  # pickled objects are never loaded
+    with pytest.raises(ValueError, match="not a readable .npy"):
+        load_frequencies(str(tmp_path))
     f.write_bytes(b"\x00" * 16)
-    with pytest.raises(ValueError, match="not a readable safetensors"):
+    with pytest.raises(ValueError, match="not a readable .npy"):
         load_frequencies(str(tmp_path))
     # a symlink leaving the model directory is not followed
-    outside = tmp_path.parent / f"{tmp_path.name}_outside.safetensors"
-    save_file({"counts": torch.ones(4, dtype=torch.int64)}, str(outside))
+    outside = tmp_path.parent / f"{tmp_path.name}_outside.npy"
+    np.save(outside, np.ones(4, dtype=np.int64))
     f.unlink()
     os.symlink(outside, f)
     with pytest.raises(ValueError, match="outside the model directory"):
         load_frequencies(str(tmp_path))
     with pytest.raises(ValueError, match="counts must be"):
         save_frequencies(str(tmp_path), torch.ones(3))
+
+
+def test_legacy_safetensors_frequencies_are_read_and_replaced(tmp_path):
+    """Directories written before the .npy file keep working; saving removes the
+    legacy safetensors file, which vLLM would try to load as model weights."""
+    from safetensors.torch import save_file
+
+    legacy = tmp_path / LEGACY_FREQUENCIES_FILE
+    counts = torch.tensor([3, 0, 8, 1], dtype=torch.int64)
+    save_file({"counts": counts}, str(legacy))
+    assert torch.equal(load_frequencies(str(tmp_path), 4), counts)
+    assert frequent_tokens(str(tmp_path), 2).tolist() == [0, 2]
+    for bad, match in (({"counts": torch.ones(4)}, "int64"),
+                       ({"counts": counts, "x": torch.ones(1)}, "exactly one tensor")):
+        save_file(bad, str(legacy))
+        with pytest.raises(ValueError, match=match):
+            load_frequencies(str(tmp_path))
+    legacy.write_bytes(b"\x00" * 16)
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        load_frequencies(str(tmp_path))
+    save_frequencies(str(tmp_path), counts)
+    assert sorted(os.listdir(tmp_path)) == [FREQUENCIES_FILE]
+    assert torch.equal(load_frequencies(str(tmp_path), 4), counts)
+
+
+def test_embedded_model_has_one_safetensors_file():
+    """vLLM loads every *.safetensors file of a model directory as weights: the
+    shipped directory must have only the model's, and its frequencies as .npy."""
+    d = lk.default_model_path()
+    assert sorted(n for n in os.listdir(d) if n.endswith(".safetensors")) == ["model.safetensors"]
+    assert load_frequencies(d, lk.LlamaForCausalLM.from_pretrained(d).config.vocab_size).sum() > 0
 
 
 def test_frequencies_cli_counts_the_training_split(tmp_path):

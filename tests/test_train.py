@@ -294,10 +294,11 @@ def test_tiny_train_lowers_loss_and_saves_loadable_model(tiny_corpus, tmp_path):
     assert len(losses) == 40
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5, losses
     for name in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json",
-                 "token_frequencies.safetensors"):
+                 "token_frequencies.npy"):
         assert (out / name).is_file()
     from layerskip_kernels.generation.draft_vocab import load_frequencies
 
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["model.safetensors"]  # what vLLM loads
     counts = load_frequencies(str(out), 320)
     assert counts.sum() > 0 and counts.dtype == torch.int64
     ours = LlamaForCausalLM.from_pretrained(str(out))

@@ -74,10 +74,11 @@ PY
     assets)
       say "the model becomes the embedded default"
       A=layerskip_kernels/assets/stdlib-llama
-      for f in config.json generation_config.json model.safetensors tokenizer.json tokenizer_config.json \
-               token_frequencies.safetensors; do
+      for f in config.json generation_config.json model.safetensors tokenizer.json tokenizer_config.json; do
         cp "$M/$f" "$A/$f"
-      done ;;
+      done
+      # token_frequencies.npy (read from a legacy .safetensors too; vLLM loads every *.safetensors as weights)
+      $PY -c "import sys; from layerskip_kernels.vocab import load_frequencies as l, save_frequencies as s; s(sys.argv[2], l(sys.argv[1]))" "$M" "$A" ;;
     compile)
       quiet; say "compiled steps vs eager vs transformers (issue 14)"
       $PY bench/bench_compile.py --note "$NOTE" ;;

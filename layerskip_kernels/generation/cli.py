@@ -45,7 +45,7 @@ def add_arguments(p) -> None:
                         "(default: the model's layerskip.default_speculation, else static)")
     p.add_argument("--draft-vocab", type=int, default=None,
                    help="the draft head scores only this many of the most frequent training tokens "
-                        "(the model's token_frequencies.safetensors); verification scores all; 0 is all "
+                        "(the model's token_frequencies.npy); verification scores all; 0 is all "
                         "(default: the model's layerskip.default_draft_vocab, else 0)")
     p.add_argument("--draft-quantization", default=None, choices=["none", "int8"],
                    help="int8: the draft scores with an int8 copy of the LM head (half its bytes per draft "

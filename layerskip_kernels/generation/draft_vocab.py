@@ -3,7 +3,7 @@ frequent training tokens only; verification scores all of them, so output is
 unchanged. The frequencies live in layerskip_kernels.vocab (shared with
 training); the argument's check in generation.validation.
 
-    ids = frequent_tokens(model_dir, 1024)          # from token_frequencies.safetensors
+    ids = frequent_tokens(model_dir, 1024)          # from token_frequencies.npy
     generate(model, prompts, exit_layer=3, draft_vocab=ids)
 """
 

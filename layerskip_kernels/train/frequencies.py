@@ -2,7 +2,7 @@
 
     python -m layerskip_kernels.train.frequencies MODEL_DIR [--corpus DIR]
 
-Writes MODEL_DIR/token_frequencies.safetensors (int64 [V], the model's own
+Writes MODEL_DIR/token_frequencies.npy (int64 [V], the model's own
 tokenizer over the training files of the corpus, the hash split of
 `data.split_files`; held-out files are not counted), which
 `generation.draft_vocab.frequent_tokens` reads to pick a reduced draft

