@@ -14,17 +14,21 @@ one process. Per setting:
   summed over prompts, median over --reps), and their ratio;
 - output quality of the self-speculative completions: distinct-1/2/3, the
   repeated-4-gram rate and the longest run of one repeated token
-  (bench_quality's definitions), and the share of completions that parse as
+  (bench_quality's definitions), the longest loop and the share of
+  completions with a loop of 24+ tokens, and the share that parse as
   Python (`ast.parse` of prompt + continuation cut at its last complete line);
 - for greedy settings, whether self-spec output equals autoregressive output
   (it must in float32, `--dtype float32`: the aids are exact under
-  self-speculation; in bfloat16, the CLI's dtype and the default here, the
-  k+1-row verify pass and the one-row step may round a near tie apart).
+  self-speculation; in bfloat16, what `--dtype auto` (the CLI's default and
+  this script's) picks on every vector CPU level, the k+1-row verify pass and
+  the one-row step may round a near tie apart).
 
     python bench/bench_defaults.py [--prompts 16] [--new-tokens 128] [--reps 3] [--model DIR]
     python bench/bench_defaults.py --smoke          # 2 prompts, 32 tokens, 1 rep, 3 settings: does it run
-Writes bench/results/defaults.csv (--out). Timings need a quiet machine; the
-ratio is measured side by side, so it is the figure to compare.
+    python bench/bench_defaults.py --quality-only   # all settings, no timing: runs on a busy machine
+    python bench/bench_defaults.py --only "greedy penalty=1.0 ngram=12" --only ...   # a shortlist, timed
+Writes <results for this CPU>/defaults.csv (--out). Timings need a quiet
+machine; the ratio is measured side by side, so it is the figure to compare.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from common import metadata, print_table, results_path, write_csv  # noqa: E402
 
 import layerskip_kernels as lk  # noqa: E402
 from layerskip_kernels.generation.config import SpeculationConfig  # noqa: E402
+from layerskip_kernels.model.dtypes import decode_dtype  # noqa: E402
 from bench_e2e import load_prompts  # noqa: E402
 from bench_quality import distinct, longest_loop, longest_run, repeated_ngram_rate  # noqa: E402
 
@@ -105,7 +110,8 @@ def main(argv=None):
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    ap.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                    help="auto: the CLI's default for this CPU level (layerskip_kernels.model.dtypes)")
     ap.add_argument("--smoke", action="store_true", help="2 prompts, 32 new tokens, 1 rep, 3 settings")
     ap.add_argument("--note", default="", help="conditions of the run (quiet machine?), written on every row")
     ap.add_argument("--quality-only", action="store_true",
@@ -124,6 +130,8 @@ def main(argv=None):
     from tokenizers import Tokenizer
 
     path = args.model or lk.default_model_path()
+    if args.dtype == "auto":
+        args.dtype = str(decode_dtype("cpu")).removeprefix("torch.")
     model = lk.LlamaForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype))
     spec = SpeculationConfig.from_model(path, model, drafting=True, speculation="static", draft_vocab=0)
     E, k = spec.exit_layer, spec.num_speculations

@@ -14,7 +14,7 @@ each row is its median-throughput run. Per run: throughput (generated tokens / w
 (from the start of the run: every request is waiting at t = 0) and per-request
 tokens/s. Writes bench/results/serving.csv and serving.png.
 
-    python bench/bench_serving.py [--quick] [--dtype bfloat16]
+    python bench/bench_serving.py [--quick] [--dtype auto]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from common import metadata, print_table, results_path, write_csv  # noqa: E402
 
 import layerskip_kernels as lk  # noqa: E402
 from bench_e2e import load_prompts  # noqa: E402
+from layerskip_kernels.model.dtypes import decode_dtype  # noqa: E402
 from layerskip_kernels.generation.config import SpeculationConfig  # noqa: E402
 
 
@@ -78,7 +79,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None)
     ap.add_argument("--quick", action="store_true", help="16 prompts, batch sizes 1/4/8")
-    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32", "float16"],
+                    help="auto: the CLI's default for this CPU level (layerskip_kernels.model.dtypes)")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default: 1 2 4 8 16")
     ap.add_argument("--compile", action="store_true", help="compiled decode steps (generation/steps.py)")
     ap.add_argument("--speculation", default="static", choices=["static", "adaptive"])
@@ -92,6 +94,8 @@ def main(argv=None):
     kw = dict(compile=args.compile)
 
     path = args.model or lk.default_model_path()
+    if args.dtype == "auto":
+        args.dtype = str(decode_dtype("cpu")).removeprefix("torch.")
     model = lk.LlamaForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype))
 
     # adaptive drafting: its own recorded exit layer and k_max (bench_adaptive.py --record), as in the CLI

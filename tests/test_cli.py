@@ -77,7 +77,7 @@ def test_generate_streams_text_and_stats(tiny_with_tokenizer, capsys, extra, E, 
     acc = "n/a" if E is None else f"{ref.stats['acceptance_rate']:.1%}"
     tps = f"{ref.stats['tokens_per_step']:.2f}"
     stats_line = (re.escape(f"[{mode}] {len(tokens)} tokens in ") + r"\d+\.\d\d s: \d+\.\d tokens/s, "
-                  + re.escape(f"acceptance {acc}, {tps} tokens/iteration, backend cpu"))
+                  + re.escape(f"acceptance {acc}, {tps} tokens/iteration, float32, backend cpu"))
     if "--compile" in extra:
         stats_line += r", compiled \(\+\d+\.\d s compiling\)"
     assert re.fullmatch(stats_line + "\n", captured.err), captured.err
@@ -402,3 +402,17 @@ def test_compare_without_drafting_is_refused(tiny_with_tokenizer, capsys):
     out, err = capsys.readouterr()
     assert rc == 2 and out == ""
     assert err.startswith("error: --compare") and "autoregressive already" in err
+
+
+def test_dtype_auto_is_the_measured_choice_of_the_running_cpu_level(cpu_level, tiny_with_tokenizer, capsys):
+    """--dtype auto (the default) loads the weights in the dtype recorded for the
+    CPU level that runs (model.dtypes), and the stats line names it; GPUs get bf16."""
+    from layerskip_kernels.model.dtypes import DECODE_DTYPE_BY_CPU_LEVEL, decode_dtype
+
+    want = DECODE_DTYPE_BY_CPU_LEVEL[cpu_level][0]
+    assert decode_dtype("cpu") == getattr(torch, want)
+    assert decode_dtype("cuda") == torch.bfloat16
+    rc = main(["generate", "--model", str(tiny_with_tokenizer), "--prompt", "def add(", "--max-new-tokens", "3",
+               "--exit-layer", "1", "--num-speculations", "2"])
+    assert rc == 0
+    assert f" tokens/iteration, {want}, backend cpu" in capsys.readouterr().err

@@ -61,7 +61,9 @@ def add_arguments(p) -> None:
                         "tokens are identical (sampled tokens come from the same seed and distribution and are not "
                         "compared token for token)")
     p.add_argument("--backend", default=None, choices=list(BACKENDS))
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32", "float16"],
+                   help="weight dtype; auto: the one measured fastest for this device and CPU level "
+                        "(layerskip_kernels.model.dtypes)")
     p.add_argument("--device", default="cpu")
 
 
@@ -129,6 +131,7 @@ def _load(args, device):
     from tokenizers import Tokenizer
 
     import layerskip_kernels as lk
+    from ..model.dtypes import decode_dtype
     from ..model.loading import model_file
 
     try:
@@ -147,6 +150,8 @@ def _load(args, device):
         tokenizer = Tokenizer.from_file(tok_file)
     except Exception as e:  # tokenizers raises a bare Exception for any bad file
         raise _unusable(f"{tok_file} is not a valid tokenizer file: {e}") from None
+    if args.dtype == "auto":  # resolved once: --compare's exactness rule reads the dtype that ran
+        args.dtype = str(decode_dtype(device)).removeprefix("torch.")
     try:
         model = lk.LlamaForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype), device=device)
     except (ValueError, OSError) as e:
@@ -287,7 +292,7 @@ def _stats_line(args, spec, s: dict, backend) -> str:
     tps = f"{s['tokens_per_step']:.2f}" if s["tokens_per_step"] is not None else "n/a"
     compiled = f", compiled (+{s['compile_s']:.1f} s compiling)" if args.compile else ""
     return (f"[{mode}] {s['new_tokens']} tokens in {s['time_s']:.2f} s: {s['tokens_per_s']:.1f} tokens/s, "
-            f"acceptance {acc}, {tps} tokens/iteration, backend {backend}{compiled}")
+            f"acceptance {acc}, {tps} tokens/iteration, {args.dtype}, backend {backend}{compiled}")
 
 
 def _comparison(args, spec_out, ar_out) -> str:
