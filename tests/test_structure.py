@@ -333,3 +333,23 @@ def test_unsupported_head_dim_is_refused_before_the_kernel(monkeypatch):
         ops.draft_verify_attention(torch.randn(B, S, Hq, D), kc, kc.clone(), torch.randn(B, S, Hkv, D),
                                    torch.randn(B, S, Hkv, D), torch.zeros(B, dtype=torch.int32))
     assert not called
+
+
+def test_every_subpackage_is_installed_by_a_non_editable_install():
+    """pyproject's package list is what a wheel (or .ci/run's vLLM venv) gets:
+    every directory of layerskip_kernels with an __init__.py must be in it."""
+    import tomllib
+
+    import setuptools
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    cfg = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    if "packages" in cfg and isinstance(cfg["packages"], list):
+        packaged = set(cfg["packages"])
+    else:
+        find = cfg.get("packages", {}).get("find", {})
+        packaged = set(setuptools.find_packages(str(root), include=find.get("include", ["*"])))
+    on_disk = {".".join(p.parent.relative_to(root).parts)
+               for p in (root / "layerskip_kernels").rglob("__init__.py")}
+    assert on_disk, "no package found on disk"
+    assert on_disk <= packaged, f"not installed by `pip install .`: {sorted(on_disk - packaged)}"
