@@ -113,6 +113,8 @@ def main(argv=None):
     ap.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
                     help="auto: the CLI's default for this CPU level (layerskip_kernels.model.dtypes)")
     ap.add_argument("--smoke", action="store_true", help="2 prompts, 32 new tokens, 1 rep, 3 settings")
+    ap.add_argument("--exit-layer", type=int, default=None, help="default: the model's recorded default")
+    ap.add_argument("--num-speculations", type=int, default=None, help="default: the model's recorded default")
     ap.add_argument("--note", default="", help="conditions of the run (quiet machine?), written on every row")
     ap.add_argument("--quality-only", action="store_true",
                     help="self-speculative runs only, one repetition: acceptance and output quality (which do "
@@ -133,7 +135,8 @@ def main(argv=None):
     if args.dtype == "auto":
         args.dtype = str(decode_dtype("cpu")).removeprefix("torch.")
     model = lk.LlamaForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype))
-    spec = SpeculationConfig.from_model(path, model, drafting=True, speculation="static", draft_vocab=0)
+    spec = SpeculationConfig.from_model(path, model, drafting=True, speculation="static", draft_vocab=0,
+                                        exit_layer=args.exit_layer, num_speculations=args.num_speculations)
     E, k = spec.exit_layer, spec.num_speculations
     tok_path = os.path.join(path, "tokenizer.json")
     tok = Tokenizer.from_file(tok_path)
