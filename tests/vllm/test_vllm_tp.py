@@ -1,0 +1,58 @@
+"""Tensor parallelism 2 on vLLM's CPU backend with our LayerSkip proposer
+(integrations/vllm.py), embedded model, fp32: greedy output equals vLLM at TP 1
+without speculation, token for token, for several concurrent requests of
+different lengths, and drafts are proposed and accepted.
+
+Under TP every worker process runs the proposer on the same token lists, with
+its shard of the target's modules: per-rank heads in qkv_proj and o_proj
+(o_proj, down_proj and the embedding all-reduce across the ranks), and the LM
+head's logits all-gathered (vLLM's LogitsProcessor on CPU), so every rank
+drafts the same tokens and issues the same collectives in the same order.
+The draft's own K/V cache holds the rank's kv heads only.
+
+Two worker processes (`distributed_executor_backend="mp"`, gloo) need one
+OpenMP core each on vLLM's CPU backend (VLLM_CPU_OMP_THREADS_BIND="0|1"):
+on a 2-core machine the test takes a minute or two."""
+
+from test_vllm_layerskip import MAX_TOKENS, PROMPTS, _close, _greedy, _llm, _spec_counts
+
+from layerskip_kernels.integrations.vllm import speculative_config
+
+# Shorter budgets than test_vllm_layerskip's: TP 2 on two cores is slow, and a
+# dozen verify steps per request already run both accept and reject paths.
+TOKENS = [min(m, 16) for m in MAX_TOKENS]
+
+
+def _alone_and_together(llm):
+    return _greedy(llm, PROMPTS[1:2], TOKENS[1:2]) + _greedy(llm, PROMPTS, TOKENS)
+
+
+def test_tp2_layerskip_greedy_equals_tp1_without_speculation(model_dir, monkeypatch):
+    llm = _llm(model_dir)
+    try:
+        want = _alone_and_together(llm)
+    finally:
+        _close(llm)
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")
+
+    def drafter_state(worker):  # runs in each rank's process (a local function: cloudpickle sends it by value)
+        d = worker.model_runner.drafter
+        return type(d).__name__, d.model.model.layers[0].self_attn.num_kv_heads, tuple(d.k_cache[0].shape)
+
+    llm = _llm(model_dir, tensor_parallel_size=2, distributed_executor_backend="mp",
+               speculative_config=speculative_config(exit_layer=3, num_speculative_tokens=3))
+    try:
+        got = _alone_and_together(llm)
+        counts = _spec_counts(llm)
+        ranks = llm.collective_rpc(drafter_state)
+    finally:
+        # The rank processes stop now, not at interpreter exit after the other tests.
+        llm.llm_engine.engine_core.shutdown()
+        _close(llm)
+    # Both ranks drafted, each with its shard: 1 of the embedded model's 2 kv heads.
+    assert len(ranks) == 2 and all(name == "LayerSkipExit3" and heads == 1 and shape[1] == 1
+                                   for name, heads, shape in ranks), ranks
+    assert [len(t) for t in got] == TOKENS[1:2] + TOKENS
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert list(g) == list(w), f"request {i} (0: alone, then the concurrent batch)"
+    assert counts["num_drafts"] > 0 and 0 < counts["num_accepted_tokens"] < counts["num_draft_tokens"], counts
