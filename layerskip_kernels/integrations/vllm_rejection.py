@@ -13,8 +13,8 @@
 `WORKER_CLS` names `LayerSkipWorker`: the worker class vLLM would use on this
 platform (`CPUWorker` on CPU, the GPU `Worker` elsewhere) whose model runner,
 once built, gets `LayerSkipRejectionSampler` in place of vLLM's
-`RejectionSampler`. Any speculative method works with it (ours, `ngram`,
-`draft_model`, ...); vLLM's source is not patched. vLLM builds the runner's
+`RejectionSampler`, whatever the speculative method (tested with ours, on the
+CPU backend); vLLM's source is not patched. vLLM builds the runner's
 sampler in `GPUModelRunner.__init__` (`self.rejection_sampler =
 RejectionSampler(...)`, which `CPUModelRunner` inherits); the worker swaps it
 right after `init_device` built the runner, before any warm-up.
@@ -59,6 +59,7 @@ vLLM. This module imports vLLM only when its vLLM classes are first used.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from numbers import Integral
 
 import torch
 
@@ -102,10 +103,10 @@ def rejection_sample(
     """
     from .. import ops
 
-    B, N, V, K, lens = _check(draft_token_ids, num_draft_tokens, draft_probs, target_logits, bonus_token_ids,
-                              is_greedy, generators, max_spec_len)
+    B, N, V, K, lens, num_draft_tokens = _check(draft_token_ids, num_draft_tokens, draft_probs, target_logits,
+                                                bonus_token_ids, is_greedy, generators, max_spec_len)
     device = target_logits.device
-    n = torch.as_tensor(list(num_draft_tokens), dtype=torch.long)  # [B], host
+    n = torch.as_tensor(num_draft_tokens, dtype=torch.long)  # [B], host
     bonus = bonus_token_ids.reshape(B).to(device=device, dtype=torch.long)
     out = torch.full((B, K + 1), PLACEHOLDER_TOKEN_ID, dtype=torch.int32, device=device)
     # A row without drafts emits its bonus token; it uses no kernel and no randomness.
@@ -184,11 +185,13 @@ def _pad_draft_probs(rows, n, draft_token_ids, draft_probs, K, V):
 def _check(draft_token_ids, num_draft_tokens, draft_probs, target_logits, bonus_token_ids, is_greedy, generators,
            max_spec_len):
     """Boundary checks (each error names the argument); returns (B, N, V, K,
-    lens): lens int64 [B] on the host, each row's draft length up to its first
-    negative (padding) draft id."""
+    lens, num_draft_tokens): lens int64 [B] on the host, each row's draft
+    length up to its first negative (padding) draft id; num_draft_tokens as
+    Python ints."""
     if not isinstance(num_draft_tokens, Sequence) or isinstance(num_draft_tokens, (str, bytes)) or \
-            not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in num_draft_tokens):
+            not all(isinstance(x, Integral) and not isinstance(x, bool) and x >= 0 for x in num_draft_tokens):
         raise ValueError(f"num_draft_tokens must be a list of ints >= 0 (drafts per request), got {num_draft_tokens!r}")
+    num_draft_tokens = [int(x) for x in num_draft_tokens]
     B, N = len(num_draft_tokens), sum(num_draft_tokens)
     if B == 0:
         raise ValueError("num_draft_tokens must name at least one request, got []")
@@ -246,7 +249,7 @@ def _check(draft_token_ids, num_draft_tokens, draft_probs, target_logits, bonus_
     neg = ids < 0
     if neg.any():
         lens.scatter_reduce_(0, row_of[neg], pos[neg], reduce="amin")
-    return B, N, V, K, lens
+    return B, N, V, K, lens, num_draft_tokens
 
 
 # --------------------------------------------------------------------------- inside vLLM
