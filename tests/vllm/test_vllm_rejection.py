@@ -292,3 +292,22 @@ def test_vllm_cpu_expansion_loses_the_temperature():
     md = metadata(temperature)
     got = vr.apply_sampling_constraints(logits.clone(), [2, 1, 2], md)
     assert torch.allclose(got[:, 1], 1.0 / want)
+
+
+# --------------------------------------------------------------------------- the benchmark runs
+
+
+def test_bench_tiny_run(tmp_path):
+    """bench/bench_vllm_rejection.py --tiny: every case runs through both
+    samplers; our greedy rows are exact in every case, vLLM's in all-greedy
+    batches only (its CPU backend, above). Times are not looked at."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
+    import bench_vllm_rejection
+
+    rows = bench_vllm_rejection.main(["--tiny", "--no-plot", "--out", str(tmp_path / "vr")])
+    assert {r["case"] for r in rows} == {"greedy", "random", "random+draft_probs", "mixed"}
+    assert all(r["greedy_rows_exact"] for r in rows if r["impl"] == "layerskip" or r["case"] == "greedy")
+    assert (tmp_path / "vr.csv").exists()
