@@ -111,6 +111,10 @@ class LayerSkipProposer:
         if isinstance(E, bool) or not isinstance(E, int) or not 1 <= E < L:
             raise ValueError(f"exit_layer must be an int in [1, {L - 1}] (the target has {L} layers), got {E!r}; "
                              f"use speculative_config(exit_layer=..., num_speculative_tokens=...)")
+        pp = getattr(getattr(vllm_config, "parallel_config", None), "pipeline_parallel_size", 1)
+        if pp != 1:  # a rank holds only its own layers: the draft needs layers 0..E-1 and the head on every rank
+            raise ValueError(f"LayerSkipProposer does not support pipeline parallelism: pipeline_parallel_size "
+                             f"must be 1, got {pp} (tensor parallelism is supported)")
         self.k = spec.num_speculative_tokens
         self.max_model_len = vllm_config.model_config.max_model_len
         self.dtype = vllm_config.model_config.dtype

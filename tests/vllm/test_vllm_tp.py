@@ -56,3 +56,24 @@ def test_tp2_layerskip_greedy_equals_tp1_without_speculation(model_dir, monkeypa
     for i, (g, w) in enumerate(zip(got, want)):
         assert list(g) == list(w), f"request {i} (0: alone, then the concurrent batch)"
     assert counts["num_drafts"] > 0 and 0 < counts["num_accepted_tokens"] < counts["num_draft_tokens"], counts
+
+
+def test_pipeline_parallelism_is_refused():
+    """A pipeline rank holds only its own layers; the draft needs layers
+    0..E-1 and the head on every rank, so the proposer refuses PP > 1 (a clear
+    error at construction, before any worker loads weights)."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from layerskip_kernels.integrations.vllm import LayerSkipProposer
+
+    cls = type("LayerSkipExit3", (LayerSkipProposer,), {"exit_layer": 3})
+    cfg = lambda pp: SimpleNamespace(  # noqa: E731
+        speculative_config=SimpleNamespace(num_speculative_tokens=3),
+        model_config=SimpleNamespace(hf_text_config=SimpleNamespace(num_hidden_layers=12), max_model_len=64,
+                                     dtype="float32"),
+        parallel_config=SimpleNamespace(pipeline_parallel_size=pp))
+    with pytest.raises(ValueError, match="pipeline_parallel_size must be 1, got 2"):
+        cls(cfg(2))
+    assert cls(cfg(1)).k == 3
