@@ -27,6 +27,7 @@ one process. Per setting:
     python bench/bench_defaults.py --smoke          # 2 prompts, 32 tokens, 1 rep, 3 settings: does it run
     python bench/bench_defaults.py --quality-only   # all settings, no timing: runs on a busy machine
     python bench/bench_defaults.py --only "greedy penalty=1.0 ngram=12" --only ...   # a shortlist, timed
+    python bench/bench_defaults.py --only ... --draft-vocab 2048 --draft-quantization int8   # a cheaper draft head
 Writes <results for this CPU>/defaults.csv (--out). Timings need a quiet
 machine; the ratio is measured side by side, so it is the figure to compare.
 """
@@ -77,12 +78,14 @@ def parses(text: str) -> bool:
     return True
 
 
-def run_setting(model, prompts, kw, E, k, new_tokens, reps, seed=0, modes=("spec", "ar")):
-    """Both modes on every prompt, interleaved; returns per-mode decode times per rep and the outputs."""
+def run_setting(model, prompts, kw, E, k, new_tokens, reps, seed=0, modes=("spec", "ar"), draft=None):
+    """Both modes on every prompt, interleaved; returns per-mode decode times per rep and the outputs.
+    draft: the self-speculative run's draft head settings (draft_vocab, draft_quantization)."""
     times = {m: [0.0] * reps for m in modes}
     tokens = {m: [0] * reps for m in modes}
     outs, stats = {m: [] for m in modes}, {"drafted": 0, "accepted": 0, "steps": 0, "emitted": 0}
-    modes = {m: kws for m, kws in (("spec", dict(exit_layer=E, num_speculations=k)), ("ar", dict(exit_layer=None)))
+    modes = {m: kws for m, kws in (("spec", dict(exit_layer=E, num_speculations=k, **(draft or {}))),
+                                                   ("ar", dict(exit_layer=None)))
              if m in modes}
     for rep in range(reps):
         for i, p in enumerate(prompts):
@@ -115,6 +118,10 @@ def main(argv=None):
     ap.add_argument("--smoke", action="store_true", help="2 prompts, 32 new tokens, 1 rep, 3 settings")
     ap.add_argument("--exit-layer", type=int, default=None, help="default: the model's recorded default")
     ap.add_argument("--num-speculations", type=int, default=None, help="default: the model's recorded default")
+    ap.add_argument("--draft-vocab", type=int, default=0,
+                    help="the draft scores only the N most frequent tokens (0: the full vocabulary)")
+    ap.add_argument("--draft-quantization", default="none", choices=["none", "int8"],
+                    help="the draft's LM head as it is, or int8 (per-row scales)")
     ap.add_argument("--note", default="", help="conditions of the run (quiet machine?), written on every row")
     ap.add_argument("--quality-only", action="store_true",
                     help="self-speculative runs only, one repetition: acceptance and output quality (which do "
@@ -135,13 +142,15 @@ def main(argv=None):
     if args.dtype == "auto":
         args.dtype = str(decode_dtype("cpu")).removeprefix("torch.")
     model = lk.LlamaForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype))
-    spec = SpeculationConfig.from_model(path, model, drafting=True, speculation="static", draft_vocab=0,
+    spec = SpeculationConfig.from_model(path, model, drafting=True, speculation="static",
+                                        draft_vocab=args.draft_vocab, draft_quantization=args.draft_quantization,
                                         exit_layer=args.exit_layer, num_speculations=args.num_speculations)
     E, k = spec.exit_layer, spec.num_speculations
+    draft = dict(draft_vocab=spec.draft_vocab, draft_quantization=spec.draft_quantization)
     tok_path = os.path.join(path, "tokenizer.json")
     tok = Tokenizer.from_file(tok_path)
     prompts = load_prompts(tok_path, args.prompts, args.prompt_tokens)
-    for kw in (dict(exit_layer=E, num_speculations=k), {}):  # first-call costs outside the measurement
+    for kw in (dict(exit_layer=E, num_speculations=k, **draft), {}):  # first-call costs outside the measurement
         lk.generate(model, prompts[:1], max_new_tokens=8, **kw)
     meta = metadata()
     rows = []
@@ -149,10 +158,10 @@ def main(argv=None):
     t_start = time.perf_counter()
     for name, kw in chosen:
         if args.quality_only:
-            tps, outs, st = run_setting(model, prompts, kw, E, k, args.new_tokens, 1, modes=("spec",))
+            tps, outs, st = run_setting(model, prompts, kw, E, k, args.new_tokens, 1, modes=("spec",), draft=draft)
             tps["ar"] = outs["ar"] = None
         else:
-            tps, outs, st = run_setting(model, prompts, kw, E, k, args.new_tokens, args.reps)
+            tps, outs, st = run_setting(model, prompts, kw, E, k, args.new_tokens, args.reps, draft=draft)
         seqs = outs["spec"]
         rows.append({
             **{c: meta[c] for c in ("cpu", "cpu_level", "torch", "layerskip")}, "note": args.note,
@@ -161,6 +170,7 @@ def main(argv=None):
             "no_repeat_ngram_size": kw.get("no_repeat_ngram_size", 0),
             "temperature": kw.get("temperature", ""), "top_p": kw.get("top_p", ""),
             "prompts": len(prompts), "new_tokens": args.new_tokens, "reps": args.reps, "E": E, "k": k,
+            "draft_vocab": args.draft_vocab, "draft_quantization": args.draft_quantization,
             "acceptance": st["accepted"] / st["drafted"] if st["drafted"] else None,
             "tokens_per_iteration": st["emitted"] / st["steps"] if st["steps"] else None,
             "selfspec_tokens_per_s": tps["spec"], "ar_tokens_per_s": tps["ar"],
