@@ -22,9 +22,9 @@
 // kStreamBytes: the per-core cache (L2) of the CPUs of the level. Weights
 // larger than it come from L3 or DRAM at every call of a decode step, faster
 // through two cores than one: csrc/cpu/linear.cpp splits such a product
-// over all threads even at one row. A level's CPUs vary: this is the typical
-// size, not a measurement of the running CPU (a forced level then behaves as
-// on its CPUs).
+// over all threads even at one row, and its tiles prefetch further ahead
+// (linear_kernels.h). A level's CPUs vary: this is the typical size, not a
+// measurement of the running CPU (a forced level then behaves as on its CPUs).
 
 // fp32 -> bf16 bits, round to nearest even (as torch's cast); NaN stays NaN.
 // store_bf16(v, p) writes the kLanes lanes of v so, to p.
