@@ -249,4 +249,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Run the cpu kernels of another level (one of supported_cpu_levels()); raises on any other name.");
   m.def("supported_cpu_levels", &layerskip::cpu::supported_cpu_levels,
         "The CPU levels compiled in that this CPU and OS support, lowest first.");
+  m.def("linear_rows_threads", &layerskip::cpu::linear_rows_threads, pybind11::arg("rows"), pybind11::arg("K"),
+        pybind11::arg("N"), pybind11::arg("weight_dtype"),
+        "How many threads the cpu linear_rows / linear_rows_int8 of `rows` rows and an [N, K] weight "
+        "('bfloat16', 'float32' or 'int8') runs on at the running CPU level and torch's thread count.");
 }

@@ -1,5 +1,7 @@
-"""Tiny random checkpoints written with transformers' save_pretrained."""
+"""Tiny random checkpoints written with transformers' save_pretrained, and
+small utilities of the tests."""
 
+import contextlib
 import math
 
 import torch
@@ -87,3 +89,13 @@ def tiny_model(layers=4, seed=0):
     init_weights(model, std=0.2)  # large init: layers change the hidden state visibly
     return model
 
+
+@contextlib.contextmanager
+def torch_threads(n):
+    """torch's intra-op thread count set to n inside the block, restored after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

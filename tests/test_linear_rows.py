@@ -15,7 +15,7 @@ from layerskip_kernels import backends, ops, reference
 from layerskip_kernels.model import linear as decode_gemm
 
 from conftest import cpu_level_params, running_cpu_level
-from helpers import tiny_model
+from helpers import tiny_model, torch_threads
 
 native = pytest.mark.skipif(backends.native() is None, reason="layerskip_kernels._C is not built")
 
@@ -80,6 +80,53 @@ def test_rows_do_not_depend_on_their_batch(op, dtype, cpu_level):
             one = fn(args[0][m : m + 1], *args[1:])
             assert torch.equal(one[0], whole[m]), (rows, K, N, m)
         assert torch.equal(fn(args[0][5:9], *args[1:]), whole[5:9]), (rows, K, N)
+
+
+def _weight_name(op, dtype):
+    """The weight dtype as _C.linear_rows_threads names it."""
+    return "int8" if op == "linear_rows_int8" else {torch.bfloat16: "bfloat16", torch.float32: "float32"}[dtype]
+
+
+@native
+@pytest.mark.parametrize("op", ["linear_rows", "linear_rows_int8"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_one_row_is_the_same_on_any_thread_count(op, dtype, cpu_level):
+    # A weight larger than a core's cache (kStreamBytes in csrc/cpu/vec.h: 512
+    # KB or 1 MB by level) is split over all threads even at one row, where it
+    # streams from L3 or DRAM. The split must not show in the result: one, two
+    # and three threads (an uneven split) give the same bits. Random values, so
+    # a differing summation order would show in the last bits.
+    K, N = 1500, 777  # int8 1.1 MB, bf16 2.3 MB, fp32 4.7 MB; K has a tail; N splits into whole tiles and a rest
+    native_c = backends.native()
+    args = (_case if op == "linear_rows" else _case_int8)(1, K, N, dtype, seed=5)
+    fn = getattr(torch.ops.layerskip, op)
+    got = {}
+    for threads in (1, 2, 3):
+        with torch_threads(threads):
+            assert native_c.linear_rows_threads(1, K, N, _weight_name(op, dtype)) == threads
+            got[threads] = fn(*args)
+    assert torch.equal(got[1], got[2]) and torch.equal(got[1], got[3])
+
+
+@native
+@pytest.mark.parametrize("weight_dtype,K,N_big,N_small", [
+    ("bfloat16", 2048, 512, 64), ("float32", 1024, 512, 32), ("int8", 2048, 768, 128),
+])
+def test_split_over_threads_follows_the_bytes(weight_dtype, K, N_big, N_small, cpu_level):
+    # 1.5-2 MB of weights (above every level's kStreamBytes) run on all 8
+    # threads at one row, where the FLOPs alone (kParallelWork in
+    # csrc/cpu/linear.cpp) would give them 2 to 4; 128-256 KB stay on one
+    # thread. More rows are more work per byte, never fewer threads.
+    native_c = backends.native()
+    with torch_threads(8):
+        assert native_c.linear_rows_threads(1, K, N_big, weight_dtype) == 8
+        assert native_c.linear_rows_threads(1, K, N_small, weight_dtype) == 1
+        assert native_c.linear_rows_threads(4, K, N_big, weight_dtype) == 8
+        assert native_c.linear_rows_threads(0, K, N_big, weight_dtype) == 1
+    with torch_threads(1):
+        assert native_c.linear_rows_threads(1, K, N_big, weight_dtype) == 1
+    with pytest.raises(RuntimeError, match="weight_dtype"):
+        native_c.linear_rows_threads(1, K, N_big, "float16")
 
 
 @native

@@ -103,6 +103,7 @@ struct KernelTable {
   CpuLevel level;
   int64_t row_block;  // input rows per pass over the weights (linear_rows)
   int64_t row_unit;   // weight rows of the split over threads: whole tiles (linear_rows)
+  int64_t stream_bytes;  // weights larger than a core's cache: split over all threads (linear_rows; vec.h)
   // Bytes of x prepared for a product (prepare_x's output), and the preparation:
   // x [M, K] contiguous in x_dtype.
   int64_t (*linear_x_bytes)(WeightKind wk, DType x_dtype, int64_t M, int64_t K);

@@ -4,6 +4,7 @@
 #pragma once
 #include <torch/extension.h>
 
+#include <string>
 #include <tuple>
 
 namespace layerskip::cpu {
@@ -38,6 +39,11 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& weight);
 // x: [..., K]; weight: int8 [N, K]; scale: fp32 [N]. Returns (x @ weight^T) * scale:
 // [..., N] in x's dtype, contiguous (fp32 accumulation).
 at::Tensor linear_rows_int8(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale);
+
+// How many threads a linear_rows / linear_rows_int8 product of `rows` rows and an
+// [N, K] weight (weight_dtype: "bfloat16", "float32" or "int8") runs on at the
+// running level and torch's thread count: the split over threads, for tests.
+int64_t linear_rows_threads(int64_t rows, int64_t K, int64_t N, const std::string& weight_dtype);
 
 // The same product from ATen ops (any device): weights widened to fp32, one GEMM,
 // the scales, the cast. Runs where the kernel does not (other dtypes, CUDA).

@@ -36,8 +36,40 @@ constexpr int64_t kChunkBytes = 128 * 1024;
 constexpr int64_t kPrefetchBytes = 4096;
 constexpr int64_t kPrefetchMaxStepBytes = 256;
 constexpr int64_t kPrefetchMaxTileBytes = 24 * 1024;
+// Weights larger than a core's cache (kStreamBytes, vec.h) come from L3 or
+// DRAM at every call: there every tile prefetches, whatever its shape (a
+// one-row tile of Llama-sized rows is 8 or 16 rows of 4-16 KB, each a stream
+// the hardware prefetchers pick up anew at every page; the VDPBF16PS tiles
+// too), and further ahead: 4 KB is about one DRAM latency (~0.15 us under
+// load) at one core's streaming rate (~20 GB/s), too few lines in flight.
+constexpr int64_t kStreamPrefetchBytes = 16 * 1024;
 
 inline int64_t padded_k(int64_t K) { return (K + kStep - 1) / kStep * kStep; }
+
+// Where the tile of weight rows from wn (tile_bytes of them, read kStepBytes
+// per step along K) prefetches from: the tiles after it are one contiguous
+// run, prefetched in order at the rate this tile reads its own, whole tiles
+// ahead; null where it does not prefetch. It does where the weights stream,
+// and where its rows are short (if kShortRows: the fp32 tiles, timed so; the
+// VDPBF16PS ones were not), in one pass over the whole of K (with K blocks a
+// tile reads part of each row, and the run ahead is not what comes next).
+template <int64_t kStepBytes, bool kShortRows, typename WT>
+LS_FORCE_INLINE const char* prefetch_from(const LinearArgs& a, const WT* wn, int64_t tile_bytes, bool whole_k) {
+  const bool stream = a.N * a.K * static_cast<int64_t>(sizeof(WT)) > kStreamBytes;
+  const bool short_rows = kShortRows && kStepBytes <= kPrefetchMaxStepBytes && tile_bytes <= kPrefetchMaxTileBytes;
+  if (!whole_k || !(stream || short_rows)) return nullptr;
+  const int64_t ahead = stream ? kStreamPrefetchBytes : kPrefetchBytes;
+  const char* pf = reinterpret_cast<const char*>(wn) + (ahead + tile_bytes - 1) / tile_bytes * tile_bytes;
+  return pf < reinterpret_cast<const char*>(static_cast<const WT*>(a.w) + a.N * a.K) ? pf : nullptr;
+}
+
+// The prefetches of step `step` of a tile (prefetch_from): its share of the run ahead.
+template <int64_t kStepBytes>
+LS_FORCE_INLINE void prefetch_step(const char* pf, int64_t step) {
+  if (!pf) return;
+  const char* p = pf + step * kStepBytes;
+  for (int64_t l = 0; l < kStepBytes; l += 64) __builtin_prefetch(p + l, 0, 2);
+}
 
 // Weight rows per tile for kM input rows: at most kTileAcc accumulators, and
 // registers for them, the operand the inner loop keeps (the x rows or the
@@ -136,20 +168,10 @@ void tile(const LinearArgs& a, const float* xp, const WT* w, int64_t m0, int64_t
   const float* x = xp + m0 * Kp;
   const WT* wn = w + n * K;
   const int64_t kend = std::min(kb.k1, K0);
-  // One block covering K: the tile's rows are one contiguous run, and so are
-  // the next tiles'; prefetch as far ahead of this one as it reads per step.
   constexpr int64_t kStepBytes = int64_t{kN} * kStep * sizeof(WT);
-  const int64_t tile_bytes = kN * K * static_cast<int64_t>(sizeof(WT));
-  const char* pf = nullptr;
-  if (kStepBytes <= kPrefetchMaxStepBytes && kb.first && kb.last && tile_bytes <= kPrefetchMaxTileBytes) {
-    pf = reinterpret_cast<const char*>(wn) + (kPrefetchBytes + tile_bytes - 1) / tile_bytes * tile_bytes;
-    if (pf >= reinterpret_cast<const char*>(w + a.N * K)) pf = nullptr;
-  }
+  const char* pf = prefetch_from<kStepBytes, true>(a, wn, kN * K * static_cast<int64_t>(sizeof(WT)), kb.first && kb.last);
   for (int64_t k = kb.k0; k < kend; k += kStep) {
-    if (pf) {
-      const char* p = pf + (k / kStep) * kStepBytes;
-      for (int64_t l = 0; l < kStepBytes; l += 64) __builtin_prefetch(p + l, 0, 2);
-    }
+    prefetch_step<kStepBytes>(pf, k / kStep);
     tile_step<kM, kN>(acc, x + k, Kp, wn + k, K);
   }
   if (kb.last && K0 < K) {  // the tail through a zero-padded copy: nothing past a row is read
@@ -278,7 +300,12 @@ void tile(const LinearArgs& a, const uint16_t* x, const WT* w, int64_t m0, int64
   Vec acc[kAcc16];
   for (int i = 0; i < kAcc16; ++i) acc[i] = Vec::zero();
   const int64_t K32 = K / 32 * 32;
-  for (int64_t k = 0; k < K32; k += 32) tile_step<kM, kN, false>(acc, x, w, K, m0, n, k, 0);
+  constexpr int64_t kStepBytes = int64_t{kN} * 32 * sizeof(WT);
+  const char* pf = prefetch_from<kStepBytes, false>(a, w + n * K, kN * K * static_cast<int64_t>(sizeof(WT)), true);
+  for (int64_t k = 0; k < K32; k += 32) {
+    prefetch_step<kStepBytes>(pf, k / 32);
+    tile_step<kM, kN, false>(acc, x, w, K, m0, n, k, 0);
+  }
   if (K32 < K)
     tile_step<kM, kN, true>(acc, x, w, K, m0, n, K32, static_cast<__mmask32>((uint64_t{1} << (K - K32)) - 1));
   auto* o = static_cast<uint16_t*>(a.out);
