@@ -45,8 +45,10 @@ are reused as they are; what changes:
   vLLM, not the same random numbers.
 
 Not supported (a clear error): vLLM's synthetic acceptance mode
-(`rejection_sample_method="synthetic"`), and Model Runner V2 (no
-`rejection_sampler` attribute; vLLM uses V1 for speculative decoding on CPU).
+(`rejection_sample_method="synthetic"`), and Model Runner V2
+(`use_v2_model_runner`: its runner builds its own sampler in `load_model`;
+`VLLM_USE_V2_MODEL_RUNNER=0` selects V1). Under pipeline parallelism V1 builds
+the sampler on the last rank only; the other ranks are left as they are.
 A negative draft id (vLLM's padding of some proposers) ends that row's draft:
 the position takes the target's token (argmax, or a sample of the target
 distribution), as vLLM does without draft probabilities.
@@ -340,17 +342,34 @@ def _worker_class():
 
         def init_device(self):
             super().init_device()
-            runner = self.model_runner
-            if self.vllm_config.speculative_config is None:
-                return  # no speculation, no rejection sampler
-            if not hasattr(runner, "rejection_sampler"):
-                raise ValueError(f"{WORKER_CLS} replaces the V1 model runner's rejection_sampler; "
-                                 f"{type(runner).__name__} has none (Model Runner V2 is not supported)")
-            runner.rejection_sampler = sampler_cls(runner.sampler, self.vllm_config.speculative_config,
-                                                   runner.device)
+            _swap_rejection_sampler(self, sampler_cls)
 
     LayerSkipWorker.__module__ = _MODULE
     return LayerSkipWorker
+
+
+def _swap_rejection_sampler(worker, sampler_cls) -> None:
+    """Gives `worker`'s V1 model runner a `sampler_cls` in place of vLLM's
+    RejectionSampler. Model Runner V2 is refused: its runner holds a
+    `rejection_sampler` of another class, None until `load_model`, which would
+    then build its own over ours."""
+    from vllm.v1.sample.rejection_sampler import RejectionSampler
+
+    spec_config = worker.vllm_config.speculative_config
+    if spec_config is None:
+        return  # no speculation, no rejection sampler
+    if getattr(worker, "use_v2_model_runner", False):
+        raise ValueError(f"{WORKER_CLS} replaces the V1 model runner's rejection sampler and does not support "
+                         "Model Runner V2: set VLLM_USE_V2_MODEL_RUNNER=0, or drop worker_cls (--worker-cls) "
+                         "to use vLLM's own sampler")
+    runner = worker.model_runner
+    sampler = getattr(runner, "rejection_sampler", None)
+    if sampler is None or isinstance(sampler, sampler_cls):
+        return  # V1 builds it on the last pipeline rank only; the others sample nothing
+    if type(sampler) is not RejectionSampler:
+        raise ValueError(f"{WORKER_CLS} replaces vLLM's RejectionSampler; {type(runner).__name__}."
+                         f"rejection_sampler is a {type(sampler).__name__} (drop worker_cls to keep it)")
+    runner.rejection_sampler = sampler_cls(runner.sampler, spec_config, runner.device)
 
 
 _LAZY: dict[str, type] = {}

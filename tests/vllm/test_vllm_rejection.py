@@ -260,6 +260,64 @@ def test_synthetic_acceptance_is_refused():
         vr.LayerSkipRejectionSampler(Sampler(), spec)
 
 
+# --------------------------------------------------------------------------- the worker's swap
+
+
+def stub_worker(sampler="v1", v2=False, spec=True):
+    """A worker as LayerSkipWorker.init_device sees it after vLLM's: its runner's
+    rejection_sampler vLLM's V1 one ("v1"), absent (None: a V1 runner off the last
+    pipeline rank), or the given object."""
+    from types import SimpleNamespace
+
+    from vllm.v1.sample.rejection_sampler import RejectionSampler
+    from vllm.v1.sample.sampler import Sampler
+
+    runner = SimpleNamespace(sampler=Sampler(), device=torch.device("cpu"))
+    if sampler == "v1":
+        runner.rejection_sampler = RejectionSampler(runner.sampler)
+    elif sampler is not None:
+        runner.rejection_sampler = sampler
+    spec_config = SimpleNamespace(rejection_sample_method="strict") if spec else None
+    return SimpleNamespace(vllm_config=SimpleNamespace(speculative_config=spec_config), use_v2_model_runner=v2,
+                           model_runner=runner)
+
+
+def test_worker_swaps_vllms_v1_rejection_sampler():
+    w = stub_worker()
+    vr._swap_rejection_sampler(w, vr.LayerSkipRejectionSampler)
+    assert type(w.model_runner.rejection_sampler) is vr.LayerSkipRejectionSampler
+    assert w.model_runner.rejection_sampler.sampler is w.model_runner.sampler
+    kept = w.model_runner.rejection_sampler
+    vr._swap_rejection_sampler(w, vr.LayerSkipRejectionSampler)  # already ours: kept
+    assert w.model_runner.rejection_sampler is kept
+
+
+@pytest.mark.parametrize("before_load_model", [True, False])
+def test_worker_refuses_model_runner_v2(before_load_model):
+    # V2's runner has rejection_sampler = None until load_model, which builds its own.
+    w = stub_worker(v2=True)
+    if before_load_model:
+        w.model_runner.rejection_sampler = None
+    with pytest.raises(ValueError, match="does not support Model Runner V2: set VLLM_USE_V2_MODEL_RUNNER=0"):
+        vr._swap_rejection_sampler(w, vr.LayerSkipRejectionSampler)
+
+
+def test_worker_leaves_runners_without_a_rejection_sampler():
+    # V1 builds it on the last pipeline rank only; without speculation, nowhere.
+    w = stub_worker(None)
+    vr._swap_rejection_sampler(w, vr.LayerSkipRejectionSampler)
+    assert not hasattr(w.model_runner, "rejection_sampler")
+    w = stub_worker(spec=False)
+    vr._swap_rejection_sampler(w, vr.LayerSkipRejectionSampler)
+    assert type(w.model_runner.rejection_sampler).__name__ == "RejectionSampler"
+
+
+def test_worker_refuses_an_unknown_rejection_sampler():
+    w = stub_worker(object())
+    with pytest.raises(ValueError, match="rejection_sampler is a object"):
+        vr._swap_rejection_sampler(w, vr.LayerSkipRejectionSampler)
+
+
 # --------------------------------------------------------------------------- where vLLM's CPU path goes wrong
 
 
