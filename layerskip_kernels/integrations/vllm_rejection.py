@@ -11,7 +11,8 @@
     (server: --worker-cls layerskip_kernels.integrations.vllm_rejection.LayerSkipWorker)
 
 `WORKER_CLS` names `LayerSkipWorker`: the worker class vLLM would use on this
-platform (`CPUWorker` on CPU, the GPU `Worker` elsewhere) whose model runner,
+platform (`CPUWorker` on CPU, the GPU `Worker` on CUDA and ROCm; other
+platforms are refused) whose model runner,
 once built, gets `LayerSkipRejectionSampler` in place of vLLM's
 `RejectionSampler`, whatever the speculative method (tested with ours, on the
 CPU backend); vLLM's source is not patched. vLLM builds the runner's
@@ -332,8 +333,12 @@ def _worker_class():
 
     if current_platform.is_cpu():
         from vllm.v1.worker.cpu_worker import CPUWorker as Base
-    else:
+    elif current_platform.is_cuda_alike():
         from vllm.v1.worker.gpu_worker import Worker as Base
+    else:  # XPU and out-of-tree platforms have their own workers
+        raise ValueError(f"{WORKER_CLS} subclasses vLLM's CPU or CUDA/ROCm worker; this platform is "
+                         f"{type(current_platform).__name__} ({current_platform.device_name!r}): drop worker_cls "
+                         "to use vLLM's own worker and rejection sampler")
     sampler_cls = __getattr__("LayerSkipRejectionSampler")
 
     class LayerSkipWorker(Base):

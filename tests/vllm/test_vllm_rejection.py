@@ -318,6 +318,22 @@ def test_worker_refuses_an_unknown_rejection_sampler():
         vr._swap_rejection_sampler(w, vr.LayerSkipRejectionSampler)
 
 
+@pytest.mark.parametrize("platform,base", [("cpu", "CPUWorker"), ("cuda", "Worker"), ("xpu", None)])
+def test_worker_base_by_platform(monkeypatch, platform, base):
+    import vllm.platforms
+
+    # the real platform's class (importing vLLM's workers reads it), asked as another
+    fake = type("XPUPlatform", (type(vllm.platforms.current_platform),), {
+        "device_name": platform, "is_cpu": lambda self: platform == "cpu",
+        "is_cuda_alike": lambda self: platform == "cuda"})()
+    monkeypatch.setattr(vllm.platforms, "current_platform", fake)
+    if base is None:
+        with pytest.raises(ValueError, match="this platform is XPUPlatform \\('xpu'\\): drop worker_cls"):
+            vr._worker_class()
+    else:
+        assert vr._worker_class().__mro__[1].__name__ == base
+
+
 # --------------------------------------------------------------------------- where vLLM's CPU path goes wrong
 
 
