@@ -284,10 +284,22 @@ def apply_sampling_constraints(logits: torch.Tensor, num_draft_tokens: Sequence[
 def _sampler_class():
     from dataclasses import replace
 
+    import vllm
     from vllm.v1.outputs import SamplerOutput
     from vllm.v1.sample.rejection_sampler import MAX_SPEC_LEN as VLLM_MAX_SPEC_LEN, RejectionSampler
 
-    assert VLLM_MAX_SPEC_LEN == MAX_SPEC_LEN
+    from .vllm import TESTED_VLLM_VERSIONS
+
+    # forward below copies vLLM 0.32's RejectionSampler.forward: another vLLM
+    # may lay out its metadata or logprobs differently.
+    version = vllm.__version__.split("+")[0]
+    if version not in TESTED_VLLM_VERSIONS and not version.startswith("0.32."):
+        raise RuntimeError(f"LayerSkipRejectionSampler follows vLLM 0.32's RejectionSampler.forward (tested: "
+                           f"{', '.join(TESTED_VLLM_VERSIONS)}); running vLLM {vllm.__version__}: drop worker_cls "
+                           "to use vLLM's own sampler")
+    if VLLM_MAX_SPEC_LEN != MAX_SPEC_LEN:
+        raise RuntimeError(f"LayerSkipRejectionSampler bounds drafts at {MAX_SPEC_LEN}; vLLM {vllm.__version__} "
+                           f"at {VLLM_MAX_SPEC_LEN}")
 
     class LayerSkipRejectionSampler(RejectionSampler):
         """vLLM's RejectionSampler with acceptance in layerskip_kernels' ops

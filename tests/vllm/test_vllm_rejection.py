@@ -260,6 +260,19 @@ def test_synthetic_acceptance_is_refused():
         vr.LayerSkipRejectionSampler(Sampler(), spec)
 
 
+@pytest.mark.parametrize("version,ok", [("0.32.0", True), ("0.32.1+cpu", True), ("0.33.0", False),
+                                        ("0.31.2", False)])
+def test_sampler_refuses_an_untested_vllm(monkeypatch, version, ok):
+    import vllm
+
+    monkeypatch.setattr(vllm, "__version__", version)
+    if ok:
+        assert issubclass(vr._sampler_class(), vllm.v1.sample.rejection_sampler.RejectionSampler)
+    else:
+        with pytest.raises(RuntimeError, match=f"running vLLM {version}: drop worker_cls"):
+            vr._sampler_class()
+
+
 # --------------------------------------------------------------------------- the worker's swap
 
 
