@@ -234,6 +234,9 @@ def _check(draft_token_ids, num_draft_tokens, draft_probs, target_logits, bonus_
                     ("draft_probs", draft_probs), ("is_greedy", is_greedy)):
         if t is not None and t.device != device:
             raise ValueError(f"{name} must be on target_logits' device {device}, got {t.device}")
+    if generators is not None and not isinstance(generators, Mapping):
+        raise ValueError(f"generators must be None or a Mapping of request index to torch.Generator, got "
+                         f"{type(generators).__name__}")
     for r, g in (generators or {}).items():
         if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < B or not isinstance(g, torch.Generator):
             raise ValueError(f"generators must map request indices in [0, {B}) to torch.Generator, got {r!r}: {g!r}")
@@ -266,6 +269,9 @@ def apply_sampling_constraints(logits: torch.Tensor, num_draft_tokens: Sequence[
     result). Greedy rows keep temperature 1."""
     from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p
 
+    if logits.dim() != 2 or logits.shape[0] != sum(num_draft_tokens):
+        raise ValueError(f"logits must be [sum(num_draft_tokens) = {sum(num_draft_tokens)}, V], got "
+                         f"{tuple(logits.shape)}")
     if sampling_metadata.all_greedy:
         return logits
     n = torch.as_tensor(list(num_draft_tokens), dtype=torch.long, device=logits.device)

@@ -238,6 +238,8 @@ def good():
     (dict(draft_probs=torch.ones(3, 8, dtype=torch.float64)), "draft_probs must be None or float32"),
     (dict(is_greedy=torch.tensor([1, 0, 1])), "is_greedy must be None \\(all greedy\\) or bool \\[B = 3\\]"),
     (dict(is_greedy=torch.zeros(3, dtype=bool), generators={3: torch.Generator()}), "generators must map"),
+    (dict(is_greedy=torch.zeros(3, dtype=bool), generators=[torch.Generator()]),
+     "generators must be None or a Mapping of request index to torch.Generator, got list"),
     (dict(max_spec_len=1), "max_spec_len must be an int in \\[max\\(num_draft_tokens\\) = 2, 128\\]"),
     (dict(draft_token_ids=[1, 2, 3]), "draft_token_ids must be a torch.Tensor"),
 ])
@@ -245,6 +247,12 @@ def test_bad_inputs_name_the_argument(change, match):
     kw = dict(good(), **change)
     with pytest.raises((ValueError, TypeError), match=match):
         vr.rejection_sample(**kw)
+
+
+@pytest.mark.parametrize("temperature", [None, torch.ones(2)])
+def test_apply_sampling_constraints_names_the_mismatch(temperature):
+    with pytest.raises(ValueError, match="logits must be \\[sum\\(num_draft_tokens\\) = 4, V\\], got \\(3, 8\\)"):
+        vr.apply_sampling_constraints(torch.randn(3, 8), [2, 2], metadata(temperature))
 
 
 def test_good_inputs_pass_the_boundary():
