@@ -98,9 +98,11 @@ def test_greedy_rows_of_a_mixed_batch_identical_to_vllm():
         assert 1 <= emitted.numel() <= n + 1 and (row[emitted.numel():] == -1).all() and (emitted < 500).all()
 
 
-def test_sampler_forward_identical_to_vllms_when_greedy():
+@pytest.mark.parametrize("max_num_logprobs", [None, 0, 3])
+def test_sampler_forward_identical_to_vllms_when_greedy(max_num_logprobs):
     """LayerSkipRejectionSampler.forward against vLLM's RejectionSampler.forward
-    on the same SpecDecodeMetadata and logits (all-greedy batches)."""
+    on the same SpecDecodeMetadata and logits (all-greedy batches): tokens, and
+    logprobs when asked for."""
     from vllm.v1.sample.rejection_sampler import RejectionSampler
     from vllm.v1.sample.sampler import Sampler
     from vllm.v1.spec_decode.metadata import SpecDecodeMetadata
@@ -120,9 +122,43 @@ def test_sampler_forward_identical_to_vllms_when_greedy():
         # let some drafts agree with the target
         t = md.target_logits_indices.long()
         md.draft_token_ids[::2] = logits[t[::2]].argmax(-1).to(torch.int32)
-        want = theirs(md, None, logits.clone(), metadata()).sampled_token_ids
-        got = ours(md, None, logits.clone(), metadata()).sampled_token_ids
-        assert torch.equal(got, want), nums
+        sm = dataclasses.replace(metadata(), max_num_logprobs=max_num_logprobs)
+        want, got = theirs(md, None, logits.clone(), sm), ours(md, None, logits.clone(), sm)
+        assert torch.equal(got.sampled_token_ids, want.sampled_token_ids), nums
+        if max_num_logprobs is None:
+            assert got.logprobs_tensors is None and want.logprobs_tensors is None
+            continue
+        assert got.logprobs_tensors.logprobs.shape[-1] == max_num_logprobs + 1
+        for name in ("logprob_token_ids", "logprobs", "selected_token_ranks"):
+            assert torch.equal(getattr(got.logprobs_tensors, name), getattr(want.logprobs_tensors, name)), (name, nums)
+        assert got.logprobs_tensors.cu_num_generated_tokens == want.logprobs_tensors.cu_num_generated_tokens
+
+
+@pytest.mark.parametrize("with_draft_probs", [False, True])
+@pytest.mark.parametrize("seed", range(4))
+def test_certain_drafts_end_with_the_exact_bonus(seed, with_draft_probs):
+    """Drafts of target probability 1 are always accepted, in greedy, seeded
+    and unseeded random rows alike, and each full row ends with its own bonus
+    token; rows without drafts emit only theirs."""
+    V = 97
+    g = torch.Generator().manual_seed(seed)
+    kinds = ["greedy", "seeded", "empty", "random", "seeded", "greedy", "random", "empty", "random"]
+    nums = [0 if k == "empty" else int(torch.randint(1, 6, (), generator=g)) for k in kinds]
+    N = sum(nums)
+    draft = torch.randint(0, V, (N,), generator=g)
+    logits = torch.full((N, V), -1e9)
+    logits[torch.arange(N), draft] = torch.randn(N, generator=g)  # softmax: exactly 1 at the draft
+    bonus = torch.randperm(V, generator=g)[: len(kinds)]  # distinct per row
+    draft_probs = torch.softmax(torch.randn(N, V, generator=g), -1) if with_draft_probs else None
+    is_greedy = torch.tensor([k == "greedy" for k in kinds])
+    gens = {b: torch.Generator().manual_seed(seed * 10 + b) for b, k in enumerate(kinds) if k == "seeded"}
+    out = vr.rejection_sample(draft, nums, draft_probs, logits, bonus, is_greedy, gens)
+    start = 0
+    for b, n in enumerate(nums):
+        assert out[b, :n].tolist() == draft[start : start + n].tolist(), (kinds[b], b)
+        assert int(out[b, n]) == int(bonus[b]), (kinds[b], b)
+        assert (out[b, n + 1 :] == -1).all()
+        start += n
 
 
 # --------------------------------------------------------------------------- random rows: distributions
