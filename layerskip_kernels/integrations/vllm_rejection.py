@@ -54,9 +54,11 @@ A negative draft id (vLLM's padding of some proposers) ends that row's draft:
 the position takes the target's token (argmax, or a sample of the target
 distribution), as vLLM does without draft probabilities.
 
-`rejection_sample(...)` is the kernel-level function with the contract of
-vLLM's `vllm.v1.sample.rejection_sampler.rejection_sample`, usable without
-vLLM. This module imports vLLM only when its vLLM classes are first used.
+`rejection_sample(...)` is the kernel-level function with the semantics of
+vLLM's `vllm.v1.sample.rejection_sampler.rejection_sample` (same ragged
+layout, same output), usable without vLLM; its signature differs: no
+`cu_num_draft_tokens`, and `is_greedy` and `generators` in place of vLLM's
+SamplingMetadata. This module imports vLLM only when its vLLM classes are first used.
 """
 
 from __future__ import annotations
@@ -240,7 +242,8 @@ def _check(draft_token_ids, num_draft_tokens, draft_probs, target_logits, bonus_
     for r, g in (generators or {}).items():
         if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < B or not isinstance(g, torch.Generator):
             raise ValueError(f"generators must map request indices in [0, {B}) to torch.Generator, got {r!r}: {g!r}")
-    # Values (one host read; vLLM reads its output on the host right after).
+    # Values: host reads of the draft and bonus ids (rejection_sample reads
+    # is_greedy too); vLLM reads its output on the host right after anyway.
     ids = draft_token_ids.cpu().long()
     if (ids >= V).any():
         raise ValueError(f"draft_token_ids must be < vocab size {V} (negative ids end a draft), got "
