@@ -11,7 +11,8 @@
     (server: --worker-cls layerskip_kernels.integrations.vllm_rejection.LayerSkipWorker)
 
 `WORKER_CLS` names `LayerSkipWorker`: the worker class vLLM would use on this
-platform (`CPUWorker` on CPU, the GPU `Worker` elsewhere) whose model runner,
+platform (`CPUWorker` on CPU, the GPU `Worker` on CUDA and ROCm; other
+platforms are refused) whose model runner,
 once built, gets `LayerSkipRejectionSampler` in place of vLLM's
 `RejectionSampler`, whatever the speculative method (tested with ours, on the
 CPU backend); vLLM's source is not patched. vLLM builds the runner's
@@ -45,15 +46,19 @@ are reused as they are; what changes:
   vLLM, not the same random numbers.
 
 Not supported (a clear error): vLLM's synthetic acceptance mode
-(`rejection_sample_method="synthetic"`), and Model Runner V2 (no
-`rejection_sampler` attribute; vLLM uses V1 for speculative decoding on CPU).
+(`rejection_sample_method="synthetic"`), and Model Runner V2
+(`use_v2_model_runner`: its runner builds its own sampler in `load_model`;
+`VLLM_USE_V2_MODEL_RUNNER=0` selects V1). Under pipeline parallelism V1 builds
+the sampler on the last rank only; the other ranks are left as they are.
 A negative draft id (vLLM's padding of some proposers) ends that row's draft:
 the position takes the target's token (argmax, or a sample of the target
 distribution), as vLLM does without draft probabilities.
 
-`rejection_sample(...)` is the kernel-level function with the contract of
-vLLM's `vllm.v1.sample.rejection_sampler.rejection_sample`, usable without
-vLLM. This module imports vLLM only when its vLLM classes are first used.
+`rejection_sample(...)` is the kernel-level function with the semantics of
+vLLM's `vllm.v1.sample.rejection_sampler.rejection_sample` (same ragged
+layout, same output), usable without vLLM; its signature differs: no
+`cu_num_draft_tokens`, and `is_greedy` and `generators` in place of vLLM's
+SamplingMetadata. This module imports vLLM only when its vLLM classes are first used.
 """
 
 from __future__ import annotations
@@ -231,10 +236,14 @@ def _check(draft_token_ids, num_draft_tokens, draft_probs, target_logits, bonus_
                     ("draft_probs", draft_probs), ("is_greedy", is_greedy)):
         if t is not None and t.device != device:
             raise ValueError(f"{name} must be on target_logits' device {device}, got {t.device}")
+    if generators is not None and not isinstance(generators, Mapping):
+        raise ValueError(f"generators must be None or a Mapping of request index to torch.Generator, got "
+                         f"{type(generators).__name__}")
     for r, g in (generators or {}).items():
         if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < B or not isinstance(g, torch.Generator):
             raise ValueError(f"generators must map request indices in [0, {B}) to torch.Generator, got {r!r}: {g!r}")
-    # Values (one host read; vLLM reads its output on the host right after).
+    # Values: host reads of the draft and bonus ids (rejection_sample reads
+    # is_greedy too); vLLM reads its output on the host right after anyway.
     ids = draft_token_ids.cpu().long()
     if (ids >= V).any():
         raise ValueError(f"draft_token_ids must be < vocab size {V} (negative ids end a draft), got "
@@ -263,6 +272,9 @@ def apply_sampling_constraints(logits: torch.Tensor, num_draft_tokens: Sequence[
     result). Greedy rows keep temperature 1."""
     from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p
 
+    if logits.dim() != 2 or logits.shape[0] != sum(num_draft_tokens):
+        raise ValueError(f"logits must be [sum(num_draft_tokens) = {sum(num_draft_tokens)}, V], got "
+                         f"{tuple(logits.shape)}")
     if sampling_metadata.all_greedy:
         return logits
     n = torch.as_tensor(list(num_draft_tokens), dtype=torch.long, device=logits.device)
@@ -281,10 +293,22 @@ def apply_sampling_constraints(logits: torch.Tensor, num_draft_tokens: Sequence[
 def _sampler_class():
     from dataclasses import replace
 
+    import vllm
     from vllm.v1.outputs import SamplerOutput
     from vllm.v1.sample.rejection_sampler import MAX_SPEC_LEN as VLLM_MAX_SPEC_LEN, RejectionSampler
 
-    assert VLLM_MAX_SPEC_LEN == MAX_SPEC_LEN
+    from .vllm import TESTED_VLLM_VERSIONS
+
+    # forward below copies vLLM 0.32's RejectionSampler.forward: another vLLM
+    # may lay out its metadata or logprobs differently.
+    version = vllm.__version__.split("+")[0]
+    if version not in TESTED_VLLM_VERSIONS and not version.startswith("0.32."):
+        raise RuntimeError(f"LayerSkipRejectionSampler follows vLLM 0.32's RejectionSampler.forward (tested: "
+                           f"{', '.join(TESTED_VLLM_VERSIONS)}); running vLLM {vllm.__version__}: drop worker_cls "
+                           "to use vLLM's own sampler")
+    if VLLM_MAX_SPEC_LEN != MAX_SPEC_LEN:
+        raise RuntimeError(f"LayerSkipRejectionSampler bounds drafts at {MAX_SPEC_LEN}; vLLM {vllm.__version__} "
+                           f"at {VLLM_MAX_SPEC_LEN}")
 
     class LayerSkipRejectionSampler(RejectionSampler):
         """vLLM's RejectionSampler with acceptance in layerskip_kernels' ops
@@ -330,8 +354,12 @@ def _worker_class():
 
     if current_platform.is_cpu():
         from vllm.v1.worker.cpu_worker import CPUWorker as Base
-    else:
+    elif current_platform.is_cuda_alike():
         from vllm.v1.worker.gpu_worker import Worker as Base
+    else:  # XPU and out-of-tree platforms have their own workers
+        raise ValueError(f"{WORKER_CLS} subclasses vLLM's CPU or CUDA/ROCm worker; this platform is "
+                         f"{type(current_platform).__name__} ({current_platform.device_name!r}): drop worker_cls "
+                         "to use vLLM's own worker and rejection sampler")
     sampler_cls = __getattr__("LayerSkipRejectionSampler")
 
     class LayerSkipWorker(Base):
@@ -340,17 +368,34 @@ def _worker_class():
 
         def init_device(self):
             super().init_device()
-            runner = self.model_runner
-            if self.vllm_config.speculative_config is None:
-                return  # no speculation, no rejection sampler
-            if not hasattr(runner, "rejection_sampler"):
-                raise ValueError(f"{WORKER_CLS} replaces the V1 model runner's rejection_sampler; "
-                                 f"{type(runner).__name__} has none (Model Runner V2 is not supported)")
-            runner.rejection_sampler = sampler_cls(runner.sampler, self.vllm_config.speculative_config,
-                                                   runner.device)
+            _swap_rejection_sampler(self, sampler_cls)
 
     LayerSkipWorker.__module__ = _MODULE
     return LayerSkipWorker
+
+
+def _swap_rejection_sampler(worker, sampler_cls) -> None:
+    """Gives `worker`'s V1 model runner a `sampler_cls` in place of vLLM's
+    RejectionSampler. Model Runner V2 is refused: its runner holds a
+    `rejection_sampler` of another class, None until `load_model`, which would
+    then build its own over ours."""
+    from vllm.v1.sample.rejection_sampler import RejectionSampler
+
+    spec_config = worker.vllm_config.speculative_config
+    if spec_config is None:
+        return  # no speculation, no rejection sampler
+    if getattr(worker, "use_v2_model_runner", False):
+        raise ValueError(f"{WORKER_CLS} replaces the V1 model runner's rejection sampler and does not support "
+                         "Model Runner V2: set VLLM_USE_V2_MODEL_RUNNER=0, or drop worker_cls (--worker-cls) "
+                         "to use vLLM's own sampler")
+    runner = worker.model_runner
+    sampler = getattr(runner, "rejection_sampler", None)
+    if sampler is None or isinstance(sampler, sampler_cls):
+        return  # V1 builds it on the last pipeline rank only; the others sample nothing
+    if type(sampler) is not RejectionSampler:
+        raise ValueError(f"{WORKER_CLS} replaces vLLM's RejectionSampler; {type(runner).__name__}."
+                         f"rejection_sampler is a {type(sampler).__name__} (drop worker_cls to keep it)")
+    runner.rejection_sampler = sampler_cls(runner.sampler, spec_config, runner.device)
 
 
 _LAZY: dict[str, type] = {}

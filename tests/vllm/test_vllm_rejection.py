@@ -98,9 +98,11 @@ def test_greedy_rows_of_a_mixed_batch_identical_to_vllm():
         assert 1 <= emitted.numel() <= n + 1 and (row[emitted.numel():] == -1).all() and (emitted < 500).all()
 
 
-def test_sampler_forward_identical_to_vllms_when_greedy():
+@pytest.mark.parametrize("max_num_logprobs", [None, 0, 3])
+def test_sampler_forward_identical_to_vllms_when_greedy(max_num_logprobs):
     """LayerSkipRejectionSampler.forward against vLLM's RejectionSampler.forward
-    on the same SpecDecodeMetadata and logits (all-greedy batches)."""
+    on the same SpecDecodeMetadata and logits (all-greedy batches): tokens, and
+    logprobs when asked for."""
     from vllm.v1.sample.rejection_sampler import RejectionSampler
     from vllm.v1.sample.sampler import Sampler
     from vllm.v1.spec_decode.metadata import SpecDecodeMetadata
@@ -120,9 +122,43 @@ def test_sampler_forward_identical_to_vllms_when_greedy():
         # let some drafts agree with the target
         t = md.target_logits_indices.long()
         md.draft_token_ids[::2] = logits[t[::2]].argmax(-1).to(torch.int32)
-        want = theirs(md, None, logits.clone(), metadata()).sampled_token_ids
-        got = ours(md, None, logits.clone(), metadata()).sampled_token_ids
-        assert torch.equal(got, want), nums
+        sm = dataclasses.replace(metadata(), max_num_logprobs=max_num_logprobs)
+        want, got = theirs(md, None, logits.clone(), sm), ours(md, None, logits.clone(), sm)
+        assert torch.equal(got.sampled_token_ids, want.sampled_token_ids), nums
+        if max_num_logprobs is None:
+            assert got.logprobs_tensors is None and want.logprobs_tensors is None
+            continue
+        assert got.logprobs_tensors.logprobs.shape[-1] == max_num_logprobs + 1
+        for name in ("logprob_token_ids", "logprobs", "selected_token_ranks"):
+            assert torch.equal(getattr(got.logprobs_tensors, name), getattr(want.logprobs_tensors, name)), (name, nums)
+        assert got.logprobs_tensors.cu_num_generated_tokens == want.logprobs_tensors.cu_num_generated_tokens
+
+
+@pytest.mark.parametrize("with_draft_probs", [False, True])
+@pytest.mark.parametrize("seed", range(4))
+def test_certain_drafts_end_with_the_exact_bonus(seed, with_draft_probs):
+    """Drafts of target probability 1 are always accepted, in greedy, seeded
+    and unseeded random rows alike, and each full row ends with its own bonus
+    token; rows without drafts emit only theirs."""
+    V = 97
+    g = torch.Generator().manual_seed(seed)
+    kinds = ["greedy", "seeded", "empty", "random", "seeded", "greedy", "random", "empty", "random"]
+    nums = [0 if k == "empty" else int(torch.randint(1, 6, (), generator=g)) for k in kinds]
+    N = sum(nums)
+    draft = torch.randint(0, V, (N,), generator=g)
+    logits = torch.full((N, V), -1e9)
+    logits[torch.arange(N), draft] = torch.randn(N, generator=g)  # softmax: exactly 1 at the draft
+    bonus = torch.randperm(V, generator=g)[: len(kinds)]  # distinct per row
+    draft_probs = torch.softmax(torch.randn(N, V, generator=g), -1) if with_draft_probs else None
+    is_greedy = torch.tensor([k == "greedy" for k in kinds])
+    gens = {b: torch.Generator().manual_seed(seed * 10 + b) for b, k in enumerate(kinds) if k == "seeded"}
+    out = vr.rejection_sample(draft, nums, draft_probs, logits, bonus, is_greedy, gens)
+    start = 0
+    for b, n in enumerate(nums):
+        assert out[b, :n].tolist() == draft[start : start + n].tolist(), (kinds[b], b)
+        assert int(out[b, n]) == int(bonus[b]), (kinds[b], b)
+        assert (out[b, n + 1 :] == -1).all()
+        start += n
 
 
 # --------------------------------------------------------------------------- random rows: distributions
@@ -238,6 +274,8 @@ def good():
     (dict(draft_probs=torch.ones(3, 8, dtype=torch.float64)), "draft_probs must be None or float32"),
     (dict(is_greedy=torch.tensor([1, 0, 1])), "is_greedy must be None \\(all greedy\\) or bool \\[B = 3\\]"),
     (dict(is_greedy=torch.zeros(3, dtype=bool), generators={3: torch.Generator()}), "generators must map"),
+    (dict(is_greedy=torch.zeros(3, dtype=bool), generators=[torch.Generator()]),
+     "generators must be None or a Mapping of request index to torch.Generator, got list"),
     (dict(max_spec_len=1), "max_spec_len must be an int in \\[max\\(num_draft_tokens\\) = 2, 128\\]"),
     (dict(draft_token_ids=[1, 2, 3]), "draft_token_ids must be a torch.Tensor"),
 ])
@@ -245,6 +283,12 @@ def test_bad_inputs_name_the_argument(change, match):
     kw = dict(good(), **change)
     with pytest.raises((ValueError, TypeError), match=match):
         vr.rejection_sample(**kw)
+
+
+@pytest.mark.parametrize("temperature", [None, torch.ones(2)])
+def test_apply_sampling_constraints_names_the_mismatch(temperature):
+    with pytest.raises(ValueError, match="logits must be \\[sum\\(num_draft_tokens\\) = 4, V\\], got \\(3, 8\\)"):
+        vr.apply_sampling_constraints(torch.randn(3, 8), [2, 2], metadata(temperature))
 
 
 def test_good_inputs_pass_the_boundary():
@@ -258,6 +302,93 @@ def test_synthetic_acceptance_is_refused():
     spec = type("Spec", (), {"rejection_sample_method": "synthetic"})()
     with pytest.raises(ValueError, match="rejection_sample_method='synthetic'"):
         vr.LayerSkipRejectionSampler(Sampler(), spec)
+
+
+@pytest.mark.parametrize("version,ok", [("0.32.0", True), ("0.32.1+cpu", True), ("0.33.0", False),
+                                        ("0.31.2", False)])
+def test_sampler_refuses_an_untested_vllm(monkeypatch, version, ok):
+    import vllm
+
+    monkeypatch.setattr(vllm, "__version__", version)
+    if ok:
+        assert issubclass(vr._sampler_class(), vllm.v1.sample.rejection_sampler.RejectionSampler)
+    else:
+        with pytest.raises(RuntimeError, match=f"running vLLM {version}: drop worker_cls"):
+            vr._sampler_class()
+
+
+# --------------------------------------------------------------------------- the worker's swap
+
+
+def stub_worker(sampler="v1", v2=False, spec=True):
+    """A worker as LayerSkipWorker.init_device sees it after vLLM's: its runner's
+    rejection_sampler vLLM's V1 one ("v1"), absent (None: a V1 runner off the last
+    pipeline rank), or the given object."""
+    from types import SimpleNamespace
+
+    from vllm.v1.sample.rejection_sampler import RejectionSampler
+    from vllm.v1.sample.sampler import Sampler
+
+    runner = SimpleNamespace(sampler=Sampler(), device=torch.device("cpu"))
+    if sampler == "v1":
+        runner.rejection_sampler = RejectionSampler(runner.sampler)
+    elif sampler is not None:
+        runner.rejection_sampler = sampler
+    spec_config = SimpleNamespace(rejection_sample_method="strict") if spec else None
+    return SimpleNamespace(vllm_config=SimpleNamespace(speculative_config=spec_config), use_v2_model_runner=v2,
+                           model_runner=runner)
+
+
+def test_worker_swaps_vllms_v1_rejection_sampler():
+    w = stub_worker()
+    vr._swap_rejection_sampler(w, vr.LayerSkipRejectionSampler)
+    assert type(w.model_runner.rejection_sampler) is vr.LayerSkipRejectionSampler
+    assert w.model_runner.rejection_sampler.sampler is w.model_runner.sampler
+    kept = w.model_runner.rejection_sampler
+    vr._swap_rejection_sampler(w, vr.LayerSkipRejectionSampler)  # already ours: kept
+    assert w.model_runner.rejection_sampler is kept
+
+
+@pytest.mark.parametrize("before_load_model", [True, False])
+def test_worker_refuses_model_runner_v2(before_load_model):
+    # V2's runner has rejection_sampler = None until load_model, which builds its own.
+    w = stub_worker(v2=True)
+    if before_load_model:
+        w.model_runner.rejection_sampler = None
+    with pytest.raises(ValueError, match="does not support Model Runner V2: set VLLM_USE_V2_MODEL_RUNNER=0"):
+        vr._swap_rejection_sampler(w, vr.LayerSkipRejectionSampler)
+
+
+def test_worker_leaves_runners_without_a_rejection_sampler():
+    # V1 builds it on the last pipeline rank only; without speculation, nowhere.
+    w = stub_worker(None)
+    vr._swap_rejection_sampler(w, vr.LayerSkipRejectionSampler)
+    assert not hasattr(w.model_runner, "rejection_sampler")
+    w = stub_worker(spec=False)
+    vr._swap_rejection_sampler(w, vr.LayerSkipRejectionSampler)
+    assert type(w.model_runner.rejection_sampler).__name__ == "RejectionSampler"
+
+
+def test_worker_refuses_an_unknown_rejection_sampler():
+    w = stub_worker(object())
+    with pytest.raises(ValueError, match="rejection_sampler is a object"):
+        vr._swap_rejection_sampler(w, vr.LayerSkipRejectionSampler)
+
+
+@pytest.mark.parametrize("platform,base", [("cpu", "CPUWorker"), ("cuda", "Worker"), ("xpu", None)])
+def test_worker_base_by_platform(monkeypatch, platform, base):
+    import vllm.platforms
+
+    # the real platform's class (importing vLLM's workers reads it), asked as another
+    fake = type("XPUPlatform", (type(vllm.platforms.current_platform),), {
+        "device_name": platform, "is_cpu": lambda self: platform == "cpu",
+        "is_cuda_alike": lambda self: platform == "cuda"})()
+    monkeypatch.setattr(vllm.platforms, "current_platform", fake)
+    if base is None:
+        with pytest.raises(ValueError, match="this platform is XPUPlatform \\('xpu'\\): drop worker_cls"):
+            vr._worker_class()
+    else:
+        assert vr._worker_class().__mro__[1].__name__ == base
 
 
 # --------------------------------------------------------------------------- where vLLM's CPU path goes wrong

@@ -66,23 +66,31 @@ VLLM_CPU_BIAS = ("vLLM 0.32.0's own rejection sampler on its CPU backend loses t
                  "(docs/engines.md, 'vLLM'): sampled tokens are biased and greedy rows of mixed batches change")
 
 
+def _speculative_run(model_dir, sampler):
+    """The engine lives in this frame only, so it is released when this returns:
+    a failing (or xfailing) assertion in the test keeps the test's frame alive
+    in its traceback, and an engine held there is torn down later, in the
+    middle of another test's engine (seen: TP groups "not initialized")."""
+    from layerskip_kernels.integrations.vllm_rejection import LayerSkipRejectionSampler
+
+    kw = dict(worker_cls=WORKER_CLS) if sampler == "layerskip" else {}
+    llm = _llm(model_dir, speculative_config=speculative_config(exit_layer=3, num_speculative_tokens=3), **kw)
+    try:
+        swapped = isinstance(_runner(llm).rejection_sampler, LayerSkipRejectionSampler)
+        ours = _samples(llm, range(SAMPLES, 2 * SAMPLES))  # other seeds: independent samples
+        return swapped, ours, _mixed(llm), _spec_counts(llm)
+    finally:
+        _close(llm)
+
+
 @pytest.mark.parametrize("sampler", ["layerskip", pytest.param(
     "vllm", marks=pytest.mark.xfail(raises=AssertionError, strict=True, reason=VLLM_CPU_BIAS))])
 def test_layerskip_sampling_keeps_vllms_distribution(model_dir, without_speculation, sampler):
     """sampler="vllm" (our proposer, vLLM's sampler) shows that the test has
     the power to see the bias; when vLLM fixes it, the strict xfail fails."""
-    from layerskip_kernels.integrations.vllm_rejection import LayerSkipRejectionSampler
-
     ref, ref_greedy = without_speculation
-    kw = dict(worker_cls=WORKER_CLS) if sampler == "layerskip" else {}
-    llm = _llm(model_dir, speculative_config=speculative_config(exit_layer=3, num_speculative_tokens=3), **kw)
-    try:
-        assert isinstance(_runner(llm).rejection_sampler, LayerSkipRejectionSampler) == (sampler == "layerskip")
-        ours = _samples(llm, range(SAMPLES, 2 * SAMPLES))  # other seeds: independent samples
-        greedy = _mixed(llm)
-        counts = _spec_counts(llm)
-    finally:
-        _close(llm)
+    swapped, ours, greedy, counts = _speculative_run(model_dir, sampler)
+    assert swapped == (sampler == "layerskip")
     # drafts were proposed and both accepted and rejected
     assert 0 < counts["num_accepted_tokens"] < counts["num_draft_tokens"], counts
     for j in (0, 1, 2):
