@@ -34,9 +34,9 @@ int64_t weight_size(WeightKind wk) { return wk == WeightKind::kF32 ? 4 : wk == W
 //   multiply-adds are not). So the default model's q/k/v, o and down stay on
 //   one thread at 1-4 rows from cache (timed with one and two threads at those
 //   sizes; bench/bench_linear.py's "cache" rows show the result).
-// - Bytes: weights larger than a core's cache (T.stream_bytes: the level's
-//   kStreamBytes, vec.h) come from L3 or DRAM at every call of a decode step,
-//   and one core streams them at a fraction of what two or more do (at the
+// - Bytes: weights larger than T.stream_bytes (the level's kStreamBytes,
+//   vec.h: 512 KB) come from L3 or DRAM at every call of a decode step (the
+//   rest of the model passes through L2 in between), and one core streams them at a fraction of what two or more do (at the
 //   avx2 level one row from DRAM ran at 0.5-0.9x ATen's two-thread GEMM on
 //   one thread: bench/results/amd-epyc-avx512_bf16/linear_rows_probe_avx2.csv).
 //   Those are split over all threads whatever the row count, down to

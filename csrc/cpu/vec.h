@@ -19,12 +19,15 @@
 // the prepared x of a row block that one K block of a pass reads (it stays in
 // L1 while the weight rows go past; 0: no K blocks).
 //
-// kStreamBytes: the per-core cache (L2) of the CPUs of the level. Weights
-// larger than it come from L3 or DRAM at every call of a decode step, faster
-// through two cores than one: csrc/cpu/linear.cpp splits such a product
-// over all threads even at one row, and its tiles prefetch further ahead
-// (linear_kernels.h). A level's CPUs vary: this is the typical size, not a
-// measurement of the running CPU (a forced level then behaves as on its CPUs).
+// kStreamBytes: the weight size from which a product is split over all
+// threads even at one row (csrc/cpu/linear.cpp) and its tiles prefetch
+// further ahead (linear_kernels.h). In a decode step every weight comes from
+// L3 or DRAM whatever the L2 size, since the rest of the model passes through
+// L2 between two uses of it; the bound is where a second core's share of the
+// stream saves more than its wake-up (~2 us) costs: 512 KB on every level
+// (measured end to end at avx512_bf16, session 13: the default model's
+// 786 KB gate/up on one thread, under an earlier 1 MB bound, made its
+// autoregressive step slower than at avx2, where the 512 KB bound split it).
 
 // fp32 -> bf16 bits, round to nearest even (as torch's cast); NaN stays NaN.
 // store_bf16(v, p) writes the kLanes lanes of v so, to p.
@@ -65,8 +68,7 @@ constexpr int kTileRowBlock = 8;
 constexpr bool kTileByHalf = false;
 // Tiles of 2 to 16 weight rows per x row: no K blocks (timed slower with them).
 constexpr int64_t kTileXBlockBytes = 0;
-// Skylake-SP and Zen 4: 1 MB of L2 per core (Ice Lake-SP 1.25 MB, Sapphire Rapids 2 MB).
-constexpr int64_t kStreamBytes = 1024 * 1024;
+constexpr int64_t kStreamBytes = 512 * 1024;
 
 template <int h>
 LS_FORCE_INLINE Vec load_w_half(const float* p) {
@@ -143,7 +145,6 @@ constexpr bool kTileByHalf = true;
 // 5 rows of K = 2048 in fp32 are 40 KB, read again for every 1 or 2 weight
 // rows: K blocks of 16 KB keep them in L1.
 constexpr int64_t kTileXBlockBytes = 16 * 1024;
-// Zen 2 and Zen 3: 512 KB of L2 per core (Intel client cores 256 KB to 2 MB).
 constexpr int64_t kStreamBytes = 512 * 1024;
 
 template <int h>
@@ -212,7 +213,7 @@ constexpr int kTileAcc = 8;
 constexpr int kTileRowBlock = 8;
 constexpr bool kTileByHalf = false;
 constexpr int64_t kTileXBlockBytes = 0;
-constexpr int64_t kStreamBytes = 512 * 1024;  // x86-64 cores of the last decade and Arm server cores: 0.25-1 MB
+constexpr int64_t kStreamBytes = 512 * 1024;
 
 template <int h, typename WT>
 LS_FORCE_INLINE Vec load_w_half(const WT* p) {
