@@ -48,6 +48,7 @@ LLAMA_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num
 # Found by --calibrate on this shape and seeds (acceptance 0.72-0.93 at 0.019-0.037
 # over 32 tokens; 0.81 at 0.022, E=4 k=4).
 DEFAULT_DAMP = 0.022
+DEFAULT_EXIT_LAYER, DEFAULT_K = 4, 4  # the exit layer the damping is calibrated for, and k
 
 
 def random_model(exit_layer: int, damp: float, seed: int = 0, device="cpu", **shape) -> LlamaForCausalLM:
@@ -111,8 +112,8 @@ def calibrate(model, exit_layer: int, k: int, prompts, damp: float, target: floa
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--exit-layer", type=int, default=4)
-    ap.add_argument("--num-speculations", type=int, default=4)
+    ap.add_argument("--exit-layer", type=int, default=DEFAULT_EXIT_LAYER)
+    ap.add_argument("--num-speculations", type=int, default=DEFAULT_K)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=1)

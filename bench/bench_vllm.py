@@ -71,11 +71,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import metadata, plot_bars, print_table, results_path, write_csv  # noqa: E402
+# bench_llama1b's defaults: its damping (DEFAULT_DAMP) is calibrated for ~80% acceptance at that E and k.
+from bench_llama1b import DEFAULT_EXIT_LAYER as LLAMA1B_EXIT_LAYER, DEFAULT_K as LLAMA1B_K  # noqa: E402
 
 SETTINGS = ("none", "ngram", "draft_model", "layerskip")
 MODELS = ("embedded", "llama1b")
-# bench_llama1b.py's defaults: its damping (DEFAULT_DAMP) is calibrated for ~80% acceptance at E = 4, k = 4.
-LLAMA1B_EXIT_LAYER, LLAMA1B_K = 4, 4
 _COUNTERS = ("num_drafts", "num_draft_tokens", "num_accepted_tokens")
 
 

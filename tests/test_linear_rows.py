@@ -91,9 +91,8 @@ def _weight_name(op, dtype):
 @pytest.mark.parametrize("op", ["linear_rows", "linear_rows_int8"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_one_row_is_the_same_on_any_thread_count(op, dtype, cpu_level):
-    # A weight larger than a core's cache (kStreamBytes in csrc/cpu/vec.h: 512
-    # KB or 1 MB by level) is split over all threads even at one row, where it
-    # streams from L3 or DRAM. The split must not show in the result: one, two
+    # A weight larger than kStreamBytes (csrc/cpu/dispatch.h: 512 KB) is split
+    # over all threads even at one row, where it streams from L3 or DRAM. The split must not show in the result: one, two
     # and three threads (an uneven split) give the same bits. Random values, so
     # a differing summation order would show in the last bits.
     K, N = 1500, 777  # int8 1.1 MB, bf16 2.3 MB, fp32 4.7 MB; K has a tail; N splits into whole tiles and a rest
@@ -113,7 +112,7 @@ def test_one_row_is_the_same_on_any_thread_count(op, dtype, cpu_level):
     ("bfloat16", 2048, 512, 64), ("float32", 1024, 512, 32), ("int8", 2048, 768, 128),
 ])
 def test_split_over_threads_follows_the_bytes(weight_dtype, K, N_big, N_small, cpu_level):
-    # 1.5-2 MB of weights (above every level's kStreamBytes) run on all 8
+    # 1.5-2 MB of weights (above kStreamBytes, 512 KB) run on all 8
     # threads at one row, where the FLOPs alone (kParallelWork in
     # csrc/cpu/linear.cpp) would give them 2 to 4; 128-256 KB stay on one
     # thread. More rows are more work per byte, never fewer threads.

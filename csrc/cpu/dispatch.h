@@ -97,13 +97,22 @@ struct RaceBest {
   }
 };
 
+// Weights above kStreamBytes make linear_rows split over all threads even at
+// one row (csrc/cpu/linear.cpp) and prefetch further ahead (linear_kernels.h).
+// In a decode step every weight comes from L3 or DRAM whatever the L2 size (the
+// rest of the model passes through L2 between two uses of it), so the bound is
+// not a cache size but where a second core's share of the stream saves more
+// than its wake-up (~2 us) costs; the same on every level (session 13, end to
+// end at avx512_bf16: 1 MB, that level's L2, left the default model's 786 KB
+// gate/up on one thread and decoded 10-19% slower than 512 KB).
+constexpr int64_t kStreamBytes = 512 * 1024;
+
 // ---------------------------------------------------------------- the table
 
 struct KernelTable {
   CpuLevel level;
   int64_t row_block;  // input rows per pass over the weights (linear_rows)
   int64_t row_unit;   // weight rows of the split over threads: whole tiles (linear_rows)
-  int64_t stream_bytes;  // weights larger than a core's cache: split over all threads (linear_rows; vec.h)
   // Bytes of x prepared for a product (prepare_x's output), and the preparation:
   // x [M, K] contiguous in x_dtype.
   int64_t (*linear_x_bytes)(WeightKind wk, DType x_dtype, int64_t M, int64_t K);

@@ -49,7 +49,6 @@ const KernelTable LS_LEVEL_TABLE = {
     LS_LEVEL_ID,
     LS_LEVEL::kRowBlock,
     LS_LEVEL::kRowUnit,
-    LS_LEVEL::kStreamBytes,
     &LS_LEVEL::linear_x_bytes,
     &LS_LEVEL::linear_prepare_x,
     &LS_LEVEL::linear_rows,

@@ -34,11 +34,11 @@ int64_t weight_size(WeightKind wk) { return wk == WeightKind::kF32 ? 4 : wk == W
 //   multiply-adds are not). So the default model's q/k/v, o and down stay on
 //   one thread at 1-4 rows from cache (timed with one and two threads at those
 //   sizes; bench/bench_linear.py's "cache" rows show the result).
-// - Bytes: weights larger than T.stream_bytes (the level's kStreamBytes,
-//   vec.h: 512 KB) come from L3 or DRAM at every call of a decode step (the
-//   rest of the model passes through L2 in between), and one core streams them at a fraction of what two or more do (at the
-//   avx2 level one row from DRAM ran at 0.5-0.9x ATen's two-thread GEMM on
-//   one thread: bench/results/amd-epyc-avx512_bf16/linear_rows_probe_avx2.csv).
+// - Bytes: weights larger than kStreamBytes (dispatch.h) come from L3 or DRAM
+//   at every call of a decode step, and one core streams them at a fraction
+//   of what two or more do (at the avx2 level one row from DRAM ran at
+//   0.5-0.9x ATen's two-thread GEMM on one thread:
+//   bench/results/amd-epyc-avx512_bf16/linear_rows_probe_avx2.csv).
 //   Those are split over all threads whatever the row count, down to
 //   kStreamTaskBytes per task.
 // Where a row's output lands does not change its value (linear_kernels.h), so
@@ -48,7 +48,7 @@ int64_t split_grain(const KernelTable& T, int64_t M, int64_t K, int64_t N, Weigh
   const int64_t per_row = std::max<int64_t>(1, K * passes * (std::min(M, T.row_block) + 3) / 4);
   int64_t grain = std::max<int64_t>(16, (kParallelWork + per_row - 1) / per_row);
   const int64_t row_bytes = std::max<int64_t>(1, K * weight_size(wk));
-  if (N * row_bytes > T.stream_bytes) grain = std::min(grain, (kStreamTaskBytes + row_bytes - 1) / row_bytes);
+  if (N * row_bytes > kStreamBytes) grain = std::min(grain, (kStreamTaskBytes + row_bytes - 1) / row_bytes);
   const int64_t unit = T.row_unit;
   return std::max<int64_t>(1, (grain + unit - 1) / unit) * unit;
 }

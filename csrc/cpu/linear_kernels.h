@@ -36,7 +36,7 @@ constexpr int64_t kChunkBytes = 128 * 1024;
 constexpr int64_t kPrefetchBytes = 4096;
 constexpr int64_t kPrefetchMaxStepBytes = 256;
 constexpr int64_t kPrefetchMaxTileBytes = 24 * 1024;
-// Weights larger than kStreamBytes (vec.h, 512 KB) come from L3 or DRAM at
+// Weights larger than kStreamBytes (dispatch.h) come from L3 or DRAM at
 // every call of a decode step: there every tile prefetches, whatever its shape (a
 // one-row tile of Llama-sized rows is 8 or 16 rows of 4-16 KB, each a stream
 // the hardware prefetchers pick up anew at every page; the VDPBF16PS tiles

@@ -18,16 +18,6 @@
 // registers) or both at once (one load per weight vector); kTileXBlockBytes,
 // the prepared x of a row block that one K block of a pass reads (it stays in
 // L1 while the weight rows go past; 0: no K blocks).
-//
-// kStreamBytes: the weight size from which a product is split over all
-// threads even at one row (csrc/cpu/linear.cpp) and its tiles prefetch
-// further ahead (linear_kernels.h). In a decode step every weight comes from
-// L3 or DRAM whatever the L2 size, since the rest of the model passes through
-// L2 between two uses of it; the bound is where a second core's share of the
-// stream saves more than its wake-up (~2 us) costs: 512 KB on every level
-// (measured end to end at avx512_bf16, session 13: the default model's
-// 786 KB gate/up on one thread, under an earlier 1 MB bound, made its
-// autoregressive step slower than at avx2, where the 512 KB bound split it).
 
 // fp32 -> bf16 bits, round to nearest even (as torch's cast); NaN stays NaN.
 // store_bf16(v, p) writes the kLanes lanes of v so, to p.
@@ -68,7 +58,6 @@ constexpr int kTileRowBlock = 8;
 constexpr bool kTileByHalf = false;
 // Tiles of 2 to 16 weight rows per x row: no K blocks (timed slower with them).
 constexpr int64_t kTileXBlockBytes = 0;
-constexpr int64_t kStreamBytes = 512 * 1024;
 
 template <int h>
 LS_FORCE_INLINE Vec load_w_half(const float* p) {
@@ -145,7 +134,6 @@ constexpr bool kTileByHalf = true;
 // 5 rows of K = 2048 in fp32 are 40 KB, read again for every 1 or 2 weight
 // rows: K blocks of 16 KB keep them in L1.
 constexpr int64_t kTileXBlockBytes = 16 * 1024;
-constexpr int64_t kStreamBytes = 512 * 1024;
 
 template <int h>
 LS_FORCE_INLINE Vec load_w_half(const float* p) {
@@ -213,7 +201,6 @@ constexpr int kTileAcc = 8;
 constexpr int kTileRowBlock = 8;
 constexpr bool kTileByHalf = false;
 constexpr int64_t kTileXBlockBytes = 0;
-constexpr int64_t kStreamBytes = 512 * 1024;
 
 template <int h, typename WT>
 LS_FORCE_INLINE Vec load_w_half(const WT* p) {

@@ -121,7 +121,8 @@ def rejection_sample(
     greedy_rows = ((n > 0) & greedy).nonzero().flatten()
     random_rows = ((n > 0) & ~greedy).nonzero().flatten()
     if greedy_rows.numel():
-        drafts, lens_g, logits = _pad(greedy_rows, n, lens, draft_token_ids, target_logits, bonus, K)
+        layout = _layout(greedy_rows, n, device)
+        drafts, lens_g, logits = _pad(greedy_rows, layout, n, lens, draft_token_ids, target_logits, bonus, K)
         _, toks = ops.verify_greedy(drafts, logits, lens_g)
         out[greedy_rows.to(device)] = toks.to(torch.int32)
     if random_rows.numel():
@@ -134,8 +135,9 @@ def rejection_sample(
             groups.append(unseeded)
         for rows in groups:
             rows_t = torch.tensor(rows, dtype=torch.long)
-            drafts, lens_r, target = _pad(rows_t, n, lens, draft_token_ids, probs, bonus, K)
-            q = _pad_draft_probs(rows_t, n, draft_token_ids, draft_probs, K, V)
+            layout = _layout(rows_t, n, device)
+            drafts, lens_r, target = _pad(rows_t, layout, n, lens, draft_token_ids, probs, bonus, K)
+            q = _pad_draft_probs(rows_t.numel(), layout, draft_token_ids, draft_probs, K, V)
             gen = generators.get(rows[0]) if len(rows) == 1 and rows[0] in generators else None
             # Philox key: from the request's own generator, or torch's global one.
             seed = int(torch.randint(-2**63, 2**63 - 1, (), generator=gen,
@@ -156,14 +158,14 @@ def _layout(rows: torch.Tensor, n: torch.Tensor, device):
     return row_of.to(device), pos.to(device), src.to(device)
 
 
-def _pad(rows, n, lens, draft_token_ids, per_token, bonus, K):
-    """The kernels' padded inputs for `rows`: drafts int64 [R, K] (0 past a
+def _pad(rows, layout, n, lens, draft_token_ids, per_token, bonus, K):
+    """The kernels' padded inputs for `rows` (their _layout): drafts int64 [R, K] (0 past a
     row's drafts), draft_lens int32 [R], and per_token's rows as [R, K + 1, V]
     (position j of row r is per_token[s_r + j]); the bonus position n_r of a
     fully drafted row holds a one-hot at its bonus token (logits or
     probabilities: either way the kernel emits exactly that token)."""
     device = per_token.device
-    row_of, pos, src = _layout(rows, n, device)
+    row_of, pos, src = layout
     drafts = torch.zeros(rows.numel(), K, dtype=torch.long, device=device)  # [R, K]
     drafts[row_of, pos] = draft_token_ids[src].long().clamp(min=0)
     padded = torch.zeros(rows.numel(), K + 1, per_token.shape[-1], dtype=per_token.dtype, device=device)
@@ -174,12 +176,12 @@ def _pad(rows, n, lens, draft_token_ids, per_token, bonus, K):
     return drafts, lens_r.to(device=device, dtype=torch.int32), padded
 
 
-def _pad_draft_probs(rows, n, draft_token_ids, draft_probs, K, V):
-    """Draft distributions fp32 [R, K, V]: draft_probs' rows, or one-hot at the
-    drafted tokens (a deterministic proposal)."""
-    device = draft_token_ids.device
-    row_of, pos, src = _layout(rows, n, device)
-    q = torch.zeros(rows.numel(), K, V, dtype=torch.float32, device=device)
+def _pad_draft_probs(R, layout, draft_token_ids, draft_probs, K, V):
+    """Draft distributions fp32 [R, K, V] of R rows (their _layout):
+    draft_probs' rows, or one-hot at the drafted tokens (a deterministic
+    proposal)."""
+    row_of, pos, src = layout
+    q = torch.zeros(R, K, V, dtype=torch.float32, device=draft_token_ids.device)
     if draft_probs is not None:
         q[row_of, pos] = draft_probs[src]
     else:
@@ -252,8 +254,7 @@ def _check(draft_token_ids, num_draft_tokens, draft_probs, target_logits, bonus_
     if ((bon < 0) | (bon >= V)).any():
         raise ValueError(f"bonus_token_ids must be in [0, {V}), got {bon.tolist()}")
     n = torch.as_tensor(list(num_draft_tokens), dtype=torch.long)
-    row_of = torch.repeat_interleave(torch.arange(B), n)
-    pos = torch.arange(N) - torch.repeat_interleave(torch.cumsum(n, 0) - n, n)
+    row_of, pos, _ = _layout(torch.arange(B), n, "cpu")
     lens = n.clone()
     neg = ids < 0
     if neg.any():
