@@ -53,3 +53,52 @@ def test_unsupported_head_dim_on_cuda_raises_a_clear_error(tmp_path):
                                       torch.ones(B, S, Hkv, D, device="cuda"), torch.ones(B, S, Hkv, D, device="cuda"),
                                       torch.zeros(B, dtype=torch.int32, device="cuda"))
     assert not kc.any()
+
+
+def _attention_case(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, 3, 4, HEAD_DIM, generator=g).bfloat16()
+    k_new, v_new = (torch.randn(2, 3, 2, HEAD_DIM, generator=g).bfloat16() for _ in range(2))
+    cache = torch.randn(2, 2, 16, HEAD_DIM, generator=g).bfloat16()
+    from layerskip_kernels.model import LlamaConfig, rope_tables
+
+    cos, sin = rope_tables(LlamaConfig(head_dim=HEAD_DIM, hidden_size=128, num_attention_heads=4), 16)
+    return q, cache, cache.clone(), k_new, v_new, torch.tensor([5, 13], dtype=torch.int32), cos, sin
+
+
+@pytest.mark.skipif(lk.available_backends()["cpu"] is not None, reason=f"cpu: {lk.available_backends()['cpu']}")
+@pytest.mark.parametrize("backend", [None, "cpu", "torch"])
+def test_decode_attention_takes_the_raw_cpu_op_only_where_the_cpu_backend_runs(backend, monkeypatch):
+    """The decode path's attention (model/attention.py) skips the Python checks
+    only where ops.draft_verify_attention would run the cpu kernel: same output,
+    same cache writes; with another backend selected it goes through ops."""
+    from layerskip_kernels import ops
+    from layerskip_kernels.model.attention import decode_attention
+
+    raw, checked = torch.ops.layerskip.draft_verify_attention, ops.draft_verify_attention
+    calls = []
+    monkeypatch.setattr(torch.ops.layerskip, "draft_verify_attention", lambda *a: calls.append("raw") or raw(*a))
+    monkeypatch.setattr(ops, "draft_verify_attention", lambda *a: calls.append("ops") or checked(*a))
+    q, kc, vc, k_new, v_new, lens, cos, sin = _attention_case()
+    want_k, want_v = kc.clone(), vc.clone()
+    with lk.use_backend(backend), torch.no_grad():
+        want = checked(q, want_k, want_v, k_new, v_new, lens, cos, sin)
+        calls.clear()
+        got = decode_attention(q, kc, vc, k_new, v_new, lens, cos, sin)
+    assert calls[0] == ("raw" if backend in (None, "cpu") else "ops")
+    assert torch.equal(got, want) and torch.equal(kc, want_k) and torch.equal(vc, want_v)
+
+
+@pytest.mark.skipif(lk.available_backends()["cpu"] is not None, reason=f"cpu: {lk.available_backends()['cpu']}")
+def test_decode_attention_raw_path_still_refuses_bad_input():
+    """What the skipped Python checks caught, the raw op's C++ checks catch."""
+    from layerskip_kernels.model.attention import decode_attention
+
+    q, kc, vc, k_new, v_new, lens, cos, sin = _attention_case()
+    with torch.no_grad():
+        with pytest.raises(RuntimeError, match=r"cache_seqlens\[1\] \+ S = 14 \+ 3 exceeds"):
+            decode_attention(q, kc, vc, k_new, v_new, torch.tensor([5, 14], dtype=torch.int32), cos, sin)
+        with pytest.raises(RuntimeError, match="k_cache is written in place and must not share memory with v_cache"):
+            decode_attention(q, kc, kc, k_new, v_new, lens, cos, sin)
+        with pytest.raises(RuntimeError, match="k_new"):
+            decode_attention(q, kc, vc, k_new[:, :2], v_new, lens, cos, sin)

@@ -8,8 +8,8 @@ checkpoint loads as is. The engine drives three pieces:
   exit_head(h)                                -> logits (final norm + lm_head)
 
 Draft = layers [0, E) + exit_head; verify = layers [E, L) + exit_head. Attention
-goes through layerskip_kernels.ops.draft_verify_attention (RoPE, cache write and
-attention in one op). `forward_train` is the differentiable full-sequence path
+is the draft_verify_attention op (RoPE, cache write and attention in one op),
+called through model/attention.py's decode_attention. `forward_train` is the differentiable full-sequence path
 (SDPA) used for training.
 """
 
@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import ops
 from ..cache import StaticKVCache
+from .attention import decode_attention
 from .config import LlamaConfig
 from .linear import ConcatWeight, decode_linear
 
@@ -101,7 +101,7 @@ class Attention(nn.Module):
         q = q.view(B, S, self.n_heads, self.head_dim)  # q: [B, S, Hq, D]
         k = k.view(B, S, self.n_kv, self.head_dim)  # k: [B, S, Hkv, D]
         v = v.view(B, S, self.n_kv, self.head_dim)
-        out = ops.draft_verify_attention(q, k_cache, v_cache, k, v, seqlens, cos, sin)
+        out = decode_attention(q, k_cache, v_cache, k, v, seqlens, cos, sin)
         return decode_linear(out.reshape(B, S, self.n_heads * self.head_dim), self.o_proj.weight)
 
     def forward_train(self, x, cos, sin):
