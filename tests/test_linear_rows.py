@@ -244,6 +244,7 @@ def test_int8_opcheck_and_compile():
 def test_decode_linear_routes_by_rows_size_and_grad(monkeypatch):
     # The rows x bytes rule (the running level may lift it: see the next test).
     monkeypatch.setattr(decode_gemm, "ROWS_X_BYTES_BY_LEVEL", {})
+    monkeypatch.setattr(decode_gemm, "ROWS_ALWAYS_BY_LEVEL", {})
     op = torch.ops.layerskip.linear_rows
     calls = []
     monkeypatch.setattr(torch.ops.layerskip, "linear_rows", lambda *a: calls.append(tuple(a[0].shape)) or op(*a))
@@ -303,15 +304,20 @@ def test_compiled_reads_the_last_refresh():
 
 
 @native
-@pytest.mark.parametrize("level", [p for p in cpu_level_params() if p.values[0] in ("avx2", "avx512_bf16")])
-def test_decode_linear_bytes_bound_follows_the_cpu_level(level, monkeypatch):
-    """At the avx2 level every product of at most ROWS_MAX rows runs the kernel
-    (ROWS_X_BYTES_BY_LEVEL); at avx512_bf16 the rows x bytes rule holds."""
+@pytest.mark.parametrize("level", [p for p in cpu_level_params() if p.values[0] in ("avx2", "avx512", "avx512_bf16")])
+def test_decode_linear_rule_follows_the_cpu_level(level, monkeypatch):
+    """Products of a weight too large for the rows x bytes rule: at the avx2
+    level every product of at most ROWS_MAX rows runs the kernel
+    (ROWS_X_BYTES_BY_LEVEL); at avx512_bf16 up to 6 rows do (ROWS_ALWAYS_BY_LEVEL:
+    a Llama-3.2-1B verify pass at k = 4 or 5), then ATen; at avx512 the default
+    rule (ROWS_ALWAYS rows) holds."""
     op = torch.ops.layerskip.linear_rows
     calls = []
-    monkeypatch.setattr(torch.ops.layerskip, "linear_rows", lambda *a: calls.append(tuple(a[0].shape)) or op(*a))
-    rows = decode_gemm.ROWS_ALWAYS + 2
-    K = decode_gemm.ROWS_X_BYTES // (2 * 32 * rows) + 64  # rows x bytes just past ROWS_X_BYTES
+    monkeypatch.setattr(torch.ops.layerskip, "linear_rows", lambda *a: calls.append(tuple(a[0].shape)[0]) or op(*a))
+    K = decode_gemm.ROWS_X_BYTES // (2 * 32 * (decode_gemm.ROWS_ALWAYS + 1)) + 64  # past ROWS_X_BYTES from 5 rows
+    w = torch.zeros(32, K, dtype=torch.bfloat16)
     with running_cpu_level(level), torch.no_grad():
-        decode_gemm.decode_linear(torch.zeros(rows, K, dtype=torch.bfloat16), torch.zeros(32, K, dtype=torch.bfloat16))
-    assert calls == ([(rows, K)] if level == "avx2" else [])
+        for rows in range(decode_gemm.ROWS_ALWAYS, 9):
+            decode_gemm.decode_linear(torch.zeros(rows, K, dtype=torch.bfloat16), w)
+    want = {"avx2": [4, 5, 6, 7, 8], "avx512_bf16": [4, 5, 6], "avx512": [4]}[level]
+    assert calls == want

@@ -15,7 +15,8 @@ modules):
   `LlamaForCausalLM.refresh_decode_weights()`, which generate runs at the start
   of every call (as a captured CUDA graph reads the buffers it captured).
 - `decode_linear`: bf16 products of few rows on a CPU (ROWS_ALWAYS, or up to
-  ROWS_MAX within ROWS_X_BYTES of rows x weight bytes), and fp32 ones of at
+  ROWS_MAX within ROWS_X_BYTES of rows x weight bytes; both per CPU level
+  where measured otherwise), and fp32 ones of at
   most ROWS_ALWAYS_FP32 rows, go to `ops.linear_rows` (our kernel, for the
   running CPU level), eager or compiled: inside a compiled step the op stays
   opaque. (Writing a single-row product as multiply + fp32 sum for inductor to
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 
 from .. import backends, ops
 
-__all__ = ["ROWS_ALWAYS", "ROWS_ALWAYS_FP32", "ROWS_MAX", "ROWS_X_BYTES", "ROWS_X_BYTES_BY_LEVEL", "decode_linear",
+__all__ = ["ROWS_ALWAYS", "ROWS_ALWAYS_BY_LEVEL", "ROWS_ALWAYS_FP32", "ROWS_MAX", "ROWS_X_BYTES", "ROWS_X_BYTES_BY_LEVEL", "decode_linear",
            "decode_linear_int8", "int8_route", "linear_int8_aten", "ConcatWeight"]
 
 # Which products go to ops.linear_rows (bench/bench_linear.py,
@@ -53,6 +54,13 @@ ROWS_X_BYTES = 24 << 20
 # (the default model's and Llama-3.2-1B's, weights from cache and from DRAM),
 # so there every product of at most ROWS_MAX rows runs it.
 ROWS_X_BYTES_BY_LEVEL = {"avx2": float("inf")}
+# ROWS_ALWAYS per CPU level, where it differs. At avx512_bf16 the rows x bytes
+# rule sent the verify passes of Llama-3.2-1B (k = 4: 5 rows) to ATen for every
+# matrix (5 x 12-525 MB > ROWS_X_BYTES), where the kernel, since it splits
+# streamed weights over all threads and prefetches them (csrc/cpu/linear.cpp),
+# streams 5 rows from DRAM at nearly its one-row rate and faster than ATen's
+# GEMM: bench/results/amd-epyc-avx512_bf16/linear_rows_probe.csv.
+ROWS_ALWAYS_BY_LEVEL = {"avx512_bf16": 6}
 # fp32 x and weights (bench/bench_linear.py's fp32 rows): the kernel's FMAs on
 # fp32 weights beat ATen's fp32 GEMM at 1-4 rows on the default model's
 # matrices (1.2-2.6x at the avx2 level, side by side on a Zen 4 CPU, one
@@ -68,26 +76,32 @@ def decode_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if x.dtype == torch.float32:
         few = rows <= ROWS_ALWAYS_FP32
     else:
-        few = rows <= ROWS_ALWAYS or (rows <= ROWS_MAX and rows * weight.numel() * weight.element_size() <= _rows_x_bytes())
+        few = rows <= ROWS_ALWAYS or _few_at_level(rows, weight.numel() * weight.element_size())
     if few and _cpu_kernel(x, weight):
         return torch.ops.layerskip.linear_rows(x, weight)
     return F.linear(x, weight)
 
 
-def _rows_x_bytes() -> float:
-    """ROWS_X_BYTES for the running CPU level. Eager calls ask the extension and
-    keep the answer; a traced step reads the kept one as a constant (the
-    extension cannot be called inside a graph; the engine's eager prefill runs
-    before its compiled steps), and dynamo's guard on it recompiles a step when
-    a later eager call finds another level."""
+def _few_at_level(rows: int, weight_bytes: int) -> bool:
+    """The rule past ROWS_ALWAYS rows (every level's ROWS_ALWAYS is at least that)."""
+    always, bound = _level_rule()
+    return rows <= always or (rows <= ROWS_MAX and rows * weight_bytes <= bound)
+
+
+def _level_rule() -> tuple:
+    """(ROWS_ALWAYS, ROWS_X_BYTES) for the running CPU level. Eager calls ask the
+    extension and keep the answer; a traced step reads the kept one as a
+    constant (the extension cannot be called inside a graph; the engine's eager
+    prefill runs before its compiled steps), and dynamo's guard on it
+    recompiles a step when a later eager call finds another level."""
     if not torch.compiler.is_compiling():
         native = backends.native()
         level = native.cpu_level() if native is not None and hasattr(native, "cpu_level") else ""
-        _BOUND[0] = ROWS_X_BYTES_BY_LEVEL.get(level, ROWS_X_BYTES)
-    return _BOUND[0]
+        _RULE[0] = (ROWS_ALWAYS_BY_LEVEL.get(level, ROWS_ALWAYS), ROWS_X_BYTES_BY_LEVEL.get(level, ROWS_X_BYTES))
+    return _RULE[0]
 
 
-_BOUND = [ROWS_X_BYTES]
+_RULE = [(ROWS_ALWAYS, ROWS_X_BYTES)]
 
 
 def decode_linear_int8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
