@@ -173,8 +173,8 @@ class LayerSkipProposer:
             return drafts
         # a row's positions: its tokens, then k - 1 drafts fed back
         self._ensure(rows[-1] + 1, int(num_tokens_no_spec[rows].max()) + self.k - 1)
-        # Trusted: every start position is below n - 1 and _ensure made room
-        # for n + k - 1 positions, so the op need not read them back.
+        # Trusted: the positions are ours (from n - S, one more per draft) and
+        # _ensure made room for n + k - 1 of them: the op need not read them back.
         self._attention = None  # the first attention call of this propose resolves it (_forward)
         with ops.trusted_inputs():
             for run in _contiguous_runs(rows):
