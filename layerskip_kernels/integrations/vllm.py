@@ -121,10 +121,15 @@ class LayerSkipProposer:
         # Cache positions a row can reach: its tokens plus k - 1 drafts fed back.
         self.max_len = self.max_model_len + self.k
         self.model = None
+        self.layers: list = []  # the target's layers 0..E-1 (load_model)
+        self.norms: list = []  # their input and post-attention norms, then the final norm (_Norm)
+        self.rope_table = None  # (cos, sin) fp32 [max_position, D/2] of the target, or None (_rope_table)
         self.k_cache: list[torch.Tensor] = []  # per layer: [rows, Hkv, length, D], grown on demand
         self.v_cache: list[torch.Tensor] = []
         self.tokens = np.zeros((0, 0), dtype=np.int64)  # [rows, length]: the tokens each row holds K/V for
         self.valid = np.zeros(0, dtype=np.int64)  # how many positions of each row are valid
+        self.cos = self.sin = None  # fp32 [length, D/2]: RoPE tables of the cache's length (_rope_table)
+        self._attention = None  # draft_verify_attention's backend implementation, resolved per propose
 
     # --- vLLM's interface ---------------------------------------------------------
 
@@ -144,12 +149,18 @@ class LayerSkipProposer:
                 raise ValueError(f"LayerSkipProposer: {type(attn).__name__} has no {n} (not a Llama attention)")
         self.model = target_model
         self.device = next(target_model.parameters()).device
+        self.layers = [layers[l] for l in range(self.exit_layer)]
+        self.rope_table = _rope_table(attn.rotary_emb, attn.head_dim)
+        self.norms = [_Norm(m) for layer in self.layers
+                      for m in (layer.input_layernorm, layer.post_attention_layernorm)] + [_Norm(inner.norm)]
 
     @torch.inference_mode()
     def propose(self, sampled_token_ids: list[list[int]], num_tokens_no_spec: np.ndarray, token_ids_cpu: np.ndarray,
                 slot_mappings=None) -> list[list[int]]:
         """Draft tokens per input-batch row ([] where a row drafts nothing: no
         token sampled this step, a partial prefill, or no room left)."""
+        from .. import ops
+
         if self.model is None:
             raise RuntimeError("LayerSkipProposer.propose called before load_model")
         drafts: list[list[int]] = [[] for _ in sampled_token_ids]
@@ -162,13 +173,23 @@ class LayerSkipProposer:
             return drafts
         # a row's positions: its tokens, then k - 1 drafts fed back
         self._ensure(rows[-1] + 1, int(num_tokens_no_spec[rows].max()) + self.k - 1)
-        for i in rows:
-            self._catch_up(i, token_ids_cpu[i, : int(num_tokens_no_spec[i])])
-        for run in _contiguous_runs(rows):
-            n = num_tokens_no_spec[run].astype(np.int64)
-            out = self._draft(run, token_ids_cpu, n)  # [B, k]
-            for b, i in enumerate(run):
-                drafts[i] = out[b, : min(self.k, self.max_model_len - int(n[b]))].tolist()
+        # Trusted: the positions are ours (from n - S, one more per draft) and
+        # _ensure made room for n + k - 1 of them: the op need not read them back.
+        self._attention = None  # the first attention call of this propose resolves it (_forward)
+        with ops.trusted_inputs():
+            for run in _contiguous_runs(rows):
+                n = num_tokens_no_spec[run].astype(np.int64)
+                keep = np.array([self._held(i, token_ids_cpu[i, : n[b]]) for b, i in enumerate(run)])
+                if len(run) > 1:
+                    # One forward feeds every row of the run as many tokens as
+                    # the neediest: a row that lacks more than its last two
+                    # (a new request) catches up alone instead.
+                    for b in np.flatnonzero(keep < n - 2):
+                        self._catch_up(run[b], token_ids_cpu[run[b], keep[b] : n[b] - 2], int(keep[b]))
+                        keep[b] = n[b] - 2
+                out = self._draft(run, token_ids_cpu, n, int((n - keep).max()))  # [B, k]
+                for b, i in enumerate(run):
+                    drafts[i] = out[b, : min(self.k, self.max_model_len - int(n[b]))].tolist()
         return drafts
 
     # --- the draft's own K/V cache -----------------------------------------------
@@ -182,7 +203,7 @@ class LayerSkipProposer:
             return
         new_rows = max(rows, have_rows if rows <= have_rows else 2 * have_rows, 4)
         new_len = min(self.max_len, max(length, have_len if length <= have_len else 2 * have_len, 256))
-        attn = self.model.model.layers[0].self_attn
+        attn = self.layers[0].self_attn
         shape = (new_rows, attn.num_kv_heads, new_len, attn.head_dim)
         for cache in (self.k_cache, self.v_cache):
             for l in range(self.exit_layer):
@@ -196,42 +217,56 @@ class LayerSkipProposer:
         tokens[:have_rows, :have_len] = self.tokens
         self.tokens = tokens
         self.valid = np.concatenate([self.valid, np.zeros(new_rows - have_rows, dtype=np.int64)])
+        if self.rope_table is not None:
+            # The op reads tables of at least the cache's length. Positions past
+            # the model's own table are only reached by drafts that propose()
+            # cuts at max_model_len: zeros there (vLLM's table would be read
+            # out of bounds).
+            self.cos, self.sin = (torch.zeros(new_len, t.shape[1], dtype=torch.float32, device=self.device)
+                                  for t in self.rope_table)
+            T = min(new_len, self.rope_table[0].shape[0])
+            self.cos[:T], self.sin[:T] = self.rope_table[0][:T], self.rope_table[1][:T]
 
-    def _catch_up(self, i: int, hist: np.ndarray) -> None:
-        """Make row i hold valid K/V for positions [0, n - 2) of its tokens `hist`
-        (the draft then feeds the last two tokens; a position written twice gets
-        the same K/V). A row whose tokens differ (another request now sits in
-        it, or drafts were rejected) keeps its common prefix only."""
+    def _held(self, i: int, hist: np.ndarray) -> int:
+        """How many leading positions of `hist` (row i's tokens, n of them) row
+        i holds valid K/V for, at most n - 2 (the draft feeds at least the last
+        two tokens; a position written twice gets the same K/V). A row whose
+        tokens differ (another request now sits in it, or drafts were
+        rejected) keeps its common prefix only."""
         n = len(hist)
-        held = self.valid[i]
-        m = min(held, n)
+        m = min(int(self.valid[i]), n)
         diff = np.flatnonzero(self.tokens[i, :m] != hist[:m])
-        keep = min(int(diff[0]) if diff.size else m, n - 2)
-        if keep < n - 2:
-            ids = torch.as_tensor(hist[keep : n - 2], dtype=torch.long, device=self.device)[None]
-            self._forward(slice(i, i + 1), ids, torch.tensor([keep], dtype=torch.int32, device=self.device),
-                          logits=False)
-            self.tokens[i, keep : n - 2] = hist[keep : n - 2]
-        self.valid[i] = n - 2
+        return min(int(diff[0]) if diff.size else m, n - 2)
 
-    def _draft(self, run: list[int], token_ids_cpu: np.ndarray, n: np.ndarray) -> np.ndarray:
-        """k greedy draft tokens for the contiguous rows `run` (each row's last
-        two tokens fed at positions n - 2, n - 1, then one draft per step)."""
+    def _catch_up(self, i: int, ids: np.ndarray, keep: int) -> None:
+        """Write row i's K/V for tokens `ids` at positions keep, keep + 1, ..."""
+        t = torch.as_tensor(ids, dtype=torch.long, device=self.device)[None]  # [1, S]
+        self._forward(slice(i, i + 1), t, torch.tensor([keep], dtype=torch.int32, device=self.device),
+                      logits=False)
+        self.tokens[i, keep : keep + len(ids)] = ids
+        self.valid[i] = keep + len(ids)
+
+    def _draft(self, run: list[int], token_ids_cpu: np.ndarray, n: np.ndarray, S: int) -> np.ndarray:
+        """k greedy draft tokens for the contiguous rows `run`: the first
+        forward feeds each row's last S tokens (what the row's cache lacks, at
+        least the last two), then one draft per forward. Drafts stay on the
+        device until the last step: one device-to-host copy per call."""
         rows = slice(run[0], run[-1] + 1)
-        last2 = np.stack([token_ids_cpu[i, int(n[b]) - 2 : int(n[b])] for b, i in enumerate(run)])
-        ids = torch.as_tensor(last2, dtype=torch.long, device=self.device)  # [B, 2]
-        start = torch.as_tensor(n - 2, dtype=torch.int32, device=self.device)
-        out = np.empty((len(run), self.k), dtype=np.int64)
+        fed = np.stack([token_ids_cpu[i, int(n[b]) - S : int(n[b])] for b, i in enumerate(run)])  # [B, S]
+        ids = torch.as_tensor(fed, dtype=torch.long, device=self.device)  # [B, S]
+        start = torch.as_tensor(n - S, dtype=torch.int32, device=self.device)  # [B]
+        toks = torch.empty(len(run), self.k, dtype=torch.long, device=self.device)  # [B, k]
         for j in range(self.k):
-            tok = self._forward(rows, ids, start).argmax(dim=-1)  # [B]
-            out[:, j] = tok.cpu().numpy()
-            start = start + ids.shape[1]
-            ids = tok[:, None]
+            toks[:, j] = self._forward(rows, ids, start).argmax(dim=-1)
+            if j + 1 < self.k:  # the last draft is never fed
+                start = start + ids.shape[1]
+                ids = toks[:, j : j + 1]
+        out = toks.cpu().numpy()
         for b, i in enumerate(run):
             ni = int(n[b])
-            self.tokens[i, ni - 2 : ni] = last2[b]
+            self.tokens[i, ni - S : ni] = fed[b]
             self.tokens[i, ni : ni + self.k - 1] = out[b, : self.k - 1]
-            self.valid[i] = ni + self.k - 1  # the last draft was never fed
+            self.valid[i] = ni + self.k - 1
         return out
 
     def _forward(self, rows: slice, ids: torch.Tensor, start: torch.Tensor, logits: bool = True):
@@ -239,37 +274,93 @@ class LayerSkipProposer:
         writing their K/V into cache rows `rows`; then the final norm and LM
         head on the last position: logits [B, V] (None when logits=False).
         Mirrors vLLM's LlamaDecoderLayer.forward with our attention in place of
-        vLLM's paged one."""
-        from .. import ops
+        vLLM's paged one, and RoPE inside it where the model's rotary embedding
+        is a plain table (_rope_table)."""
+        from .. import backends, ops
 
         B, S = ids.shape
         inner = self.model.model
-        positions = (start.long()[:, None] + torch.arange(S, device=ids.device)).reshape(-1)  # [B*S]
         h = inner.embed_input_ids(ids.reshape(-1)) if hasattr(inner, "embed_input_ids") else \
             inner.embed_tokens(ids.reshape(-1))  # [B*S, H]
+        cos, sin = self.cos, self.sin  # [T_max, D/2] each, or None: vLLM's rotary module rotates
+        if cos is None:
+            positions = (start.long()[:, None] + torch.arange(S, device=ids.device)).reshape(-1)  # [B*S]
         residual = None
-        for l in range(self.exit_layer):
-            layer = inner.layers[l]
+        for l, layer in enumerate(self.layers):
             attn = layer.self_attn
-            if residual is None:
-                residual, h = h, layer.input_layernorm(h)
-            else:
-                h, residual = layer.input_layernorm(h, residual)
+            h, residual = self.norms[2 * l](h, residual)
             qkv, _ = attn.qkv_proj(h)
             q, k, v = qkv.split([attn.q_size, attn.kv_size, attn.kv_size], dim=-1)
-            q, k = attn.rotary_emb(positions, q, k)
+            if cos is None:
+                q, k = attn.rotary_emb(positions, q, k)
             D = attn.head_dim
-            o = ops.draft_verify_attention(
-                q.reshape(B, S, attn.num_heads, D), self.k_cache[l][rows], self.v_cache[l][rows],
-                k.reshape(B, S, attn.num_kv_heads, D), v.reshape(B, S, attn.num_kv_heads, D), start,
-                softmax_scale=attn.scaling)  # [B, S, Hq, D]
+            args = (q.reshape(B, S, attn.num_heads, D), self.k_cache[l][rows], self.v_cache[l][rows],
+                    k.reshape(B, S, attn.num_kv_heads, D), v.reshape(B, S, attn.num_kv_heads, D), start, cos, sin,
+                    attn.scaling)
+            if self._attention is None:
+                # The op's boundary checks cost a few times its kernel at these
+                # sizes, E times per forward: the first call of a propose goes
+                # through them, the others straight to the backend it resolved
+                # (every layer's arguments have the same layout, made here).
+                o = ops.draft_verify_attention(*args)  # [B, S, Hq, D]
+                self._attention = backends.implementation("draft_verify_attention", backends.resolve(o.device))
+            else:
+                o = self._attention(*args)
             h, _ = attn.o_proj(o.reshape(B * S, attn.num_heads * D))
-            h, residual = layer.post_attention_layernorm(h, residual)
+            h, residual = self.norms[2 * l + 1](h, residual)
             h = layer.mlp(h)
         if not logits:
             return None
-        h, _ = inner.norm(h, residual)
+        h, _ = self.norms[-1](h, residual)
         return self.model.compute_logits(h.view(B, S, -1)[:, -1].contiguous())  # [B, V]
+
+
+class _Norm:
+    """An RMSNorm of the target as (h, residual) -> (normed, new residual), the
+    layer's own convention. For vLLM's plain RMSNorm it calls vLLM's fused
+    kernels directly (its CPU build has them): vLLM's module runs the
+    PyTorch-native norm there, about ten small ops per call, since vLLM's
+    compiled forward fuses it anyway and our eager draft does not. In place
+    on h and residual, which are our own intermediates."""
+
+    def __init__(self, module):
+        from vllm.model_executor.layers.layernorm import RMSNorm
+
+        self.module = module
+        C = torch.ops._C
+        self.fused = type(module) is RMSNorm and module.has_weight and module.variance_size_override is None and \
+            hasattr(C, "rms_norm") and hasattr(C, "fused_add_rms_norm")
+
+    def __call__(self, h: torch.Tensor, residual: torch.Tensor | None):
+        if not self.fused:
+            return (self.module(h), h) if residual is None else self.module(h, residual)
+        w, eps = self.module.weight.data, self.module.variance_epsilon
+        if residual is None:
+            out = torch.empty_like(h)
+            torch.ops._C.rms_norm(out, h, w, eps)
+            return out, h
+        torch.ops._C.fused_add_rms_norm(h, residual, w, eps)  # residual += h; h = norm(residual)
+        return h, residual
+
+
+def _rope_table(rotary, head_dim: int):
+    """(cos, sin) fp32 [max_position, D/2] from vLLM's rotary embedding when it is
+    a plain rotate-half table over the whole head (Llama's RotaryEmbedding and
+    its scaled variants: the scaling is in the table), so that our attention
+    applies RoPE itself (one kernel launch per layer fewer); None otherwise
+    (the module is then called). The tables are the module's own (in the
+    model's dtype, as vLLM's forward rotates), widened to fp32."""
+    try:
+        from vllm.model_executor.layers.rotary_embedding.base import RotaryEmbedding
+    except ImportError:
+        return None
+    overridden = any(getattr(type(rotary), f) is not getattr(RotaryEmbedding, f)
+                     for f in ("forward_native", "forward_cpu", "forward_cuda"))
+    if not isinstance(rotary, RotaryEmbedding) or overridden or not rotary.is_neox_style or \
+            rotary.rotary_dim != head_dim or getattr(rotary, "cos_sin_cache", None) is None:
+        return None
+    cos, sin = rotary.cos_sin_cache.float().chunk(2, dim=-1)  # each [max_position, D/2]
+    return cos.contiguous(), sin.contiguous()
 
 
 def _contiguous_runs(rows: list[int]) -> list[list[int]]:

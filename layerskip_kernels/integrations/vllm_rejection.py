@@ -23,7 +23,10 @@ right after `init_device` built the runner, before any warm-up.
 The sampler is a drop-in over vLLM 0.32.0's ragged layout: the same
 `forward(metadata, draft_probs, logits, sampling_metadata)` and the same output
 (`int32 [batch, max_spec_len + 1]`, rejected positions hold vLLM's placeholder
--1). vLLM's own logits processors, penalties, bonus-token sampler and logprobs
+-1). An all-greedy batch goes to vLLM's own forward unchanged: there vLLM's
+path is exact and faster than padding rows for our `verify_greedy`. A batch
+with random rows (all random, or mixed with greedy ones) runs our forward:
+vLLM's own logits processors, penalties, bonus-token sampler and logprobs
 are reused as they are; what changes:
 
 * temperature, top-k and top-p of the drafted positions are applied with a
@@ -321,7 +324,18 @@ def _sampler_class():
                                  "is not supported (use vLLM's own sampler for synthetic acceptance)")
             super().__init__(sampler, spec_config, device)
 
+        @staticmethod
+        def uses_vllms_path(sampling_metadata) -> bool:
+            """Whether forward hands this batch to vLLM's RejectionSampler.forward:
+            all-greedy batches. There vLLM's path is exact (it applies no
+            temperature) and faster (one argmax and one small kernel, where ours
+            pads the rows' logits for verify_greedy); ours pays off, and is
+            needed for exactness on CPU, once a batch has random rows."""
+            return sampling_metadata.all_greedy
+
         def forward(self, metadata, draft_probs, logits, sampling_metadata) -> SamplerOutput:
+            if self.uses_vllms_path(sampling_metadata):
+                return super().forward(metadata, draft_probs, logits, sampling_metadata)
             # vLLM's forward (0.32.0) with its sampling constraints and
             # rejection_sample replaced; the bonus sampler, logits processors
             # and logprobs are vLLM's.
@@ -334,7 +348,7 @@ def _sampler_class():
             target_logits = raw_target_logits if self.is_processed_logprobs_mode else raw_target_logits.clone()
             target_logits = self.apply_logits_processors(target_logits, sampling_metadata, metadata)
             target_logits = apply_sampling_constraints(target_logits, metadata.num_draft_tokens, sampling_metadata)
-            is_greedy = None if sampling_metadata.all_greedy else (sampling_metadata.temperature == 0)
+            is_greedy = sampling_metadata.temperature == 0  # [B]; all-greedy batches went to vLLM's path
             output_token_ids = rejection_sample(
                 metadata.draft_token_ids, metadata.num_draft_tokens, draft_probs, target_logits,
                 bonus_out.sampled_token_ids, is_greedy, sampling_metadata.generators, metadata.max_spec_len)

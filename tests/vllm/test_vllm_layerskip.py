@@ -111,6 +111,21 @@ def check_drafts_against_our_model(drafter, model_dir):
     full = np.zeros((1, drafter.max_model_len), dtype=np.int32)
     with torch.inference_mode():
         assert drafter.propose([[1]], np.array([drafter.max_model_len]), full) == [[]]  # no room to draft
+    # A new request drafting alone: its catch-up rides on the first draft
+    # forward (k forwards in all, not k + 1).
+    hist = list(rng.integers(1, 4096, size=23))
+    tokens = np.zeros((8, drafter.max_model_len), dtype=np.int32)
+    tokens[1, :23] = hist
+    forwards = []
+    forward = drafter._forward
+    drafter._forward = lambda *a, **kw: forwards.append(a[1].shape) or forward(*a, **kw)
+    try:
+        with torch.inference_mode():
+            assert drafter.propose([[], [int(hist[-1])]], np.array([0, 23]), tokens) == \
+                [[], early_exit_greedy(ours, hist, E, k)]
+    finally:
+        del drafter._forward
+    assert [tuple(s) for s in forwards] == [(1, 23)] + [(1, 1)] * (k - 1)
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +153,15 @@ def test_greedy_output_equals_vllm_without_speculation(model_dir, reference, exi
         assert len(drafter.k_cache) == exit_layer
         assert drafter.k_cache[0].shape[2] < drafter.max_len  # grown to what requests used, not max_model_len
         # After vLLM's requests, its rows hold their K/V: new contents must be recomputed, not reused.
+        check_drafts_against_our_model(drafter, model_dir)
+        # The embedded model's rotary embedding and norms take the proposer's
+        # fast paths (RoPE in our attention, vLLM's fused norm kernels); the
+        # vLLM modules they stand in for draft the same tokens.
+        assert drafter.cos is not None and all(norm.fused for norm in drafter.norms)
+        drafter.rope_table = drafter.cos = drafter.sin = None
+        for norm in drafter.norms:
+            norm.fused = False
+        drafter.valid[:] = 0  # recompute every row's K/V on the module path
         check_drafts_against_our_model(drafter, model_dir)
     finally:
         _close(llm)

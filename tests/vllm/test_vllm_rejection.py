@@ -98,40 +98,87 @@ def test_greedy_rows_of_a_mixed_batch_identical_to_vllm():
         assert 1 <= emitted.numel() <= n + 1 and (row[emitted.numel():] == -1).all() and (emitted < 500).all()
 
 
+def forward_case(i, nums, V=300, temperature=None):
+    """SpecDecodeMetadata in the runner's layout (each row's drafted positions,
+    then its bonus position) and logits [N + B, V] with ties. Random rows
+    (temperature > 0) get drafts and bonus tokens of target probability 1, so
+    every sampler emits the same tokens for them."""
+    from vllm.v1.spec_decode.metadata import SpecDecodeMetadata
+
+    g = torch.Generator().manual_seed(i)
+    drafts = [torch.randint(0, V, (n,), generator=g).tolist() for n in nums]
+    md = SpecDecodeMetadata.make_dummy(drafts, torch.device("cpu"))
+    sampled = torch.tensor([n + 1 for n in nums]).cumsum(0)
+    md.bonus_logits_indices = (sampled - 1).to(torch.int32)
+    md.target_logits_indices = torch.cat([torch.arange(s - n - 1, s - 1) for s, n in zip(sampled, nums)]) \
+        .to(torch.int32)
+    logits = (torch.randn(int(sampled[-1]), V, generator=g) * 2).round() / 2
+    t = md.target_logits_indices.long()
+    md.draft_token_ids[::2] = logits[t[::2]].argmax(-1).to(torch.int32)  # let some drafts agree with the target
+    for b in (() if temperature is None else (temperature > 0).nonzero().flatten().tolist()):
+        s, n = int(sampled[b]), nums[b]
+        certain = torch.cat([md.draft_token_ids[sum(nums[:b]) : sum(nums[:b]) + n].long(),
+                             torch.randint(0, V, (1,), generator=g)])
+        logits[s - n - 1 : s] = -1e9
+        logits[torch.arange(s - n - 1, s), certain] = 0.0
+    return md, logits
+
+
 @pytest.mark.parametrize("max_num_logprobs", [None, 0, 3])
-def test_sampler_forward_identical_to_vllms_when_greedy(max_num_logprobs):
-    """LayerSkipRejectionSampler.forward against vLLM's RejectionSampler.forward
-    on the same SpecDecodeMetadata and logits (all-greedy batches): tokens, and
-    logprobs when asked for."""
+def test_all_greedy_batches_take_vllms_path(monkeypatch, max_num_logprobs):
+    """LayerSkipRejectionSampler.forward hands all-greedy batches to vLLM's
+    RejectionSampler.forward (exact there, and faster): identical tokens and
+    logprobs, and our rejection_sample never runs."""
     from vllm.v1.sample.rejection_sampler import RejectionSampler
     from vllm.v1.sample.sampler import Sampler
-    from vllm.v1.spec_decode.metadata import SpecDecodeMetadata
 
     ours, theirs = vr.LayerSkipRejectionSampler(Sampler()), RejectionSampler(Sampler())
     assert isinstance(ours, RejectionSampler)
+    sm = dataclasses.replace(metadata(), max_num_logprobs=max_num_logprobs)
+    assert ours.uses_vllms_path(sm) and not ours.uses_vllms_path(metadata(torch.tensor([0.0, 1.0])))
+
+    def not_ours(*a, **k):
+        raise AssertionError("our rejection_sample ran on an all-greedy batch")
+
+    monkeypatch.setattr(vr, "rejection_sample", not_ours)
     for i, nums in enumerate(BATCHES):
-        g = torch.Generator().manual_seed(i)
-        drafts = [torch.randint(0, 300, (n,), generator=g).tolist() for n in nums]
-        md = SpecDecodeMetadata.make_dummy(drafts, torch.device("cpu"))
-        # the runner's layout: each row's drafted positions, then its bonus position
-        sampled = torch.tensor([n + 1 for n in nums]).cumsum(0)
-        md.bonus_logits_indices = (sampled - 1).to(torch.int32)
-        md.target_logits_indices = torch.cat([torch.arange(s - n - 1, s - 1) for s, n in zip(sampled, nums)]) \
-            .to(torch.int32)
-        logits = (torch.randn(int(sampled[-1]), 300, generator=g) * 2).round() / 2
-        # let some drafts agree with the target
-        t = md.target_logits_indices.long()
-        md.draft_token_ids[::2] = logits[t[::2]].argmax(-1).to(torch.int32)
-        sm = dataclasses.replace(metadata(), max_num_logprobs=max_num_logprobs)
+        md, logits = forward_case(i, nums)
         want, got = theirs(md, None, logits.clone(), sm), ours(md, None, logits.clone(), sm)
         assert torch.equal(got.sampled_token_ids, want.sampled_token_ids), nums
-        if max_num_logprobs is None:
-            assert got.logprobs_tensors is None and want.logprobs_tensors is None
-            continue
-        assert got.logprobs_tensors.logprobs.shape[-1] == max_num_logprobs + 1
-        for name in ("logprob_token_ids", "logprobs", "selected_token_ranks"):
-            assert torch.equal(getattr(got.logprobs_tensors, name), getattr(want.logprobs_tensors, name)), (name, nums)
-        assert got.logprobs_tensors.cu_num_generated_tokens == want.logprobs_tensors.cu_num_generated_tokens
+        if max_num_logprobs is not None:
+            for name in ("logprob_token_ids", "logprobs", "selected_token_ranks"):
+                assert torch.equal(getattr(got.logprobs_tensors, name), getattr(want.logprobs_tensors, name))
+
+
+@pytest.mark.parametrize("max_num_logprobs", [None, 0, 3])
+def test_sampler_forward_identical_to_vllms_on_mixed_batches(monkeypatch, max_num_logprobs):
+    """LayerSkipRejectionSampler.forward on batches with greedy and random rows
+    runs our kernels (greedy rows through verify_greedy) and matches vLLM's
+    RejectionSampler.forward given a correct temperature expansion (ours: on
+    CPU, vLLM's loses it, below): tokens, and logprobs when asked for. Random
+    rows draft tokens of target probability 1, so their tokens are determined."""
+    from vllm.v1.sample import rejection_sampler as rs
+    from vllm.v1.sample.sampler import Sampler
+
+    ours, theirs = vr.LayerSkipRejectionSampler(Sampler()), rs.RejectionSampler(Sampler())
+    calls, real = [], vr.rejection_sample
+    monkeypatch.setattr(vr, "rejection_sample", lambda *a, **k: calls.append(a) or real(*a, **k))
+    for i, nums in enumerate(BATCHES):
+        temperature = torch.tensor([0.0 if b % 2 == 0 else 0.8 for b in range(len(nums))])
+        md, logits = forward_case(i, nums, temperature=temperature)
+        sm = dataclasses.replace(metadata(temperature), max_num_logprobs=max_num_logprobs)
+        assert not ours.uses_vllms_path(sm)
+        with monkeypatch.context() as m:
+            m.setattr(rs, "apply_sampling_constraints",
+                      lambda lg, cu, s: vr.apply_sampling_constraints(lg, md.num_draft_tokens, s))
+            want = theirs(md, None, logits.clone(), sm)
+        got = ours(md, None, logits.clone(), sm)
+        assert torch.equal(got.sampled_token_ids, want.sampled_token_ids), nums
+        if max_num_logprobs is not None:
+            for name in ("logprob_token_ids", "logprobs", "selected_token_ranks"):
+                assert torch.equal(getattr(got.logprobs_tensors, name), getattr(want.logprobs_tensors, name)), \
+                    (name, nums)
+    assert len(calls) == len(BATCHES)
 
 
 @pytest.mark.parametrize("with_draft_probs", [False, True])
@@ -431,7 +478,8 @@ def test_vllm_cpu_expansion_loses_the_temperature():
 def test_bench_tiny_run(tmp_path):
     """bench/bench_vllm_rejection.py --tiny: every case runs through both
     samplers; our greedy rows are exact in every case, vLLM's in all-greedy
-    batches only (its CPU backend, above). Times are not looked at."""
+    batches only (its CPU backend, above); the path column says which path ours
+    took. Times are not looked at."""
     import os
     import sys
 
@@ -441,4 +489,7 @@ def test_bench_tiny_run(tmp_path):
     rows = bench_vllm_rejection.main(["--tiny", "--no-plot", "--out", str(tmp_path / "vr")])
     assert {r["case"] for r in rows} == {"greedy", "random", "random+draft_probs", "mixed"}
     assert all(r["greedy_rows_exact"] for r in rows if r["impl"] == "layerskip" or r["case"] == "greedy")
+    # ours hands all-greedy batches to vLLM's path, and runs its own otherwise
+    assert {(r["case"] == "greedy", r["path"]) for r in rows if r["impl"] == "layerskip"} == \
+        {(True, "vllm"), (False, "layerskip")}
     assert (tmp_path / "vr.csv").exists()
