@@ -72,26 +72,16 @@ LS_FORCE_INLINE void prefetch_step(const char* pf, int64_t step) {
   for (int64_t l = 0; l < kStepBytes; l += 64) __builtin_prefetch(p + l, 0, 2);
 }
 
-// Weight rows per tile for kM input rows: at most kTileAcc accumulators, and
-// registers for them, the operand the inner loop keeps (the x rows or the
-// widened weights, whichever are fewer: one half of each at a time where
-// kTileByHalf, both halves otherwise), the one it streams and a constant (the
-// bf16 mask). One input row takes kL weight rows, not more: its rows are
-// streams through L1, and rows 4 KB apart (K = 2048 in bf16) share the cache
-// sets, 8 ways of them. AVX2: 8, 6, 3, 2, 2, 2 for 1..6 rows; AVX-512: 16, 8,
-// 5, 4, 3, 2, 2, 2 for 1..8.
+// Weight rows per tile for kM input rows: the level's table (vec.h). AVX2: 8,
+// 4, 3, 2, 2, 2 for 1..6 rows; AVX-512: 16, 8, 5, 4, 3, 2, 2, 2 for 1..8.
 template <int kM>
 constexpr int tile_rows() {
-  constexpr int kHeld = kTileByHalf ? 1 : 2;
-  int n = 1;
-  while (kM * (n + 1) <= std::min(kTileAcc, kM == 1 ? kL : kTileAcc) &&
-         kM * (n + 1) + kHeld * std::min(kM, n + 1) + 2 <= Vec::kRegs)
-    ++n;
-  return n;
+  return kTileRows[kM - 1];
 }
-// Weight rows of the split over threads and of the chunks: whole tiles of one
-// and of two input rows (the widest; the others divide them or are few).
-constexpr int64_t kRowUnit = std::lcm(tile_rows<1>(), tile_rows<2>());
+// Weight rows of the split over threads and of the chunks (vec.h).
+constexpr int64_t kRowUnit = kTileRowUnit;
+static_assert(kRowUnit % tile_rows<1>() == 0 && kRowUnit % tile_rows<2>() == 0,
+              "chunks and thread shares are whole tiles of one and two rows");
 
 // One step of kStep along K of a tile: kN weight rows (stride ws) times kM rows
 // of prepared x (stride xs). Each accumulator takes the step's even-half
@@ -128,7 +118,11 @@ LS_FORCE_INLINE void tile_step(Vec* acc, const float* x, int64_t xs, const WT* w
         Vec wv[kN];
         for (int j = 0; j < kN; ++j) wv[j] = load_w_half<kH>(w + j * ws);
         for (int i = 0; i < kM; ++i) {
-          const Vec xv = Vec::load(x + i * xs + kH * kL);
+          Vec xv = Vec::load(x + i * xs + kH * kL);
+          // GCC folds this load into each of the kN FMAs instead (kN + 1
+          // loads per kN FMAs: past Zen 4's two 256-bit loads a cycle); where
+          // a register is spare, keep it: 4 and 5 rows 1.15-1.25x from L1.
+          if constexpr (kM * kN + kN + 2 < Vec::kRegs) keep_in_register(xv);
           for (int j = 0; j < kN; ++j) acc[j * kM + i] = fmadd(wv[j], xv, acc[j * kM + i]);
         }
       }
@@ -164,12 +158,13 @@ void tile(const LinearArgs& a, const float* xp, const WT* w, int64_t m0, int64_t
   constexpr int kAccN = (kM * kN + kL - 1) / kL * kL;  // whole groups for reduce_lanes (zeros past kM kN)
   const int64_t K = a.K, Kp = padded_k(K), K0 = K / kStep * kStep;
   Vec acc[kAccN];
-  if (kb.first) {
-    for (int i = 0; i < kAccN; ++i) acc[i] = Vec::zero();
-  } else {
-    for (int i = 0; i < kM * kN; ++i) acc[i] = Vec::load(part + i * kL);
-    for (int i = kM * kN; i < kAccN; ++i) acc[i] = Vec::zero();
-  }
+  // From a zero the compiler does not know where a register is spare (timed
+  // at avx2 only): a known one makes the start a memset of the accumulators
+  // on the stack (rep stosq), tens of cycles of a tile's ~200 at K = 256 (5
+  // rows of K = 256 from cache 1.3x, 1 row 1.1x).
+  Vec zero = Vec::zero();
+  if constexpr (kTileByHalf && kM * kN < kTileAcc) keep_in_register(zero);
+  for (int i = 0; i < kAccN; ++i) acc[i] = kb.first || i >= kM * kN ? zero : Vec::load(part + i * kL);
   const float* x = xp + m0 * Kp;
   const WT* wn = w + n * K;
   const int64_t kend = std::min(kb.k1, K0);
