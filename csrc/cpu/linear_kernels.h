@@ -212,11 +212,11 @@ void rows_block(const LinearArgs& a, const float* xp, const WT* w, int64_t m0, i
 // Calls f(kM, m0, c0, c1), kM a std::integral_constant, for every block of kM
 // <= kRowBlock input rows from m0 and chunk [c0, c1) of the weight rows [n0,
 // n1): the row blocks go through a chunk (kChunkBytes of weights, multiple of
-// kTileRows rows) before the next one, so it is read from memory once.
-template <int kTileRows, typename F>
+// kUnit rows) before the next one, so it is read from memory once.
+template <int kUnit, typename F>
 LS_FORCE_INLINE void for_each_block(const LinearArgs& a, int64_t w_bytes, int64_t n0, int64_t n1, F&& f) {
   const int64_t chunk =
-      std::max<int64_t>(kTileRows, kChunkBytes / std::max<int64_t>(1, a.K * w_bytes) / kTileRows * kTileRows);
+      std::max<int64_t>(kUnit, kChunkBytes / std::max<int64_t>(1, a.K * w_bytes) / kUnit * kUnit);
   for (int64_t c0 = n0; c0 < n1; c0 += chunk) {
     const int64_t c1 = std::min(n1, c0 + chunk);
     for (int64_t m0 = 0; m0 < a.M; m0 += kRowBlock) {
