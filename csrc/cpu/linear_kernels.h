@@ -52,7 +52,8 @@ inline int64_t padded_k(int64_t K) { return (K + kStep - 1) / kStep * kStep; }
 // ahead; null where it does not prefetch. It does where the weights stream,
 // and where its rows are short (if kShortRows: the fp32 tiles, timed so; the
 // VDPBF16PS ones were not), in one pass over the whole of K (with K blocks a
-// tile reads part of each row, and the run ahead is not what comes next).
+// tile reads part of each row, and the run ahead is not what comes next:
+// rows_fp32 prefetches the next chunk instead).
 template <int64_t kStepBytes, bool kShortRows, typename WT>
 LS_FORCE_INLINE const char* prefetch_from(const LinearArgs& a, const WT* wn, int64_t tile_bytes, bool whole_k) {
   const bool stream = a.N * a.K * static_cast<int64_t>(sizeof(WT)) > kStreamBytes;
@@ -71,26 +72,16 @@ LS_FORCE_INLINE void prefetch_step(const char* pf, int64_t step) {
   for (int64_t l = 0; l < kStepBytes; l += 64) __builtin_prefetch(p + l, 0, 2);
 }
 
-// Weight rows per tile for kM input rows: at most kTileAcc accumulators, and
-// registers for them, the operand the inner loop keeps (the x rows or the
-// widened weights, whichever are fewer: one half of each at a time where
-// kTileByHalf, both halves otherwise), the one it streams and a constant (the
-// bf16 mask). One input row takes kL weight rows, not more: its rows are
-// streams through L1, and rows 4 KB apart (K = 2048 in bf16) share the cache
-// sets, 8 ways of them. AVX2: 8, 6, 3, 2, 2, 2 for 1..6 rows; AVX-512: 16, 8,
-// 5, 4, 3, 2, 2, 2 for 1..8.
+// Weight rows per tile for kM input rows: the level's table (vec.h). AVX2: 8,
+// 4, 3, 2, 2, 2 for 1..6 rows; AVX-512: 16, 8, 5, 4, 3, 2, 2, 2 for 1..8.
 template <int kM>
 constexpr int tile_rows() {
-  constexpr int kHeld = kTileByHalf ? 1 : 2;
-  int n = 1;
-  while (kM * (n + 1) <= std::min(kTileAcc, kM == 1 ? kL : kTileAcc) &&
-         kM * (n + 1) + kHeld * std::min(kM, n + 1) + 2 <= Vec::kRegs)
-    ++n;
-  return n;
+  return kTileRows[kM - 1];
 }
-// Weight rows of the split over threads and of the chunks: whole tiles of one
-// and of two input rows (the widest; the others divide them or are few).
-constexpr int64_t kRowUnit = std::lcm(tile_rows<1>(), tile_rows<2>());
+// Weight rows of the split over threads and of the chunks (vec.h).
+constexpr int64_t kRowUnit = kTileRowUnit;
+static_assert(kRowUnit % tile_rows<1>() == 0 && kRowUnit % tile_rows<2>() == 0,
+              "chunks and thread shares are whole tiles of one and two rows");
 
 // One step of kStep along K of a tile: kN weight rows (stride ws) times kM rows
 // of prepared x (stride xs). Each accumulator takes the step's even-half
@@ -127,7 +118,11 @@ LS_FORCE_INLINE void tile_step(Vec* acc, const float* x, int64_t xs, const WT* w
         Vec wv[kN];
         for (int j = 0; j < kN; ++j) wv[j] = load_w_half<kH>(w + j * ws);
         for (int i = 0; i < kM; ++i) {
-          const Vec xv = Vec::load(x + i * xs + kH * kL);
+          Vec xv = Vec::load(x + i * xs + kH * kL);
+          // GCC folds this load into each of the kN FMAs instead (kN + 1
+          // loads per kN FMAs: past Zen 4's two 256-bit loads a cycle); where
+          // a register is spare, keep it: 4 and 5 rows 1.15-1.25x from L1.
+          if constexpr (kM * kN + kN + 2 < Vec::kRegs) keep_in_register(xv);
           for (int j = 0; j < kN; ++j) acc[j * kM + i] = fmadd(wv[j], xv, acc[j * kM + i]);
         }
       }
@@ -146,10 +141,14 @@ LS_FORCE_INLINE void store_tile(T* o, int64_t N, const T* v) {
 }
 
 // The part [k0, k1) of K that a tile runs; `part` keeps the accumulators of a
-// tile between blocks (null when one block covers K).
+// tile between blocks (null when one block covers K). `next`, where set, is
+// what the tiles of this block prefetch, in order from the chunk's first row
+// c0: this block's share of the next chunk (rows_fp32).
 struct KBlock {
   int64_t k0, k1;
   bool first, last;
+  int64_t c0;
+  const char* next;
 };
 
 // Weight rows n .. n+kN-1 times input rows m0 .. m0+kM-1 over K block kb.
@@ -159,17 +158,19 @@ void tile(const LinearArgs& a, const float* xp, const WT* w, int64_t m0, int64_t
   constexpr int kAccN = (kM * kN + kL - 1) / kL * kL;  // whole groups for reduce_lanes (zeros past kM kN)
   const int64_t K = a.K, Kp = padded_k(K), K0 = K / kStep * kStep;
   Vec acc[kAccN];
-  if (kb.first) {
-    for (int i = 0; i < kAccN; ++i) acc[i] = Vec::zero();
-  } else {
-    for (int i = 0; i < kM * kN; ++i) acc[i] = Vec::load(part + i * kL);
-    for (int i = kM * kN; i < kAccN; ++i) acc[i] = Vec::zero();
-  }
+  // From a zero the compiler does not know where a register is spare (timed
+  // at avx2 only): a known one makes the start a memset of the accumulators
+  // on the stack (rep stosq), tens of cycles of a tile's ~200 at K = 256 (5
+  // rows of K = 256 from cache 1.3x, 1 row 1.1x).
+  Vec zero = Vec::zero();
+  if constexpr (kTileByHalf && kM * kN < kTileAcc) keep_in_register(zero);
+  for (int i = 0; i < kAccN; ++i) acc[i] = kb.first || i >= kM * kN ? zero : Vec::load(part + i * kL);
   const float* x = xp + m0 * Kp;
   const WT* wn = w + n * K;
   const int64_t kend = std::min(kb.k1, K0);
   constexpr int64_t kStepBytes = int64_t{kN} * kStep * sizeof(WT);
-  const char* pf = prefetch_from<kStepBytes, true>(a, wn, kN * K * static_cast<int64_t>(sizeof(WT)), kb.first && kb.last);
+  const char* pf = kb.next ? kb.next + ((n - kb.c0) * (kb.k1 - kb.k0) - kb.k0 * kN) * static_cast<int64_t>(sizeof(WT))
+                           : prefetch_from<kStepBytes, true>(a, wn, kN * K * static_cast<int64_t>(sizeof(WT)), kb.first && kb.last);
   for (int64_t k = kb.k0; k < kend; k += kStep) {
     prefetch_step<kStepBytes>(pf, k / kStep);
     tile_step<kM, kN>(acc, x + k, Kp, wn + k, K);
@@ -211,11 +212,11 @@ void rows_block(const LinearArgs& a, const float* xp, const WT* w, int64_t m0, i
 // Calls f(kM, m0, c0, c1), kM a std::integral_constant, for every block of kM
 // <= kRowBlock input rows from m0 and chunk [c0, c1) of the weight rows [n0,
 // n1): the row blocks go through a chunk (kChunkBytes of weights, multiple of
-// kTileRows rows) before the next one, so it is read from memory once.
-template <int kTileRows, typename F>
+// kUnit rows) before the next one, so it is read from memory once.
+template <int kUnit, typename F>
 LS_FORCE_INLINE void for_each_block(const LinearArgs& a, int64_t w_bytes, int64_t n0, int64_t n1, F&& f) {
   const int64_t chunk =
-      std::max<int64_t>(kTileRows, kChunkBytes / std::max<int64_t>(1, a.K * w_bytes) / kTileRows * kTileRows);
+      std::max<int64_t>(kUnit, kChunkBytes / std::max<int64_t>(1, a.K * w_bytes) / kUnit * kUnit);
   for (int64_t c0 = n0; c0 < n1; c0 += chunk) {
     const int64_t c1 = std::min(n1, c0 + chunk);
     for (int64_t m0 = 0; m0 < a.M; m0 += kRowBlock) {
@@ -253,8 +254,22 @@ void rows_fp32(const LinearArgs& a, int64_t n0, int64_t n1) {
     const int64_t blocks = (steps + per_block - 1) / per_block;
     const int64_t block_steps = (steps + blocks - 1) / blocks;
     if (blocks > 1 && part.size() < static_cast<size_t>((c1 - c0) * kRowBlock * kL)) part.resize((c1 - c0) * kRowBlock * kL);
+    // With K blocks a tile reads a piece of each of its rows per block, runs
+    // the hardware prefetchers pick up late or not at all where they are a
+    // page or less (avx2, 4 rows of Llama-1B shapes from DRAM: ~8 GB/s on one
+    // core against ~18 from cache). So where the weights stream, the first
+    // row block's pass over a chunk prefetches the next chunk of [n0, n1)
+    // into L2, in order, one step's width per step: the whole pass overlaps
+    // the next chunk's DRAM traffic. Longer pieces (1 row of K = 8192: 8 KB)
+    // stream as well without it (timed 8% faster so).
+    const bool stream = a.N * a.K * static_cast<int64_t>(sizeof(WT)) > kStreamBytes;
+    const bool short_pieces = block_steps * kStep * static_cast<int64_t>(sizeof(WT)) <= 4096;
+    const char* next = blocks > 1 && stream && short_pieces && m0 == 0 && c1 < n1
+                           ? reinterpret_cast<const char*>(w + c1 * a.K)
+                           : nullptr;
     for (int64_t b = 0; b < blocks; ++b) {
-      const KBlock kb{b * block_steps * kStep, std::min(K0, (b + 1) * block_steps * kStep), b == 0, b == blocks - 1};
+      const char* nb = next ? next + b * (c1 - c0) * block_steps * kStep * static_cast<int64_t>(sizeof(WT)) : nullptr;
+      const KBlock kb{b * block_steps * kStep, std::min(K0, (b + 1) * block_steps * kStep), b == 0, b == blocks - 1, c0, nb};
       rows_block<kRows>(a, xp, w, m0, c0, c1, kb, blocks > 1 ? part.data() : nullptr);
     }
   });

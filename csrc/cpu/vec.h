@@ -17,7 +17,19 @@
 // the even, then the odd halves (half the operands held: larger tiles in 16
 // registers) or both at once (one load per weight vector); kTileXBlockBytes,
 // the prepared x of a row block that one K block of a pass reads (it stays in
-// L1 while the weight rows go past; 0: no K blocks).
+// L1 while the weight rows go past; 0: no K blocks); kTileRows, the weight
+// rows of a tile of 1 .. kTileRowBlock input rows (at most kTileAcc
+// accumulators, and registers for them, the operand the inner loop keeps (the
+// x rows or the widened weights, whichever are fewer: one half of each at a
+// time where kTileByHalf, both halves otherwise), the one it streams and a
+// constant (the bf16 mask); one input row takes kL weight rows, not more: its
+// rows are streams through L1, and rows 4 KB apart (K = 2048 in bf16) share
+// the cache sets, 8 ways of them); kTileRowUnit, the weight rows of the chunks
+// and of the split over threads: whole tiles of the common row counts.
+//
+// keep_in_register(v): an empty asm that leaves v in a register at that
+// point, so the compiler neither folds its load into every instruction that
+// uses it nor knows its value (linear_kernels.h says where that was timed).
 
 // fp32 -> bf16 bits, round to nearest even (as torch's cast); NaN stays NaN.
 // store_bf16(v, p) writes the kLanes lanes of v so, to p.
@@ -58,6 +70,10 @@ constexpr int kTileRowBlock = 8;
 constexpr bool kTileByHalf = false;
 // Tiles of 2 to 16 weight rows per x row: no K blocks (timed slower with them).
 constexpr int64_t kTileXBlockBytes = 0;
+constexpr int kTileRows[kTileRowBlock] = {16, 8, 5, 4, 3, 2, 2, 2};
+constexpr int64_t kTileRowUnit = 16;  // the tiles of 1 and 2 rows; 3 rows are few at 16 lanes
+
+LS_FORCE_INLINE void keep_in_register(Vec& a) { asm("" : "+v"(a.v)); }
 
 template <int h>
 LS_FORCE_INLINE Vec load_w_half(const float* p) {
@@ -123,17 +139,27 @@ LS_FORCE_INLINE void store_bf16(Vec v, uint16_t* p) {
                    _mm_packus_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1)));
 }
 
-// 12 accumulators, one half at a time: at two input rows 6 weight rows x 2,
-// 12 FMA chains (8 leave the FMA latency exposed: 4 cycles x 2 per cycle),
-// with the two x halves and a widened weight in the other registers. Up to 6
-// input rows per pass: 6 x 2 tiles, where 8 rows fit only 8 x 1 (a load per
-// FMA, and the x rows read again for every weight row).
+// Up to 12 accumulators, one half at a time: 6 input rows per pass as 6 x 2
+// tiles, where 8 rows fit only 8 x 1 (a load per FMA, and the x rows read
+// again for every weight row).
 constexpr int kTileAcc = 12;
 constexpr int kTileRowBlock = 6;
 constexpr bool kTileByHalf = true;
 // 5 rows of K = 2048 in fp32 are 40 KB, read again for every 1 or 2 weight
 // rows: K blocks of 16 KB keep them in L1.
 constexpr int64_t kTileXBlockBytes = 16 * 1024;
+// Timed with GCC 12 on Zen 4 (one core, tiles in L1, avx2): 2 input rows take
+// 4 weight rows, not the 6 that fit 12 accumulators: with the 2 x halves, the
+// widened weight and the mask those fill all 16 registers and the compiler
+// spills accumulators to the stack (4.6 FMAs/ns; 2 x 4: 5.9, against ~7.3 at
+// the FMA peak). 8 accumulators are just enough FMA chains (latency 4 x 2 a
+// cycle) where no other operand is a load too many.
+constexpr int kTileRows[kTileRowBlock] = {8, 4, 3, 2, 2, 2};
+// Whole tiles of 1, 2 and 3 rows: a chunk of K = 8192 is one unit (24 rows),
+// and a 1-wide tile of 3 input rows runs at about half the speed of 3 x 3.
+constexpr int64_t kTileRowUnit = 24;
+
+LS_FORCE_INLINE void keep_in_register(Vec& a) { asm("" : "+x"(a.v)); }
 
 template <int h>
 LS_FORCE_INLINE Vec load_w_half(const float* p) {
@@ -201,6 +227,10 @@ constexpr int kTileAcc = 8;
 constexpr int kTileRowBlock = 8;
 constexpr bool kTileByHalf = false;
 constexpr int64_t kTileXBlockBytes = 0;
+constexpr int kTileRows[kTileRowBlock] = {4, 1, 1, 1, 1, 1, 1, 1};
+constexpr int64_t kTileRowUnit = 4;
+
+LS_FORCE_INLINE void keep_in_register(Vec&) {}
 
 template <int h, typename WT>
 LS_FORCE_INLINE Vec load_w_half(const WT* p) {
