@@ -58,11 +58,12 @@ ROWS_X_BYTES_BY_LEVEL = {"avx2": float("inf")}
 # rule sent the verify passes of Llama-3.2-1B (k = 4: 5 rows) to ATen for every
 # matrix (5 x 12-525 MB > ROWS_X_BYTES), where the kernel, since it splits
 # streamed weights over all threads and prefetches them (csrc/cpu/linear.cpp),
-# streams 5-6 rows from DRAM at 25-45 GB/s, 1.2-2.5x ATen's GEMM (8 rows:
-# 1.1-1.6x, 21-26 GB/s): bench/results/amd-epyc-avx512_bf16/linear_rows_probe_rows4-8.csv.
+# streams 4-6 rows from DRAM at 25-58 GB/s, 1.2-2.8x ATen's GEMM, and 7-8 rows
+# at 22-36 GB/s, still 1.2-1.8x: bench/results/amd-epyc-avx512_bf16/
+# linear_rows_probe_rows4-8.csv and linear_rows_probe_rows7-8.csv.
 # End to end the 1B shape's verify pass fell from 2.2 to 1.25 autoregressive
 # steps (llama1b_routing_{before,after}.csv).
-ROWS_ALWAYS_BY_LEVEL = {"avx512_bf16": 6}
+ROWS_ALWAYS_BY_LEVEL = {"avx512_bf16": 8}
 # fp32 x and weights (bench/bench_linear.py's fp32 rows): the kernel's FMAs on
 # fp32 weights beat ATen's fp32 GEMM at 1-4 rows on the default model's
 # matrices (1.2-2.6x at the avx2 level, side by side on a Zen 4 CPU, one
