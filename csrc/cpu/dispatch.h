@@ -107,6 +107,9 @@ struct RaceBest {
 // gate/up on one thread and decoded 10-19% slower than 512 KB).
 constexpr int64_t kStreamBytes = 512 * 1024;
 
+// Whether an [N, K] weight of elem_bytes-byte elements is above kStreamBytes.
+constexpr bool weight_streams(int64_t N, int64_t K, int64_t elem_bytes) { return N * K * elem_bytes > kStreamBytes; }
+
 // ---------------------------------------------------------------- the table
 
 struct KernelTable {

@@ -48,7 +48,7 @@ int64_t split_grain(const KernelTable& T, int64_t M, int64_t K, int64_t N, Weigh
   const int64_t per_row = std::max<int64_t>(1, K * passes * (std::min(M, T.row_block) + 3) / 4);
   int64_t grain = std::max<int64_t>(16, (kParallelWork + per_row - 1) / per_row);
   const int64_t row_bytes = std::max<int64_t>(1, K * weight_size(wk));
-  if (N * row_bytes > kStreamBytes) grain = std::min(grain, (kStreamTaskBytes + row_bytes - 1) / row_bytes);
+  if (weight_streams(N, K, weight_size(wk))) grain = std::min(grain, (kStreamTaskBytes + row_bytes - 1) / row_bytes);
   const int64_t unit = T.row_unit;
   return std::max<int64_t>(1, (grain + unit - 1) / unit) * unit;
 }

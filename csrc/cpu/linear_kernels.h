@@ -43,6 +43,9 @@ constexpr int64_t kPrefetchMaxTileBytes = 24 * 1024;
 // too), and further ahead: 4 KB is about one DRAM latency (~0.15 us under
 // load) at one core's streaming rate (~20 GB/s), too few lines in flight.
 constexpr int64_t kStreamPrefetchBytes = 16 * 1024;
+// K-block pieces up to a page long are the streams the hardware prefetchers
+// miss (rows_fp32 prefetches the next chunk for them).
+constexpr int64_t kPageBytes = 4096;
 
 inline int64_t padded_k(int64_t K) { return (K + kStep - 1) / kStep * kStep; }
 
@@ -56,7 +59,7 @@ inline int64_t padded_k(int64_t K) { return (K + kStep - 1) / kStep * kStep; }
 // rows_fp32 prefetches the next chunk instead).
 template <int64_t kStepBytes, bool kShortRows, typename WT>
 LS_FORCE_INLINE const char* prefetch_from(const LinearArgs& a, const WT* wn, int64_t tile_bytes, bool whole_k) {
-  const bool stream = a.N * a.K * static_cast<int64_t>(sizeof(WT)) > kStreamBytes;
+  const bool stream = weight_streams(a.N, a.K, sizeof(WT));
   const bool short_rows = kShortRows && kStepBytes <= kPrefetchMaxStepBytes && tile_bytes <= kPrefetchMaxTileBytes;
   if (!whole_k || !(stream || short_rows)) return nullptr;
   const int64_t ahead = stream ? kStreamPrefetchBytes : kPrefetchBytes;
@@ -262,9 +265,8 @@ void rows_fp32(const LinearArgs& a, int64_t n0, int64_t n1) {
     // into L2, in order, one step's width per step: the whole pass overlaps
     // the next chunk's DRAM traffic. Longer pieces (1 row of K = 8192: 8 KB)
     // stream as well without it (timed 8% faster so).
-    const bool stream = a.N * a.K * static_cast<int64_t>(sizeof(WT)) > kStreamBytes;
-    const bool short_pieces = block_steps * kStep * static_cast<int64_t>(sizeof(WT)) <= 4096;
-    const char* next = blocks > 1 && stream && short_pieces && m0 == 0 && c1 < n1
+    const bool short_pieces = block_steps * kStep * static_cast<int64_t>(sizeof(WT)) <= kPageBytes;
+    const char* next = blocks > 1 && weight_streams(a.N, a.K, sizeof(WT)) && short_pieces && m0 == 0 && c1 < n1
                            ? reinterpret_cast<const char*>(w + c1 * a.K)
                            : nullptr;
     for (int64_t b = 0; b < blocks; ++b) {

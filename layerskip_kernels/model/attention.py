@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from .. import ops
-from .linear import _cpu_kernel
+from .linear import cpu_kernel_runs
 
 __all__ = ["decode_attention"]
 
@@ -29,6 +29,6 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
                      v_new: torch.Tensor, seqlens: torch.Tensor, cos: torch.Tensor | None,
                      sin: torch.Tensor | None) -> torch.Tensor:
     """ops.draft_verify_attention (same arguments, same result) by the cheapest entry point (module docstring)."""
-    if q.device.type == "cpu" and _cpu_kernel(q, k_cache):
+    if q.device.type == "cpu" and cpu_kernel_runs(q, k_cache):
         return torch.ops.layerskip.draft_verify_attention(q, k_cache, v_cache, k_new, v_new, seqlens, cos, sin, None)
     return ops.draft_verify_attention(q, k_cache, v_cache, k_new, v_new, seqlens, cos, sin)

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 
 from .. import backends, ops
 
-__all__ = ["ROWS_ALWAYS", "ROWS_ALWAYS_BY_LEVEL", "ROWS_ALWAYS_FP32", "ROWS_MAX", "ROWS_X_BYTES", "ROWS_X_BYTES_BY_LEVEL", "decode_linear",
-           "decode_linear_int8", "int8_route", "linear_int8_aten", "ConcatWeight"]
+__all__ = ["ROWS_ALWAYS", "ROWS_ALWAYS_BY_LEVEL", "ROWS_ALWAYS_FP32", "ROWS_MAX", "ROWS_X_BYTES", "ROWS_X_BYTES_BY_LEVEL",
+           "cpu_kernel_runs", "decode_linear", "decode_linear_int8", "int8_route", "linear_int8_aten", "ConcatWeight"]
 
 # Which products go to ops.linear_rows (bench/bench_linear.py,
 # bench/results/linear_rows.csv): any of at most ROWS_ALWAYS rows (1.5-3.8x
@@ -80,7 +80,7 @@ def decode_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         few = rows <= ROWS_ALWAYS_FP32
     else:
         few = rows <= ROWS_ALWAYS or _few_at_level(rows, weight.numel() * weight.element_size())
-    if few and _cpu_kernel(x, weight):
+    if few and cpu_kernel_runs(x, weight):
         return torch.ops.layerskip.linear_rows(x, weight)
     return F.linear(x, weight)
 
@@ -110,7 +110,7 @@ _RULE = [(ROWS_ALWAYS, ROWS_X_BYTES)]
 def decode_linear_int8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """(x [..., K] @ weight[N, K]^T) * scale[N] for int8 weights (ops.linear_rows_int8),
     by the path `int8_route` picks."""
-    route = int8_route(x.device.type, x.dtype, _cpu_kernel(x, weight), backends.get_backend())
+    route = int8_route(x.device.type, x.dtype, cpu_kernel_runs(x, weight), backends.get_backend())
     if route == "kernel":
         return torch.ops.layerskip.linear_rows_int8(x, weight, scale)
     if route == "aten":
@@ -147,9 +147,10 @@ def linear_int8_aten(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor)
     return (F.linear(x, weight.to(x.dtype)).float() * scale).to(x.dtype)
 
 
-def _cpu_kernel(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether a product may run our cpu kernel directly: it is built, no other
-    backend was asked for, and no gradient is needed (the ops have no backward)."""
+def cpu_kernel_runs(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a decode-step op may call our cpu kernel (the raw op) directly: it
+    is built, no other backend was asked for, and no gradient is needed (the
+    ops have no backward). decode_linear and model/attention.py ask it."""
     differentiable = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     return not differentiable and backends.native() is not None and backends.get_backend() in (None, "cpu")
 
