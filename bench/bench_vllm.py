@@ -4,6 +4,9 @@ latency and acceptance of vLLM's own methods against our LayerSkip proposer.
 Settings, each with the same k (num_speculative_tokens):
 
 - none:        vLLM without speculation (the baseline of every ratio);
+- none_sync:   the same with vLLM's async scheduling off, as vLLM turns it
+               off for every `custom_class` proposer (and `ngram`): what the
+               proposer interface itself costs;
 - ngram:       vLLM's prompt-lookup method (`--ngram-lookup MIN MAX`, default 2 4);
 - draft_model: vLLM's draft-model method with the draft exported by
                `layerskip export-draft --exit-layer E` (a second copy of the
@@ -26,10 +29,14 @@ and 8 (up to 8 in flight, a new one added when one finishes), driven through
 last token) is measured. Throughput = generated tokens / wall time of the
 whole set. Each setting runs in its own subprocess that builds its engine once
 (vLLM 0.32's CPU backend fails to build an `ngram` engine after another LLM in
-the same process; a fresh process also returns every byte), warms it up on
-every concurrency, then runs --reps repetitions of every concurrency; rows are
-medians over the repetitions. Settings run one after another in one
-invocation, so each ratio to `none` is measured in one run on one machine.
+the same process; a fresh process also returns every byte) and warms it up on
+every concurrency; the engines start one after another and stay up, then the
+settings' runs are interleaved: each repetition runs every concurrency once per
+setting, the settings' order rotated per repetition (this machine's speed
+drifts by tens of percent over minutes: settings run one after another would
+compare different machines). Rows are medians over the --reps repetitions;
+each ratio to `none` is measured in one run on one machine. Memory: all
+settings' engines are resident at once (about 4-5 GB each for the 1B shape).
 
 Acceptance comes from vLLM's own spec-decode counters (`llm.get_metrics()`,
 differences over the timed runs): acceptance rate (accepted / drafted tokens),
@@ -74,7 +81,7 @@ from common import metadata, plot_bars, print_table, results_path, write_csv  # 
 # bench_llama1b's defaults: its damping (DEFAULT_DAMP) is calibrated for ~80% acceptance at that E and k.
 from bench_llama1b import DEFAULT_EXIT_LAYER as LLAMA1B_EXIT_LAYER, DEFAULT_K as LLAMA1B_K  # noqa: E402
 
-SETTINGS = ("none", "ngram", "draft_model", "layerskip")
+SETTINGS = ("none", "none_sync", "ngram", "draft_model", "layerskip")
 MODELS = ("embedded", "llama1b")
 _COUNTERS = ("num_drafts", "num_draft_tokens", "num_accepted_tokens")
 
@@ -142,18 +149,35 @@ def model_settings(name: str, args) -> tuple[str, int, int]:
     return path, spec.exit_layer, spec.num_speculations
 
 
-def speculative_configs(E: int, k: int, ngram: tuple[int, int], draft_dir: str) -> dict:
+def speculative_configs(E: int, k: int, ngram: tuple[int, int], draft_dir: str, max_batches=()) -> dict:
     """The `speculative_config` of every setting (None: no speculation). The
-    exported draft is written when draft_model is run (export_draft)."""
+    exported draft is written when draft_model is run (export_draft). Each N of
+    max_batches adds a setting layerskip_max<N>: ours with
+    disable_by_batch_size=N (`layerskip` has the device's default)."""
     from layerskip_kernels.integrations.vllm import speculative_config
 
     return {
         "none": None,
+        "none_sync": None,
         "ngram": {"method": "ngram", "num_speculative_tokens": k,
                   "prompt_lookup_min": ngram[0], "prompt_lookup_max": ngram[1]},
         "draft_model": {"method": "draft_model", "model": draft_dir, "num_speculative_tokens": k},
         "layerskip": speculative_config(exit_layer=E, num_speculative_tokens=k),
+        **{f"layerskip_max{N}": speculative_config(exit_layer=E, num_speculative_tokens=k, disable_by_batch_size=N)
+           for N in max_batches},
     }
+
+
+def disable_by_batch_size(setting: str):
+    """The batch size above which a layerskip setting drafts nothing on this
+    machine's CPU ("" for the other settings, "none" for no limit)."""
+    from layerskip_kernels.integrations.vllm import AUTO_DISABLE_BY_BATCH_SIZE
+
+    if setting.startswith("layerskip_max"):
+        return int(setting[len("layerskip_max"):])
+    if setting == "layerskip":
+        return AUTO_DISABLE_BY_BATCH_SIZE.get("cpu", "none")
+    return ""
 
 
 # --------------------------------------------------------------------------- one setting (its own process)
@@ -195,10 +219,17 @@ def run_requests(llm, prompts: list[list[int]], params, concurrency: int, tag: s
     return dict(wall_s=time.perf_counter() - t0, latency_s=latency, tokens=tokens)
 
 
-def worker(job: dict) -> dict:
-    """Builds one engine, warms it up, runs every concurrency `reps` times."""
+def worker(job: dict, commands, results) -> None:
+    """One setting's process: builds its engine and warms it up, reports
+    `ready`, then runs the concurrency of every `run` command read from
+    `commands` (a JSON line each) and writes each result to `results` as a
+    JSON line, until `stop` or end of input."""
     from vllm import LLM, SamplingParams, __version__ as vllm_version
     from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+    def reply(obj):
+        results.write(json.dumps(obj) + "\n")
+        results.flush()
 
     if job["setting"] == "draft_model":
         from layerskip_kernels.model.export import export_draft
@@ -207,25 +238,27 @@ def worker(job: dict) -> dict:
     t0 = time.perf_counter()
     llm = LLM(model=job["model_dir"], dtype=job["dtype"], max_model_len=job["max_model_len"],
               max_num_seqs=max(job["concurrencies"]), enforce_eager=job["enforce_eager"], seed=0,
-              skip_tokenizer_init=True, disable_log_stats=False, speculative_config=job["speculative_config"])
+              skip_tokenizer_init=True, disable_log_stats=False, speculative_config=job["speculative_config"],
+              **({"async_scheduling": False} if job["setting"] == "none_sync" else {}))
     prompts = job["prompts"]
     greedy = lambda n: SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True, detokenize=False)
     for c in job["concurrencies"]:  # first calls allocate, compile and pick kernels
         run_requests(llm, prompts[:c], greedy(min(8, job["new_tokens"])), c, f"warmup{c}")
-    start_s = time.perf_counter() - t0
-    runs = {str(c): [] for c in job["concurrencies"]}
-    for rep in range(job["reps"]):
-        for c in job["concurrencies"]:
-            before = spec_counts(llm)
-            r = run_requests(llm, prompts, greedy(job["new_tokens"]), c, f"r{rep}c{c}")
-            after = spec_counts(llm)
-            r["counts"] = {n: after[n] - before[n] for n in _COUNTERS}
-            r["counts"]["per_pos"] = [a - b for a, b in zip(after["per_pos"], before["per_pos"] or
-                                                             [0] * len(after["per_pos"]))]
-            runs[str(c)].append(r)
+    reply(dict(ready=True, engine_start_s=time.perf_counter() - t0, vllm=vllm_version))
+    for line in commands:
+        cmd = json.loads(line)
+        if cmd["op"] == "stop":
+            break
+        c = cmd["concurrency"]
+        before = spec_counts(llm)
+        r = run_requests(llm, prompts, greedy(job["new_tokens"]), c, f"r{cmd['rep']}c{c}")
+        after = spec_counts(llm)
+        r["counts"] = {n: after[n] - before[n] for n in _COUNTERS}
+        r["counts"]["per_pos"] = [a - b for a, b in zip(after["per_pos"], before["per_pos"] or
+                                                         [0] * len(after["per_pos"]))]
+        reply(r)
     del llm
     cleanup_dist_env_and_memory()
-    return dict(runs=runs, engine_start_s=start_s, vllm=vllm_version)
 
 
 # --------------------------------------------------------------------------- rows
@@ -265,17 +298,78 @@ def summarize(result: dict, baseline: dict | None) -> list[dict]:
     return rows
 
 
-def run_setting(job: dict, timeout: float | None) -> dict:
-    """The worker in a fresh Python process (its output passes through)."""
-    with tempfile.TemporaryDirectory(prefix="bench_vllm_") as tmp:
-        spec, out = os.path.join(tmp, "job.json"), os.path.join(tmp, "result.json")
+class SettingProcess:
+    """A setting's engine in a Python process of its own (worker), kept alive
+    across the run so that the settings' repetitions can be interleaved: every
+    ratio then compares runs minutes apart at most, not whole settings run one
+    after another (this machine's speed drifts by tens of percent over
+    minutes). Its vLLM output passes through."""
+
+    def __init__(self, job: dict, timeout: float | None):
+        self.job, self.timeout = job, timeout
+        self._tmp = tempfile.TemporaryDirectory(prefix="bench_vllm_")
+        spec = os.path.join(self._tmp.name, "job.json")
         with open(spec, "w") as f:
             json.dump(job, f)
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", spec, out], timeout=timeout)
-        if proc.returncode != 0 or not os.path.isfile(out):
-            raise RuntimeError(f"setting {job['setting']} on {job['model']} failed (exit status {proc.returncode})")
-        with open(out) as f:
-            return json.load(f)
+        r, w = os.pipe()
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", spec, str(w)],
+                                     stdin=subprocess.PIPE, text=True, pass_fds=(w,))
+        os.close(w)
+        self._results = os.fdopen(r)
+        self.started = self._receive()  # engine_start_s, vllm
+
+    def _receive(self) -> dict:
+        import select
+
+        if not select.select([self._results], [], [], self.timeout)[0]:
+            self.close()
+            raise subprocess.TimeoutExpired(f"setting {self.job['setting']}", self.timeout)
+        line = self._results.readline()
+        if not line:
+            status = self.proc.wait()
+            raise RuntimeError(f"setting {self.job['setting']} on {self.job['model']} failed (exit status {status})")
+        return json.loads(line)
+
+    def run(self, concurrency: int, rep: int) -> dict:
+        self.proc.stdin.write(json.dumps(dict(op="run", concurrency=concurrency, rep=rep)) + "\n")
+        self.proc.stdin.flush()
+        return self._receive()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(json.dumps(dict(op="stop")) + "\n")
+                self.proc.stdin.close()
+                self.proc.wait(timeout=120)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        self._results.close()
+        self._tmp.cleanup()
+
+
+def run_interleaved(procs: dict, concurrencies: list[int], reps: int) -> tuple[dict, list[str]]:
+    """Every setting's results in the shape summarize() reads (in the order of
+    `procs`), and the settings that failed on the way (dropped, with their
+    results): for each repetition and concurrency, each setting runs once, in
+    an order rotated by one per repetition."""
+    out = {s: dict(p.started, runs={str(c): [] for c in concurrencies}) for s, p in procs.items()}
+    lost = []
+    for rep in range(reps):
+        names = [s for s in procs if s not in lost]
+        order = names[rep % len(names):] + names[:rep % len(names)]
+        for c in concurrencies:
+            for s in order:
+                if s in lost:
+                    continue
+                try:
+                    out[s]["runs"][str(c)].append(procs[s].run(c, rep))
+                except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
+                    print(f"FAILED: {s}: {e}", flush=True)
+                    lost.append(s)
+                    if s == "none":
+                        return {}, list(procs)
+    return {s: r for s, r in out.items() if s not in lost}, lost
 
 
 def main(argv=None) -> int:
@@ -285,6 +379,8 @@ def main(argv=None) -> int:
                     help="'none' always runs (first): it is the baseline")
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--disable-by-batch-size", type=int, nargs="*", default=[], metavar="N",
+                    help="also run ours with disable_by_batch_size=N (setting layerskip_max<N>) for each N")
     ap.add_argument("--requests", type=int, default=8, help="requests per run (at least the largest concurrency)")
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=64)
@@ -298,18 +394,19 @@ def main(argv=None) -> int:
     ap.add_argument("--kvcache-space", default=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
                     help="VLLM_CPU_KVCACHE_SPACE (GiB) of every setting's process")
     ap.add_argument("--cache-dir", default=default_cache_dir(), help="where the 1B-shaped checkpoint is written once")
-    ap.add_argument("--timeout", type=float, default=None, help="seconds per setting before it is killed")
+    ap.add_argument("--timeout", type=float, default=None,
+                    help="seconds a setting may take to start its engine, or to run one concurrency, before it is killed")
     ap.add_argument("--smoke", action="store_true",
                     help="the embedded model, 8 new tokens, one repetition, eager, output to a temporary directory")
     ap.add_argument("--out", default=None, help="CSV/PNG path without extension (default: results_path('vllm'))")
     ap.add_argument("--note", default="", help="conditions of the run, written on every row")
-    ap.add_argument("--worker", nargs=2, metavar=("JOB", "RESULT"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker", nargs=2, metavar=("JOB", "RESULT_FD"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         with open(args.worker[0]) as f:
-            result = worker(json.load(f))
-        with open(args.worker[1], "w") as f:
-            json.dump(result, f)
+            job = json.load(f)
+        with os.fdopen(int(args.worker[1]), "w") as results:
+            worker(job, sys.stdin, results)
         return 0
     if args.smoke:
         args.models, args.new_tokens, args.prompt_tokens, args.reps, args.enforce_eager = \
@@ -320,7 +417,8 @@ def main(argv=None) -> int:
         ap.error("--requests must be at least the largest --concurrency")
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(args.kvcache_space)  # inherited by every setting's process
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    settings = ["none"] + [s for s in args.settings if s != "none"]
+    settings = ["none"] + [s for s in args.settings if s != "none"] + \
+        [f"layerskip_max{N}" for N in args.disable_by_batch_size]
 
     import layerskip_kernels as lk
     from bench_e2e import load_prompts
@@ -343,25 +441,40 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_vllm_drafts_") as drafts:
         for model in args.models:
             model_dir, E, k = model_settings(model, args)
-            configs = speculative_configs(E, k, tuple(args.ngram_lookup), os.path.join(drafts, model))
-            baseline = None
-            for setting in settings:
-                job = dict(model=model, model_dir=model_dir, setting=setting, exit_layer=E, dtype=args.dtype,
-                           speculative_config=configs[setting], prompts=prompts, new_tokens=args.new_tokens,
-                           concurrencies=args.concurrency, reps=args.reps, enforce_eager=args.enforce_eager,
-                           max_model_len=args.prompt_tokens + args.new_tokens + k + 16)
-                print(f"--- {model} ({os.path.basename(model_dir)}), {setting}, E={E} k={k}", flush=True)
-                try:
-                    result = run_setting(job, args.timeout)
-                except (RuntimeError, subprocess.TimeoutExpired) as e:
-                    print(f"FAILED: {e}", flush=True)
-                    failed.append(f"{model}/{setting}")
-                    if setting == "none":
-                        break  # no baseline: the other settings of this model have nothing to compare with
+            configs = speculative_configs(E, k, tuple(args.ngram_lookup), os.path.join(drafts, model),
+                                          args.disable_by_batch_size)
+            procs = {}
+            try:
+                for setting in settings:  # engines start one after another, then stay up
+                    job = dict(model=model, model_dir=model_dir, setting=setting, exit_layer=E, dtype=args.dtype,
+                               speculative_config=configs[setting], prompts=prompts, new_tokens=args.new_tokens,
+                               concurrencies=args.concurrency, enforce_eager=args.enforce_eager,
+                               max_model_len=args.prompt_tokens + args.new_tokens + k + 16)
+                    print(f"--- {model} ({os.path.basename(model_dir)}), {setting}, E={E} k={k}: starting", flush=True)
+                    try:
+                        procs[setting] = SettingProcess(job, args.timeout)
+                    except (RuntimeError, subprocess.TimeoutExpired) as e:
+                        print(f"FAILED: {e}", flush=True)
+                        failed.append(f"{model}/{setting}")
+                        if setting == "none":
+                            break  # no baseline: the other settings of this model have nothing to compare with
+                if "none" not in procs:
                     continue
+                print(f"--- {model}: {args.reps} repetitions of concurrency {args.concurrency}, settings "
+                      f"interleaved", flush=True)
+                results, lost = run_interleaved(procs, args.concurrency, args.reps)
+            finally:
+                for proc in procs.values():
+                    proc.close()
+            failed += [f"{model}/{setting}" for setting in lost]
+            if "none" not in results:
+                continue
+            baseline = None
+            for setting, result in results.items():  # none first: the baseline of the others
                 spec = configs[setting] or {}
                 these = [dict(meta, model=model, setting=setting, method=spec.get("method", ""),
-                              exit_layer=E if setting in ("draft_model", "layerskip") else "",
+                              exit_layer=E if setting == "draft_model" or setting.startswith("layerskip") else "",
+                              disable_by_batch_size=disable_by_batch_size(setting),
                               k=k if spec else "", **({"ngram_lookup": "%d-%d" % tuple(args.ngram_lookup)}
                                                      if setting == "ngram" else {}), **r)
                          for r in summarize(result, baseline)]
@@ -372,7 +485,7 @@ def main(argv=None) -> int:
         r.pop("_tokens")
     rows.sort(key=lambda r: (r["model"], r["concurrency"], settings.index(r["setting"])))
     print_table(rows, ["model", "concurrency", "setting", "throughput_tok_s", "speedup_vs_none", "p50_latency_s",
-                       "p50_latency_speedup_vs_none", "acceptance_rate", "mean_acceptance_length",
+                       "p50_latency_speedup_vs_none", "disable_by_batch_size", "acceptance_rate", "mean_acceptance_length",
                        "acceptance_per_pos", "drafts", "same_tokens", "requests_same", "engine_start_s"])
     if rows:
         write_csv(out + ".csv", rows)

@@ -2,7 +2,9 @@
 bench_llama1b's model, and its rows (medians, ratios to no speculation, the
 token comparison, acceptance from vLLM's counters) are computed as its
 docstring says. Its end-to-end run needs vLLM: `python bench/bench_vllm.py
---smoke` in the vLLM venv (a few minutes: one engine per setting)."""
+--smoke` in the vLLM venv (a few minutes: one engine per setting). The
+settings' runs are interleaved (run_interleaved), checked here with stand-in
+engines."""
 
 import os
 import sys
@@ -59,3 +61,42 @@ def test_rows_medians_ratios_and_token_check():
     assert row["acceptance_rate"] == pytest.approx(12 / 24) and row["mean_acceptance_length"] == pytest.approx(2.5)
     assert row["acceptance_per_pos"] == "0.75/0.50/0.25" and row["drafts"] == 8
     assert row["same_tokens"] is False and row["requests_same"] == 2  # the first repetition matched, the second not
+
+
+class _FakeSetting:
+    """A SettingProcess stand-in: records the order of runs; fails from its
+    `fail_at`-th run on (vLLM's engine dying mid-run)."""
+
+    def __init__(self, name, log, fail_at=None):
+        self.name, self.log, self.fail_at = name, log, fail_at
+        self.started = dict(engine_start_s=1.0, vllm="0.32.0")
+
+    def run(self, concurrency, rep):
+        if self.fail_at is not None and sum(n == self.name for n, _, _ in self.log) >= self.fail_at:
+            raise RuntimeError(f"{self.name} died")
+        self.log.append((self.name, concurrency, rep))
+        return dict(wall_s=1.0, concurrency=concurrency, rep=rep)
+
+
+def test_settings_are_interleaved_and_a_failed_one_is_dropped():
+    log = []
+    procs = {s: _FakeSetting(s, log) for s in ("none", "draft_model", "layerskip")}
+    results, lost = bench_vllm.run_interleaved(procs, [1, 8], reps=3)
+    assert lost == [] and list(results) == ["none", "draft_model", "layerskip"]
+    # per repetition and concurrency every setting runs once, the order rotated by one per repetition
+    assert log == [(s, c, 0) for c in (1, 8) for s in ("none", "draft_model", "layerskip")] + \
+        [(s, c, 1) for c in (1, 8) for s in ("draft_model", "layerskip", "none")] + \
+        [(s, c, 2) for c in (1, 8) for s in ("layerskip", "none", "draft_model")]
+    assert [r["rep"] for r in results["layerskip"]["runs"]["8"]] == [0, 1, 2]
+    assert results["none"]["engine_start_s"] == 1.0 and results["none"]["vllm"] == "0.32.0"
+
+    log.clear()
+    procs = {"none": _FakeSetting("none", log), "draft_model": _FakeSetting("draft_model", log, fail_at=3),
+             "layerskip": _FakeSetting("layerskip", log)}
+    results, lost = bench_vllm.run_interleaved(procs, [1, 8], reps=3)
+    assert lost == ["draft_model"] and list(results) == ["none", "layerskip"]
+    assert len(results["layerskip"]["runs"]["1"]) == 3 and all(n != "draft_model" or r < 2 for n, _, r in log)
+
+    log.clear()
+    procs = {"none": _FakeSetting("none", log, fail_at=1), "layerskip": _FakeSetting("layerskip", log)}
+    assert bench_vllm.run_interleaved(procs, [1], reps=2) == ({}, ["none", "layerskip"])  # no baseline: nothing

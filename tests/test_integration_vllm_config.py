@@ -21,15 +21,34 @@ def test_speculative_config_names_a_proposer_class_for_the_exit_layer():
     cls = getattr(__import__(module, fromlist=[name]), name)  # what vLLM's loader does
     assert issubclass(cls, lv.LayerSkipProposer) and cls.exit_layer == 3 and cls.__name__ == name
     assert lv.LayerSkipExit3 is cls and lv.LayerSkipExit12.exit_layer == 12
-    for bad in ("LayerSkipExit0", "LayerSkipExit03", "LayerSkipExit", "LayerSkipExitx"):
+    assert cls.disable_by_batch_size is None  # the device's measured default (load_model)
+    for bad in ("LayerSkipExit0", "LayerSkipExit03", "LayerSkipExit", "LayerSkipExitx", "LayerSkipExit3MaxBatch0",
+                "LayerSkipExit3MaxBatch", "LayerSkipExit3MaxBatch04", "LayerSkipExitMaxBatch4"):
         with pytest.raises(AttributeError, match=bad):
             getattr(lv, bad)
+
+
+def test_disable_by_batch_size_travels_in_the_class_name():
+    cfg = lv.speculative_config(exit_layer=3, num_speculative_tokens=4, disable_by_batch_size=6)
+    assert cfg["model"] == "layerskip_kernels.integrations.vllm.LayerSkipExit3MaxBatch6"
+    cls = lv.LayerSkipExit3MaxBatch6
+    assert cls.exit_layer == 3 and cls.disable_by_batch_size == 6 and cls.__name__ == "LayerSkipExit3MaxBatch6"
+    assert cls is not lv.LayerSkipExit3 and lv.LayerSkipExit3MaxBatch6 is cls
+    assert json.loads(lv.speculative_config(3, 4, disable_by_batch_size=6, as_json=True)) == cfg
+    assert set(lv.AUTO_DISABLE_BY_BATCH_SIZE) <= {"cpu", "cuda", "xpu"} and \
+        all(isinstance(n, int) and n >= 1 for n in lv.AUTO_DISABLE_BY_BATCH_SIZE.values())
 
 
 @pytest.mark.parametrize("kw,match", [(dict(exit_layer=0, num_speculative_tokens=3), "exit_layer"),
                                       (dict(exit_layer=2.0, num_speculative_tokens=3), "exit_layer"),
                                       (dict(exit_layer=True, num_speculative_tokens=3), "exit_layer"),
-                                      (dict(exit_layer=2, num_speculative_tokens=0), "num_speculative_tokens")])
+                                      (dict(exit_layer=2, num_speculative_tokens=0), "num_speculative_tokens"),
+                                      (dict(exit_layer=2, num_speculative_tokens=3, disable_by_batch_size=0),
+                                       "disable_by_batch_size"),
+                                      (dict(exit_layer=2, num_speculative_tokens=3, disable_by_batch_size=True),
+                                       "disable_by_batch_size"),
+                                      (dict(exit_layer=2, num_speculative_tokens=3, disable_by_batch_size=2.0),
+                                       "disable_by_batch_size")])
 def test_bad_speculative_config_is_refused(kw, match):
     with pytest.raises(ValueError, match=match):
         lv.speculative_config(**kw)
@@ -48,6 +67,8 @@ def test_json_for_vllm_serve(capsys):
     assert json.loads(out) == lv.speculative_config(2, 5)
     assert lv.main(["--exit-layer", "2", "--num-speculative-tokens", "5"]) == 0
     assert json.loads(capsys.readouterr().out) == lv.speculative_config(2, 5)
+    assert lv.main(["--exit-layer", "2", "--num-speculative-tokens", "5", "--disable-by-batch-size", "4"]) == 0
+    assert json.loads(capsys.readouterr().out) == lv.speculative_config(2, 5, disable_by_batch_size=4)
     with pytest.raises(SystemExit):
         lv.main(["--exit-layer", "0", "--num-speculative-tokens", "5"])
     assert "exit_layer must be a positive int" in capsys.readouterr().err

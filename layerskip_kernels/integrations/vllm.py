@@ -44,8 +44,15 @@ What vLLM 0.32's interface allows, and what it does not:
   docs/engines.md ("vLLM") writes down what that would take.
 
 The exit layer travels in the class name (`speculative_config` writes
-`...vllm.LayerSkipExit3`): vLLM's speculative config has no free-form field
+`...vllm.LayerSkipExit3`, or `...LayerSkipExit3MaxBatch4` with
+disable_by_batch_size=4): vLLM's speculative config has no free-form field
 for a custom proposer, and the name reaches every worker process.
+
+Above a batch size speculation costs more than it saves (the verify pass of
+k + 1 positions per request turns a memory-bound step into a compute-bound
+one): a step with more decoding requests than `disable_by_batch_size` drafts
+nothing, and vLLM runs it as a plain decode step. Its default per device type
+is measured (AUTO_DISABLE_BY_BATCH_SIZE).
 """
 
 from __future__ import annotations
@@ -57,25 +64,41 @@ import warnings
 import numpy as np
 import torch
 
-__all__ = ["speculative_config", "LayerSkipProposer", "TESTED_VLLM_VERSIONS", "register"]
+__all__ = ["speculative_config", "LayerSkipProposer", "TESTED_VLLM_VERSIONS", "AUTO_DISABLE_BY_BATCH_SIZE", "register"]
 
 # vLLM versions the tests of tests/vllm ran with. vLLM calls its custom proposer
 # interface experimental and subject to change.
 TESTED_VLLM_VERSIONS = ("0.32.0",)
 
 _CLASS_PREFIX = "LayerSkipExit"
+_MAX_BATCH_INFIX = "MaxBatch"
 _MODULE = "layerskip_kernels.integrations.vllm"  # not __name__: that is __main__ under `python -m`
 
 
-def speculative_config(exit_layer: int, num_speculative_tokens: int, *, as_json: bool = False) -> dict | str:
+# The batch size above which the proposer drafts nothing, per device type, when
+# speculative_config leaves it to us: measured with bench/bench_vllm.py
+# (README, "Serving with vLLM"). A device type not listed drafts at every batch
+# size (not measured there).
+AUTO_DISABLE_BY_BATCH_SIZE = {"cpu": 2}
+
+
+def speculative_config(exit_layer: int, num_speculative_tokens: int, *, disable_by_batch_size: int | None = None,
+                       as_json: bool = False) -> dict | str:
     """The `speculative_config` for `vllm.LLM(...)` (a dict), or with as_json=True
     the string for `vllm serve --speculative-config`: LayerSkip drafts of
-    num_speculative_tokens tokens from the target's first exit_layer layers."""
-    for name, value in (("exit_layer", exit_layer), ("num_speculative_tokens", num_speculative_tokens)):
+    num_speculative_tokens tokens from the target's first exit_layer layers.
+
+    disable_by_batch_size=N: a step with more than N decoding requests drafts
+    nothing (vLLM then verifies no drafts: a plain decode step), as vLLM's
+    former option of that name did; None: the measured default for the device
+    (AUTO_DISABLE_BY_BATCH_SIZE)."""
+    for name, value in (("exit_layer", exit_layer), ("num_speculative_tokens", num_speculative_tokens),
+                        ("disable_by_batch_size", 1 if disable_by_batch_size is None else disable_by_batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    cfg = {"method": "custom_class", "model": f"{_MODULE}.{_CLASS_PREFIX}{exit_layer}",
-           "num_speculative_tokens": num_speculative_tokens}
+    name = f"{_CLASS_PREFIX}{exit_layer}" + ("" if disable_by_batch_size is None else
+                                             f"{_MAX_BATCH_INFIX}{disable_by_batch_size}")
+    cfg = {"method": "custom_class", "model": f"{_MODULE}.{name}", "num_speculative_tokens": num_speculative_tokens}
     return json.dumps(cfg) if as_json else cfg
 
 
@@ -102,6 +125,7 @@ class LayerSkipProposer:
     (what `speculative_config` names); this base class has no exit layer."""
 
     exit_layer: int | None = None
+    disable_by_batch_size: int | None = None  # None: AUTO_DISABLE_BY_BATCH_SIZE for the device (load_model)
 
     def __init__(self, vllm_config):
         spec = vllm_config.speculative_config
@@ -130,6 +154,7 @@ class LayerSkipProposer:
         self.valid = np.zeros(0, dtype=np.int64)  # how many positions of each row are valid
         self.cos = self.sin = None  # fp32 [length, D/2]: RoPE tables of the cache's length (_rope_table)
         self._attention = None  # draft_verify_attention's backend implementation, resolved per propose
+        self.max_batch: int | None = None  # more decoding rows than this: no drafts (load_model; None: no limit)
 
     # --- vLLM's interface ---------------------------------------------------------
 
@@ -149,6 +174,8 @@ class LayerSkipProposer:
                 raise ValueError(f"LayerSkipProposer: {type(attn).__name__} has no {n} (not a Llama attention)")
         self.model = target_model
         self.device = next(target_model.parameters()).device
+        self.max_batch = self.disable_by_batch_size if self.disable_by_batch_size is not None else \
+            AUTO_DISABLE_BY_BATCH_SIZE.get(self.device.type)
         self.layers = [layers[l] for l in range(self.exit_layer)]
         self.rope_table = _rope_table(attn.rotary_emb, attn.head_dim)
         self.norms = [_Norm(m) for layer in self.layers
@@ -158,7 +185,8 @@ class LayerSkipProposer:
     def propose(self, sampled_token_ids: list[list[int]], num_tokens_no_spec: np.ndarray, token_ids_cpu: np.ndarray,
                 slot_mappings=None) -> list[list[int]]:
         """Draft tokens per input-batch row ([] where a row drafts nothing: no
-        token sampled this step, a partial prefill, or no room left)."""
+        token sampled this step, a partial prefill, or no room left; every row
+        when more rows decode than max_batch)."""
         from .. import ops
 
         if self.model is None:
@@ -169,8 +197,8 @@ class LayerSkipProposer:
             n = int(num_tokens_no_spec[i])
             if sampled and n >= 2 and self.max_model_len - n > 0:
                 rows.append(i)
-        if not rows:
-            return drafts
+        if not rows or (self.max_batch is not None and len(rows) > self.max_batch):
+            return drafts  # a row skipped here catches up when it drafts again (_held)
         # a row's positions: its tokens, then k - 1 drafts fed back
         self._ensure(rows[-1] + 1, int(num_tokens_no_spec[rows].max()) + self.k - 1)
         # Trusted: the positions are ours (from n - S, one more per draft) and
@@ -373,19 +401,21 @@ def _contiguous_runs(rows: list[int]) -> list[list[int]]:
     return runs
 
 
-_EXIT_CLASSES: dict[int, type] = {}
+_EXIT_CLASSES: dict[tuple[int, int | None], type] = {}
 
 
 def __getattr__(name: str):
-    # `LayerSkipExit<E>`: the proposer class for exit layer E, made on first use
-    # (vLLM imports it by this name in every worker process).
-    m = re.fullmatch(_CLASS_PREFIX + r"([1-9][0-9]*)", name)
+    # `LayerSkipExit<E>[MaxBatch<N>]`: the proposer class for exit layer E (and
+    # disable_by_batch_size N), made on first use (vLLM imports it by this name
+    # in every worker process).
+    m = re.fullmatch(_CLASS_PREFIX + r"([1-9][0-9]*)(?:" + _MAX_BATCH_INFIX + r"([1-9][0-9]*))?", name)
     if m is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    E = int(m.group(1))
-    if E not in _EXIT_CLASSES:
-        _EXIT_CLASSES[E] = type(name, (LayerSkipProposer,), {"exit_layer": E, "__module__": __name__})
-    return _EXIT_CLASSES[E]
+    E, N = int(m.group(1)), (int(m.group(2)) if m.group(2) else None)
+    if (E, N) not in _EXIT_CLASSES:
+        _EXIT_CLASSES[E, N] = type(name, (LayerSkipProposer,), {"exit_layer": E, "disable_by_batch_size": N,
+                                                                 "__module__": __name__})
+    return _EXIT_CLASSES[E, N]
 
 
 def main(argv=None) -> int:
@@ -396,9 +426,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m layerskip_kernels.integrations.vllm", description=main.__doc__)
     p.add_argument("--exit-layer", type=int, required=True)
     p.add_argument("--num-speculative-tokens", type=int, required=True)
+    p.add_argument("--disable-by-batch-size", type=int, default=None,
+                   help="no drafts in a step with more decoding requests than this (default: measured per device)")
     args = p.parse_args(argv)
     try:
-        print(speculative_config(args.exit_layer, args.num_speculative_tokens, as_json=True))
+        print(speculative_config(args.exit_layer, args.num_speculative_tokens,
+                                 disable_by_batch_size=args.disable_by_batch_size, as_json=True))
     except ValueError as e:
         p.error(str(e))
     return 0

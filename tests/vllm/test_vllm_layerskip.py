@@ -88,6 +88,7 @@ def check_drafts_against_our_model(drafter, model_dir):
     greedy continuation of our own model (fp32) on the row's tokens."""
     ours = lk.LlamaForCausalLM.from_pretrained(model_dir)
     E, k = drafter.exit_layer, drafter.k
+    drafter.max_batch = None  # every step below drafts (check_batch_limit checks the limit)
     rng = np.random.default_rng(0)
     hists = [list(rng.integers(1, 4096, size=n)) for n in (5, 17, 2, 40, 3)]
     for step in range(3):
@@ -128,6 +129,32 @@ def check_drafts_against_our_model(drafter, model_dir):
     assert [tuple(s) for s in forwards] == [(1, 23)] + [(1, 1)] * (k - 1)
 
 
+def check_batch_limit(drafter, model_dir):
+    """More decoding rows than max_batch: no drafts at all; a row that sat such
+    steps out drafts again from the tokens it missed (recomputed, not stale)."""
+    ours = lk.LlamaForCausalLM.from_pretrained(model_dir)
+    E, k = drafter.exit_layer, drafter.k
+    rng = np.random.default_rng(1)
+    hists = [list(rng.integers(1, 4096, size=n)) for n in (6, 11, 9)]
+    tokens = np.zeros((4, drafter.max_model_len), dtype=np.int32)
+
+    def propose(rows):
+        for i in rows:
+            tokens[i, : len(hists[i])] = hists[i]
+        sampled = [[int(h[-1])] if i in rows else [] for i, h in enumerate(hists)]
+        n = np.array([len(h) if i in rows else 0 for i, h in enumerate(hists)])
+        with torch.inference_mode():
+            return drafter.propose(sampled, n, tokens)
+
+    drafter.max_batch = 2
+    assert propose([0]) == [early_exit_greedy(ours, hists[0], E, k), [], []]
+    for _ in range(2):  # three rows decode: nothing drafted, the rows move on
+        assert propose([0, 1, 2]) == [[], [], []]
+        for h in hists:
+            h += list(rng.integers(1, 4096, size=2))
+    assert propose([0, 2]) == [early_exit_greedy(ours, hists[0], E, k), [], early_exit_greedy(ours, hists[2], E, k)]
+
+
 @pytest.fixture(scope="module")
 def reference(model_dir):
     """vLLM without speculation. Also checks the directory loads as shipped:
@@ -138,12 +165,18 @@ def reference(model_dir):
     return out
 
 
-@pytest.mark.parametrize("exit_layer,k", [(3, 3), (1, 5)])
-def test_greedy_output_equals_vllm_without_speculation(model_dir, reference, exit_layer, k):
-    llm = _llm(model_dir, speculative_config=speculative_config(exit_layer=exit_layer, num_speculative_tokens=k))
+# (3, 3): the CPU's default batch limit (the concurrent run drafts once few
+# requests are left); (1, 5): a limit past the batch (every row drafts).
+@pytest.mark.parametrize("exit_layer,k,max_batch", [(3, 3, None), (1, 5, 8)])
+def test_greedy_output_equals_vllm_without_speculation(model_dir, reference, exit_layer, k, max_batch):
+    from layerskip_kernels.integrations.vllm import AUTO_DISABLE_BY_BATCH_SIZE
+
+    llm = _llm(model_dir, speculative_config=speculative_config(exit_layer=exit_layer, num_speculative_tokens=k,
+                                                                disable_by_batch_size=max_batch))
     try:
         drafter = _runner(llm).drafter
         assert isinstance(drafter, LayerSkipProposer) and drafter.exit_layer == exit_layer and drafter.k == k
+        assert drafter.max_batch == (max_batch or AUTO_DISABLE_BY_BATCH_SIZE["cpu"])
         alone, together = _runs(llm)
         counts = _spec_counts(llm)
         # Shared weights: the proposer holds the target model itself and no
@@ -163,6 +196,7 @@ def test_greedy_output_equals_vllm_without_speculation(model_dir, reference, exi
             norm.fused = False
         drafter.valid[:] = 0  # recompute every row's K/V on the module path
         check_drafts_against_our_model(drafter, model_dir)
+        check_batch_limit(drafter, model_dir)
     finally:
         _close(llm)
     ref_alone, ref_together = reference

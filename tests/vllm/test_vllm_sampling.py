@@ -74,7 +74,10 @@ def _speculative_run(model_dir, sampler):
     from layerskip_kernels.integrations.vllm_rejection import LayerSkipRejectionSampler
 
     kw = dict(worker_cls=WORKER_CLS) if sampler == "layerskip" else {}
-    llm = _llm(model_dir, speculative_config=speculative_config(exit_layer=3, num_speculative_tokens=3), **kw)
+    # Every step drafts (the CPU's default bound of 2 requests would leave the
+    # batches of samples undrafted, and the test without power).
+    llm = _llm(model_dir, speculative_config=speculative_config(exit_layer=3, num_speculative_tokens=3,
+                                                                disable_by_batch_size=8), **kw)
     try:
         swapped = isinstance(_runner(llm).rejection_sampler, LayerSkipRejectionSampler)
         ours = _samples(llm, range(SAMPLES, 2 * SAMPLES))  # other seeds: independent samples
