@@ -100,3 +100,12 @@ def test_settings_are_interleaved_and_a_failed_one_is_dropped():
     log.clear()
     procs = {"none": _FakeSetting("none", log, fail_at=1), "layerskip": _FakeSetting("layerskip", log)}
     assert bench_vllm.run_interleaved(procs, [1], reps=2) == ({}, ["none", "layerskip"])  # no baseline: nothing
+
+
+def test_step_split_timer_counts_calls_and_passes_results_through():
+    import bench_vllm_steps
+
+    acc = dict(propose_s=0.0, propose_calls=0)
+    fn = bench_vllm_steps._timed(acc, "propose", lambda a, b=0: a + b)
+    assert fn(2, b=3) == 5 and fn(1) == 1
+    assert acc["propose_calls"] == 2 and acc["propose_s"] > 0.0
