@@ -219,27 +219,35 @@ def run_requests(llm, prompts: list[list[int]], params, concurrency: int, tag: s
     return dict(wall_s=time.perf_counter() - t0, latency_s=latency, tokens=tokens)
 
 
+def make_llm(job: dict, max_num_seqs: int, **kwargs):
+    """The vLLM engine of a job's setting (for draft_model, after exporting its
+    draft), seeded, on token ids (no tokenizer); kwargs go to vllm.LLM."""
+    from vllm import LLM
+
+    if job["setting"] == "draft_model":
+        from layerskip_kernels.model.export import export_draft
+
+        export_draft(job["model_dir"], job["exit_layer"], job["speculative_config"]["model"])
+    return LLM(model=job["model_dir"], dtype=job["dtype"], max_model_len=job["max_model_len"],
+               max_num_seqs=max_num_seqs, seed=0, skip_tokenizer_init=True,
+               speculative_config=job["speculative_config"], **kwargs)
+
+
 def worker(job: dict, commands, results) -> None:
     """One setting's process: builds its engine and warms it up, reports
     `ready`, then runs the concurrency of every `run` command read from
     `commands` (a JSON line each) and writes each result to `results` as a
     JSON line, until `stop` or end of input."""
-    from vllm import LLM, SamplingParams, __version__ as vllm_version
+    from vllm import SamplingParams, __version__ as vllm_version
     from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
     def reply(obj):
         results.write(json.dumps(obj) + "\n")
         results.flush()
 
-    if job["setting"] == "draft_model":
-        from layerskip_kernels.model.export import export_draft
-
-        export_draft(job["model_dir"], job["exit_layer"], job["speculative_config"]["model"])
     t0 = time.perf_counter()
-    llm = LLM(model=job["model_dir"], dtype=job["dtype"], max_model_len=job["max_model_len"],
-              max_num_seqs=max(job["concurrencies"]), enforce_eager=job["enforce_eager"], seed=0,
-              skip_tokenizer_init=True, disable_log_stats=False, speculative_config=job["speculative_config"],
-              **({"async_scheduling": False} if job["setting"] == "none_sync" else {}))
+    llm = make_llm(job, max(job["concurrencies"]), enforce_eager=job["enforce_eager"], disable_log_stats=False,
+                   **({"async_scheduling": False} if job["setting"] == "none_sync" else {}))
     prompts = job["prompts"]
     greedy = lambda n: SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True, detokenize=False)
     for c in job["concurrencies"]:  # first calls allocate, compile and pick kernels
@@ -321,6 +329,8 @@ class SettingProcess:
     def _receive(self) -> dict:
         import select
 
+        # One reply per command (and one `ready`): no line waits in the file's
+        # buffer unseen by select.
         if not select.select([self._results], [], [], self.timeout)[0]:
             self.close()
             raise subprocess.TimeoutExpired(f"setting {self.job['setting']}", self.timeout)

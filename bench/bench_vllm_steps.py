@@ -30,7 +30,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_vllm import model_settings, speculative_configs, MODELS, default_cache_dir  # noqa: E402
+from bench_vllm import MODELS, default_cache_dir, make_llm, model_settings, speculative_configs  # noqa: E402
 from common import metadata, print_table, results_path, write_csv  # noqa: E402
 
 SETTINGS = ("none", "draft_model", "layerskip")
@@ -49,14 +49,9 @@ def _timed(acc: dict, key: str, fn):
 def worker(job: dict) -> dict:
     """One setting in this process: the split of --requests generations."""
     import numpy as np
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
 
-    if job["setting"] == "draft_model":
-        from layerskip_kernels.model.export import export_draft
-
-        export_draft(job["model_dir"], job["exit_layer"], job["speculative_config"]["model"])
-    llm = LLM(model=job["model_dir"], dtype=job["dtype"], max_model_len=job["max_model_len"], max_num_seqs=1,
-              seed=0, skip_tokenizer_init=True, speculative_config=job["speculative_config"])
+    llm = make_llm(job, 1)
     runner = llm.llm_engine.engine_core.engine_core.model_executor.driver_worker.worker.model_runner
     rng = np.random.default_rng(0)
     prompts = [{"prompt_token_ids": rng.integers(1, job["vocab"], size=job["prompt_tokens"]).tolist()}
