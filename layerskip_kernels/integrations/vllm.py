@@ -48,8 +48,9 @@ What vLLM 0.32's interface allows, and what it does not:
 
 The exit layer travels in the class name (`speculative_config` writes
 `...vllm.LayerSkipExit3`, or `...LayerSkipExit3MaxBatch4` with
-disable_by_batch_size=4, `...LayerSkipExit3Int8` with draft_quantization="int8"): vLLM's speculative config has no free-form field
-for a custom proposer, and the name reaches every worker process.
+disable_by_batch_size=4, `...LayerSkipExit3Int8` with draft_quantization="int8"):
+vLLM's speculative config has no free-form field for a custom proposer, and
+the name reaches every worker process.
 
 Above a batch size speculation costs more than it saves (the verify pass of
 k + 1 positions per request turns a memory-bound step into a compute-bound
@@ -66,6 +67,8 @@ import warnings
 
 import numpy as np
 import torch
+
+from ..model.linear import decode_linear_int8
 
 __all__ = ["speculative_config", "LayerSkipProposer", "TESTED_VLLM_VERSIONS", "AUTO_DISABLE_BY_BATCH_SIZE", "register"]
 
@@ -368,8 +371,6 @@ class LayerSkipProposer:
         h = h.view(B, S, -1)[:, -1].contiguous()
         if self.head_int8 is None:
             return self.model.compute_logits(h)  # [B, V]
-        from ..model.linear import decode_linear_int8
-
         logits = decode_linear_int8(h, *self.head_int8)  # [B, V_local]: this rank's rows of the head
         if self.tp > 1:
             from vllm.distributed import tensor_model_parallel_all_gather

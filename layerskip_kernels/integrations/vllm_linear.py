@@ -6,11 +6,12 @@
     llm = LLM(model=MODEL_DIR, load_format=LOAD_FORMAT, ...)   # vllm serve ... --load-format layerskip
 
 vLLM 0.32's CPU backend packs every unquantized linear weight for oneDNN once
-loaded and frees the plain one (`dispatch_cpu_unquantized_gemm`); a decode
-step then multiplies 1 to k+1 rows per request by each packed matrix. On the
-Llama-3.2-1B shape these products stream the early layers' weights at about
-15 GB/s and the LM head at about 31 GB/s (Zen 4, 2 cores), where our
-`linear_rows` kernel streams 30-40 GB/s (README, "Serving with vLLM").
+loaded and frees the plain one (`dispatch_cpu_unquantized_gemm`; the LM head
+keeps both); a decode step then multiplies 1 to k+1 rows per request by each
+packed matrix. On the Llama-3.2-1B shape (Zen 4, 2 cores;
+bench/bench_vllm_products.py) our product is 1.34x oneDNN's at one row, but
+0.81-0.86x at 5-8 rows: this pays at one or two concurrent requests, not at
+eight (README, "Session 16").
 
 The `layerskip` load format is vLLM's default loader (same files, same
 weight loading) registered under another name by our `vllm.general_plugins`
@@ -61,20 +62,40 @@ def _(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
+class _PlainWeight:
+    """Mixed into vLLM's unquantized linear and embedding methods: on the CPU the
+    weight stays plain and contiguous (no oneDNN copy) and the product
+    (vLLM's `layer.cpu_linear`) is kernel_linear."""
+
+    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        if not layer.weight.is_contiguous():
+            layer.weight.data = layer.weight.data.contiguous()
+        layer.cpu_linear = kernel_linear
+
+
+_registered = False
+
+
 def register_loader() -> None:
     """Registers the `layerskip` load format with vLLM (idempotent); the plugin
     entry point calls it in every vLLM process."""
+    global _registered
+    if _registered:
+        return
+    from vllm.model_executor.layers.linear import UnquantizedLinearMethod
+    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
     from vllm.model_executor.model_loader import register_model_loader
     from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
+    from vllm.platforms import current_platform
 
-    global LayerSkipModelLoader
-    if "LayerSkipModelLoader" in globals():
-        return
+    ours = {base: type(f"LayerSkip{base.__name__}", (_PlainWeight, base), {"__module__": __name__})
+            for base in (UnquantizedLinearMethod, UnquantizedEmbeddingMethod)}
 
     @register_model_loader(LOAD_FORMAT)
     class LayerSkipModelLoader(DefaultModelLoader):
-        """vLLM's default loader (the format `auto` for reading files) that
-        hands the loaded linear layers and LM head to our kernels on the CPU."""
+        """vLLM's default loader (the format `auto` for reading files) that,
+        on the CPU, gives every unquantized linear layer and the LM head our
+        method between weight loading and vLLM's processing of the weights."""
 
         def __init__(self, load_config):
             cfg = copy.copy(load_config)  # files are read as the default format reads them
@@ -83,48 +104,11 @@ def register_loader() -> None:
 
         def load_weights(self, model, model_config) -> None:
             super().load_weights(model, model_config)
-            route_to_kernels(model)
+            if not current_platform.is_cpu():
+                return
+            for module in model.modules():
+                method = ours.get(type(getattr(module, "quant_method", None)))
+                if method is not None and module.weight.dim() == 2:
+                    module.quant_method = method()
 
-    globals()["LayerSkipModelLoader"] = LayerSkipModelLoader
-
-
-def route_to_kernels(model: torch.nn.Module) -> int:
-    """Gives every unquantized linear layer and unquantized LM head / embedding of
-    `model` a method that keeps its plain weight and multiplies by
-    kernel_linear, on the CPU platform; returns how many modules it changed
-    (0 elsewhere). Called between weight loading and vLLM's processing."""
-    from vllm.model_executor.layers.linear import UnquantizedLinearMethod
-    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
-    from vllm.platforms import current_platform
-
-    if not current_platform.is_cpu():
-        return 0
-    methods = {UnquantizedLinearMethod: _linear_method(UnquantizedLinearMethod),
-               UnquantizedEmbeddingMethod: _linear_method(UnquantizedEmbeddingMethod)}
-    changed = 0
-    for module in model.modules():
-        method = methods.get(type(getattr(module, "quant_method", None)))
-        if method is not None and getattr(module, "weight", None) is not None and module.weight.dim() == 2:
-            module.quant_method = method()
-            changed += 1
-    return changed
-
-
-_METHODS: dict[type, type] = {}
-
-
-def _linear_method(base: type) -> type:
-    """`base` (vLLM's unquantized linear or embedding method) with its CPU weight
-    processing replaced: the weight stays plain and contiguous, and the
-    product (vLLM's `layer.cpu_linear`) is kernel_linear."""
-    if base not in _METHODS:
-        def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
-            w = layer.weight
-            if not w.is_contiguous():
-                w.data = w.data.contiguous()
-            layer.cpu_linear = kernel_linear
-
-        _METHODS[base] = type(f"LayerSkip{base.__name__}", (base,), {
-            "process_weights_after_loading": process_weights_after_loading,
-            "__module__": __name__, "__doc__": _linear_method.__doc__})
-    return _METHODS[base]
+    _registered = True
