@@ -14,7 +14,8 @@ import layerskip_kernels as lk
 from layerskip_kernels import reference
 from layerskip_kernels.cache import StaticKVCache
 from layerskip_kernels.generation import steps
-from layerskip_kernels.generation.draft_head import DraftHead, check_draft_quantization, quantize_rows_int8
+from layerskip_kernels.generation import draft_head
+from layerskip_kernels.generation.draft_head import DraftHead, check_draft_quantization, draft_head_for, quantize_rows_int8
 
 from helpers import damp_late_layers, make_hf_checkpoint
 
@@ -42,6 +43,24 @@ def test_quantize_rows_int8_error_is_half_a_step():
     assert bool((err <= scale[:, None] / 2 + 1e-6).all())
     # Each nonzero row reaches +-127 exactly at its largest magnitude.
     assert bool((q.abs().amax(1)[torch.arange(37) != 5] == 127).all())
+
+
+def test_quantize_rows_int8_by_blocks_equals_one_block_and_leaves_the_weight():
+    """Rows quantized a few at a time give what the whole matrix at once gives
+    (a row's scale and values are its own), and an fp32 weight is not changed."""
+    torch.manual_seed(1)
+    w = torch.randn(23, 50) * torch.rand(23, 1) * 4
+    before = w.clone()
+    q1, s1 = quantize_rows_int8(w, block_rows=23)
+    q5, s5 = quantize_rows_int8(w, block_rows=5)
+    assert torch.equal(q1, q5) and torch.equal(s1, s5)
+    assert torch.equal(w, before)
+    want_scale = w.abs().amax(1) / 127
+    assert torch.equal(s1, want_scale) and torch.equal(q1, torch.round(w / want_scale[:, None]).to(torch.int8))
+    with pytest.raises(ValueError, match="block_rows"):
+        quantize_rows_int8(w, block_rows=0)
+    with pytest.raises(ValueError, match="non-finite"):
+        quantize_rows_int8(torch.cat([w, torch.full((1, 50), float("nan"))]), block_rows=5)
 
 
 @pytest.mark.parametrize("bad", [torch.zeros(3), torch.zeros(2, 3, dtype=torch.int64),
@@ -126,3 +145,30 @@ def test_bad_draft_quantization_is_refused(model, bad):
         lk.generate(model, RAGGED, exit_layer=2, draft_quantization=bad, **KW)
     with pytest.raises(ValueError, match="draft_quantization"):
         check_draft_quantization(bad)
+
+
+def test_draft_head_is_made_once_per_model_setting_and_head_weight(model, monkeypatch):
+    """generate() reuses the int8 copy of the last call on the same model and
+    setting (quantizing a Llama-3 head takes seconds); another vocabulary, or a
+    change to the head's weight, makes a new one, and output stays exact."""
+    m = copy.deepcopy(model)
+    made = []
+    quantize = draft_head.quantize_rows_int8
+    monkeypatch.setattr(draft_head, "quantize_rows_int8", lambda w: made.append(w.shape) or quantize(w))
+    spec = dict(exit_layer=2, num_speculations=3, draft_quantization="int8", **KW)
+    first = lk.generate(m, RAGGED, **spec)
+    again = lk.generate(m, RAGGED, **spec)
+    assert len(made) == 1 and again.sequences == first.sequences
+    assert draft_head_for(m, None, "int8") is draft_head_for(m, None, "int8")
+    half = torch.arange(0, m.config.vocab_size, 2)
+    sub = draft_head_for(m, half, "int8")
+    assert len(made) == 2 and sub.weight.shape[0] == half.numel()
+    assert draft_head_for(m, half.clone(), "int8") is sub  # the same ids in another tensor
+    with torch.no_grad():
+        m.lm_head.weight.mul_(1.5)  # in place: same storage, new version
+    head = draft_head_for(m, None, "int8")
+    assert len(made) == 3
+    q, scale = quantize(m.lm_head.weight)
+    assert torch.equal(head.weight, q) and torch.equal(head.scale, scale)
+    ar = lk.generate(m, RAGGED, **KW)
+    assert lk.generate(m, RAGGED, **spec).sequences == ar.sequences

@@ -78,7 +78,7 @@ import torch
 from .. import ops
 from ..cache import StaticKVCache
 from .config import SamplingParams, SpeculationConfig
-from .draft_head import DraftHead
+from .draft_head import draft_head_for
 from .iteration import DecodeState, make_iteration
 from .policy import make_policy
 from .sampling import DecodingAids, make_aids, make_chooser
@@ -201,8 +201,8 @@ class Engine:
         self.steps = StepFunctions(spec.compile, self.device)
         self.policy = None if self.E is None else make_policy(spec.speculation, model, self.E, self.k)
         own_head = spec.draft_vocab is None and spec.draft_quantization is None
-        self.draft_head = None if own_head or self.E is None else DraftHead(model, spec.draft_vocab,
-                                                                            spec.draft_quantization)
+        self.draft_head = None if own_head or self.E is None else draft_head_for(model, spec.draft_vocab,
+                                                                                 spec.draft_quantization)
         if self.draft_head is not None:
             self.steps.mark_static(*self.draft_head.tensors())
         self.chooser = make_chooser(spec.do_sample, seed, self.device)
