@@ -28,8 +28,9 @@ to one directory per CPU kind, bench/results/<cpu kind>/linear_rows.csv (and
         [--rows 1,2,3,4,5,8,16] [--shapes stdlib,llama-1b qkv] [--dtypes bf16]
 
 --rows, --shapes (name prefixes, comma-separated) and --dtypes time a part of
-the grid (the row-count probe that set ROWS_X_BYTES_BY_LEVEL: the verify
-passes' 5-32 rows on the default model's and Llama-3.2-1B's matrices); its
+the grid (the row-count probes that set ROWS_ALWAYS_BY_LEVEL: the verify
+passes' 5-32 rows, and prompts' 64-256, on the default model's and
+Llama-3.2-1B's matrices); its
 results go to linear_rows_probe.csv instead, so the full grid's file stays.
 The 525 MB LM head is timed at its draft-step row counts only (<= 8).
 """

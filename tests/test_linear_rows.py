@@ -25,9 +25,10 @@ native = pytest.mark.skipif(backends.native() is None, reason="layerskip_kernels
 TOL = {torch.bfloat16: (1e-2, 8e-3), torch.float16: (1e-3, 1e-3), torch.float32: (1e-5, 1e-5)}
 
 SHAPES = [  # (rows, K, N): decode-step sizes, K tails of the 16- and 32-wide loops, row blocks past 6 and 8,
-    # remainders of every tile width (N prime), rows 4 KB apart (K = 2048 bf16), K blocks (6 rows x K = 1500)
+    # remainders of every tile width (N prime), rows 4 KB apart (K = 2048 bf16), K blocks (6 rows x K = 1500),
     (1, 256, 384), (4, 256, 1536), (8, 768, 256), (3, 40, 7), (9, 33, 100), (16, 64, 65), (1, 31, 3), (5, 1, 2),
     (24, 130, 70), (2, 2048, 29), (6, 1500, 37), (7, 300, 13), (13, 97, 31),
+    (67, 256, 100), (130, 64, 33),  # prompts (every product runs the kernel at the avx2 and avx512 levels)
 ]
 
 
@@ -243,7 +244,6 @@ def test_int8_opcheck_and_compile():
 @native
 def test_decode_linear_routes_by_rows_size_and_grad(monkeypatch):
     # The rows x bytes rule (the running level may lift it: see the next test).
-    monkeypatch.setattr(decode_gemm, "ROWS_X_BYTES_BY_LEVEL", {})
     monkeypatch.setattr(decode_gemm, "ROWS_ALWAYS_BY_LEVEL", {})
     op = torch.ops.layerskip.linear_rows
     calls = []
@@ -307,17 +307,19 @@ def test_compiled_reads_the_last_refresh():
 @pytest.mark.parametrize("level", [p for p in cpu_level_params() if p.values[0] in ("avx2", "avx512", "avx512_bf16")])
 def test_decode_linear_rule_follows_the_cpu_level(level, monkeypatch):
     """Products of a weight too large for the rows x bytes rule: at the avx2
-    level every product of at most ROWS_MAX rows runs the kernel
-    (ROWS_X_BYTES_BY_LEVEL); at avx512_bf16 up to 8 rows do (ROWS_ALWAYS_BY_LEVEL:
-    a Llama-3.2-1B verify pass at k = 4 to 7, or two rows at k = 3), then ATen;
-    at avx512 the default rule (ROWS_ALWAYS rows) holds."""
+    and avx512 levels every product runs the kernel, prompts included
+    (ROWS_ALWAYS_BY_LEVEL: ATen's bf16 GEMM there is a third to a half of the
+    kernel's speed at any row count); at avx512_bf16 up to 8 rows do (a
+    Llama-3.2-1B verify pass at k = 4 to 7, or two rows at k = 3), then ATen."""
     op = torch.ops.layerskip.linear_rows
     calls = []
     monkeypatch.setattr(torch.ops.layerskip, "linear_rows", lambda *a: calls.append(tuple(a[0].shape)[0]) or op(*a))
     K = decode_gemm.ROWS_X_BYTES // (2 * 32 * (decode_gemm.ROWS_ALWAYS + 1)) + 64  # past ROWS_X_BYTES from 5 rows
     w = torch.zeros(32, K, dtype=torch.bfloat16)
+    rows_tried = [*range(decode_gemm.ROWS_ALWAYS, 11), decode_gemm.ROWS_MAX + 1, 64]
     with running_cpu_level(level), torch.no_grad():
-        for rows in range(decode_gemm.ROWS_ALWAYS, 11):
-            decode_gemm.decode_linear(torch.zeros(rows, K, dtype=torch.bfloat16), w)
-    want = {"avx2": [4, 5, 6, 7, 8, 9, 10], "avx512_bf16": [4, 5, 6, 7, 8], "avx512": [4]}[level]
+        for rows in rows_tried:
+            y = decode_gemm.decode_linear(torch.ones(rows, K, dtype=torch.bfloat16), w)
+            assert y.shape == (rows, 32) and not y.any()
+    want = {"avx2": rows_tried, "avx512": rows_tried, "avx512_bf16": [4, 5, 6, 7, 8]}[level]
     assert calls == want

@@ -15,17 +15,21 @@ modules):
   `LlamaForCausalLM.refresh_decode_weights()`, which generate runs at the start
   of every call (as a captured CUDA graph reads the buffers it captured).
 - `decode_linear`: bf16 products of few rows on a CPU (ROWS_ALWAYS, or up to
-  ROWS_MAX within ROWS_X_BYTES of rows x weight bytes; both per CPU level
-  where measured otherwise), and fp32 ones of at
+  ROWS_MAX within ROWS_X_BYTES of rows x weight bytes; ROWS_ALWAYS per CPU
+  level where measured otherwise: at the avx2 and avx512 levels every bf16
+  product, prompts included), and fp32 ones of at
   most ROWS_ALWAYS_FP32 rows, go to `ops.linear_rows` (our kernel, for the
   running CPU level), eager or compiled: inside a compiled step the op stays
   opaque. (Writing a single-row product as multiply + fp32 sum for inductor to
   vectorize was measured too: the kernel made compiled steps 18%
   (autoregressive) and 27% (self-speculative) faster, side by side on the
-  default model.) Everything else (GPUs, prompts, more rows) is `F.linear`.
+  default model.) Everything else (GPUs, prompts and more rows at
+  avx512_bf16 or off x86, fp32 past ROWS_ALWAYS_FP32) is `F.linear`.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
@@ -33,7 +37,7 @@ import torch.nn.functional as F
 
 from .. import backends, ops
 
-__all__ = ["ROWS_ALWAYS", "ROWS_ALWAYS_BY_LEVEL", "ROWS_ALWAYS_FP32", "ROWS_MAX", "ROWS_X_BYTES", "ROWS_X_BYTES_BY_LEVEL",
+__all__ = ["ROWS_ALWAYS", "ROWS_ALWAYS_BY_LEVEL", "ROWS_ALWAYS_FP32", "ROWS_MAX", "ROWS_X_BYTES",
            "cpu_kernel_runs", "decode_linear", "decode_linear_int8", "int8_route", "linear_int8_aten", "ConcatWeight"]
 
 # Which products go to ops.linear_rows (bench/bench_linear.py,
@@ -46,24 +50,26 @@ __all__ = ["ROWS_ALWAYS", "ROWS_ALWAYS_BY_LEVEL", "ROWS_ALWAYS_FP32", "ROWS_MAX"
 ROWS_ALWAYS = 4
 ROWS_MAX = 32
 ROWS_X_BYTES = 24 << 20
-# The same bound per CPU level, where it differs. That rule was measured at the
-# avx512_bf16 level, against ATen's bf16 GEMM on AVX512-BF16 hardware; at the
-# avx2 level (ATen, oneDNN and our kernels all at AVX2: an AVX2 machine emulated
-# on a Zen 4 with ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2) the kernel
-# was 1.2-4x faster than ATen's bf16 GEMM on every matrix measured at 5-32 rows
-# (the default model's and Llama-3.2-1B's, weights from cache and from DRAM),
-# so there every product of at most ROWS_MAX rows runs it.
-ROWS_X_BYTES_BY_LEVEL = {"avx2": float("inf")}
-# ROWS_ALWAYS per CPU level, where it differs. At avx512_bf16 the rows x bytes
-# rule sent the verify passes of Llama-3.2-1B (k = 4: 5 rows) to ATen for every
-# matrix (5 x 12-525 MB > ROWS_X_BYTES), where the kernel, since it splits
-# streamed weights over all threads and prefetches them (csrc/cpu/linear.cpp),
-# streams 4-6 rows from DRAM at 25-58 GB/s, 1.2-2.8x ATen's GEMM, and 7-8 rows
-# at 22-36 GB/s, still 1.2-1.8x: bench/results/amd-epyc-avx512_bf16/
-# linear_rows_probe_rows4-8.csv and linear_rows_probe_rows7-8.csv.
-# End to end the 1B shape's verify pass fell from 2.2 to 1.25 autoregressive
-# steps (llama1b_routing_{before,after}.csv).
-ROWS_ALWAYS_BY_LEVEL = {"avx512_bf16": 8}
+# ROWS_ALWAYS per CPU level, where it differs.
+# - avx2 and avx512 (no bf16 dot product; ATen, oneDNN and our kernels all
+#   limited to the level: the machine emulated on a Zen 4 with
+#   ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA): ATen's bf16 GEMM runs at
+#   15-38 GFLOPS on two cores at any row count, our kernel at 60-130, so
+#   every bf16 product runs the kernel, prompts included: 2-6x ATen at 5-256
+#   rows on every matrix of the default model and of Llama-3.2-1B
+#   (bench/results/amd-epyc-avx512_bf16/linear_rows_s17_prompt_rows_{avx2,avx512}.csv).
+#   A Llama-3.2-1B prompt of 64 tokens took 5 s at avx2 through ATen.
+# - avx512_bf16: the rows x bytes rule sent the verify passes of Llama-3.2-1B
+#   (k = 4: 5 rows) to ATen for every matrix (5 x 12-525 MB > ROWS_X_BYTES),
+#   where the kernel, since it splits streamed weights over all threads and
+#   prefetches them (csrc/cpu/linear.cpp), streams 4-6 rows from DRAM at
+#   25-58 GB/s, 1.2-2.8x ATen's GEMM, and 7-8 rows at 22-36 GB/s, still
+#   1.2-1.8x: linear_rows_probe_rows4-8.csv and linear_rows_probe_rows7-8.csv
+#   there. End to end the 1B shape's verify pass fell from 2.2 to 1.25
+#   autoregressive steps (llama1b_routing_{before,after}.csv). From 16 rows
+#   ATen's GEMM (VDPBF16PS, oneDNN) is level with the kernel, and from 64
+#   rows faster (0.56-0.8x), so prompts stay with ATen there.
+ROWS_ALWAYS_BY_LEVEL = {"avx512_bf16": 8, "avx512": math.inf, "avx2": math.inf}
 # fp32 x and weights (bench/bench_linear.py's fp32 rows): the kernel's FMAs on
 # fp32 weights beat ATen's fp32 GEMM at 1-4 rows on the default model's
 # matrices (1.2-2.6x at the avx2 level, side by side on a Zen 4 CPU, one
@@ -87,24 +93,23 @@ def decode_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 def _few_at_level(rows: int, weight_bytes: int) -> bool:
     """The rule past ROWS_ALWAYS rows (every level's ROWS_ALWAYS is at least that)."""
-    always, bound = _level_rule()
-    return rows <= always or (rows <= ROWS_MAX and rows * weight_bytes <= bound)
+    return rows <= _level_rows_always() or (rows <= ROWS_MAX and rows * weight_bytes <= ROWS_X_BYTES)
 
 
-def _level_rule() -> tuple:
-    """(ROWS_ALWAYS, ROWS_X_BYTES) for the running CPU level. Eager calls ask the
-    extension and keep the answer; a traced step reads the kept one as a
-    constant (the extension cannot be called inside a graph; the engine's eager
-    prefill runs before its compiled steps), and dynamo's guard on it
-    recompiles a step when a later eager call finds another level."""
+def _level_rows_always() -> float:
+    """ROWS_ALWAYS for the running CPU level. Eager calls ask the extension and
+    keep the answer; a traced step reads the kept one as a constant (the
+    extension cannot be called inside a graph; the engine's eager prefill runs
+    before its compiled steps), and dynamo's guard on it recompiles a step when
+    a later eager call finds another level."""
     if not torch.compiler.is_compiling():
         native = backends.native()
         level = native.cpu_level() if native is not None and hasattr(native, "cpu_level") else ""
-        _RULE[0] = (ROWS_ALWAYS_BY_LEVEL.get(level, ROWS_ALWAYS), ROWS_X_BYTES_BY_LEVEL.get(level, ROWS_X_BYTES))
+        _RULE[0] = ROWS_ALWAYS_BY_LEVEL.get(level, ROWS_ALWAYS)
     return _RULE[0]
 
 
-_RULE = [(ROWS_ALWAYS, ROWS_X_BYTES)]
+_RULE: list = [ROWS_ALWAYS]
 
 
 def decode_linear_int8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
