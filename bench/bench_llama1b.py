@@ -11,7 +11,9 @@ damping is calibrated (`--calibrate`) so that drafts are accepted about 80% of
 the time; the acceptance of every run is measured and written on its row.
 
 Rows: autoregressive and self-speculative tokens/s (bf16 and int8 draft head)
-interleaved `--reps` times in one process (medians), the step costs c and v
+interleaved `--reps` times in one process (medians), as generate counts them
+(the prompt's prefill included) and of the decoding alone (`decode_*`: new
+tokens / (time - prefill_s)), the step costs c and v
 relative to an autoregressive step, the analytic limit, the weight-streaming
 time of an autoregressive step (weight bytes / copy bandwidth measured in the
 same run), the CPU model and the CPU level that ran.
@@ -84,7 +86,8 @@ def run(model, prompts, n_new, exit_layer, k, compile=False, draft_quantization=
                       eos_token_id=[], compile=compile, draft_quantization=draft_quantization)
     s = out.stats
     return dict(sequences=out.sequences, tokens_per_s=s["tokens_per_s"], acceptance=s["acceptance_rate"],
-                tokens_per_step=s["tokens_per_step"])
+                tokens_per_step=s["tokens_per_step"], prefill_s=s["prefill_s"],
+                decode_tokens_per_s=s["new_tokens"] / (s["time_s"] - s["prefill_s"]))
 
 
 def damp_late_layers(model: LlamaForCausalLM, exit_layer: int, factor: float) -> None:
@@ -152,10 +155,14 @@ def main(argv=None) -> int:
                        compile=args.compile)
     stream_s = weight_bytes / (copy_gbs / 2 * 1e9)  # a copy moves each byte twice (read + write)
     ar_tps = statistics.median(r["tokens_per_s"] for r in results["autoregressive"])
+    ar_decode = statistics.median(r["decode_tokens_per_s"] for r in results["autoregressive"])
     rows = []
     for name, runs in results.items():
         tps = statistics.median(r["tokens_per_s"] for r in runs)
+        decode = statistics.median(r["decode_tokens_per_s"] for r in runs)
         row = dict(meta, engine=name, tokens_per_s=tps, speedup_vs_ar=tps / ar_tps,
+                   prefill_s=statistics.median(r["prefill_s"] for r in runs), decode_tokens_per_s=decode,
+                   decode_speedup_vs_ar=decode / ar_decode,
                    same_tokens=runs[0]["sequences"] == results["autoregressive"][0]["sequences"])
         if name == "autoregressive":
             row.update(ar_step_s=costs["ar"], weight_stream_s=stream_s, ar_step_over_stream=costs["ar"] / stream_s,
@@ -170,7 +177,7 @@ def main(argv=None) -> int:
                        analytic_limit=analytic_limit(a, k, 0.0, it))
         rows.append(row)
     print(f"{meta['model']}  E={E} k={k} batch {B}  {meta['cpu']}  cpu level {meta.get('cpu_level', '?')}")
-    print_table(rows, ["engine", "tokens_per_s", "speedup_vs_ar", "acceptance", "tokens_per_step", "c", "v",
+    print_table(rows, ["engine", "tokens_per_s", "speedup_vs_ar", "decode_speedup_vs_ar", "prefill_s", "acceptance", "tokens_per_step", "c", "v",
                        "iteration_over_ar", "analytic_limit", "ar_step_over_stream", "same_tokens"])
     out = args.out or results_path("llama1b" + ("_compiled" if args.compile else ""))
     write_csv(out + ".csv", rows)
