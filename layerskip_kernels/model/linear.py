@@ -55,8 +55,9 @@ ROWS_X_BYTES = 24 << 20
 #   limited to the level: the machine emulated on a Zen 4 with
 #   ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA): ATen's bf16 GEMM runs at
 #   15-38 GFLOPS on two cores at any row count, our kernel at 60-130, so
-#   every bf16 product runs the kernel, prompts included: 2-6x ATen at 5-256
-#   rows on every matrix of the default model and of Llama-3.2-1B
+#   every bf16 product runs the kernel, prompts included: at 5-256 rows, on
+#   every matrix of the default model and of Llama-3.2-1B, 1.75-6.7x ATen at
+#   avx2 and 1.06-6x at avx512
 #   (bench/results/amd-epyc-avx512_bf16/linear_rows_s17_prompt_rows_{avx2,avx512}.csv).
 #   A Llama-3.2-1B prompt of 64 tokens took 5 s at avx2 through ATen.
 # - avx512_bf16: the rows x bytes rule sent the verify passes of Llama-3.2-1B
