@@ -177,8 +177,8 @@ def main(argv=None) -> int:
                        analytic_limit=analytic_limit(a, k, 0.0, it))
         rows.append(row)
     print(f"{meta['model']}  E={E} k={k} batch {B}  {meta['cpu']}  cpu level {meta.get('cpu_level', '?')}")
-    print_table(rows, ["engine", "tokens_per_s", "speedup_vs_ar", "decode_speedup_vs_ar", "prefill_s", "acceptance", "tokens_per_step", "c", "v",
-                       "iteration_over_ar", "analytic_limit", "ar_step_over_stream", "same_tokens"])
+    print_table(rows, ["engine", "tokens_per_s", "speedup_vs_ar", "decode_speedup_vs_ar", "prefill_s", "acceptance",
+                       "tokens_per_step", "c", "v", "iteration_over_ar", "analytic_limit", "ar_step_over_stream", "same_tokens"])
     out = args.out or results_path("llama1b" + ("_compiled" if args.compile else ""))
     write_csv(out + ".csv", rows)
     _plot(rows, out + ".png")

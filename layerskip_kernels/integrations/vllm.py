@@ -68,6 +68,7 @@ import warnings
 import numpy as np
 import torch
 
+from ..generation.validation import check_draft_quantization
 from ..model.linear import decode_linear_int8
 
 __all__ = ["speculative_config", "LayerSkipProposer", "TESTED_VLLM_VERSIONS", "AUTO_DISABLE_BY_BATCH_SIZE", "register"]
@@ -106,8 +107,7 @@ def speculative_config(exit_layer: int, num_speculative_tokens: int, *, disable_
     half its size. Verification scores with the model's own head, so the
     output is unchanged; only acceptance may move (the same option as our
     engine's, generation/draft_head.py)."""
-    if draft_quantization not in (None, "int8"):
-        raise ValueError(f"draft_quantization must be None or 'int8', got {draft_quantization!r}")
+    draft_quantization = check_draft_quantization(draft_quantization)  # our engine's option, its own check
     for name, value in (("exit_layer", exit_layer), ("num_speculative_tokens", num_speculative_tokens),
                         ("disable_by_batch_size", 1 if disable_by_batch_size is None else disable_by_batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -21,8 +21,9 @@ plain weight (one copy: oneDNN's packed copy is never made) and multiplies by
 `model.linear.decode_linear`, our engine's own rule: few rows (a decode or
 verify step) go to our kernel at the running CPU level, more rows (prompts)
 to ATen's GEMM at avx512_bf16 (at the avx2 and avx512 levels every product
-runs our kernel: ATen's bf16 GEMM there is the slower at any row count). Tensor parallel shards are plain weights as well: each rank
-multiplies its own. Other platforms keep vLLM's methods (the loader changes
+runs our kernel: ATen's bf16 GEMM there is the slower at any row count).
+Tensor parallel shards are plain weights as well: each rank multiplies its
+own. Other platforms keep vLLM's methods (the loader changes
 nothing there), as do quantized layers and layers vLLM routes elsewhere.
 
 With LayerSkip speculation (`integrations.vllm`) this is also how the draft

@@ -59,7 +59,8 @@ ROWS_X_BYTES = 24 << 20
 #   every matrix of the default model and of Llama-3.2-1B, 1.75-6.7x ATen at
 #   avx2 and 1.06-6x at avx512
 #   (bench/results/amd-epyc-avx512_bf16/linear_rows_s17_prompt_rows_{avx2,avx512}.csv).
-#   A Llama-3.2-1B prompt of 64 tokens took 5 s at avx2 through ATen.
+#   A Llama-3.2-1B prompt of 64 tokens took 3.7-3.8 s at avx2 through ATen,
+#   1.27-1.33 s through the kernel (the two rules alternated in one process).
 # - avx512_bf16: the rows x bytes rule sent the verify passes of Llama-3.2-1B
 #   (k = 4: 5 rows) to ATen for every matrix (5 x 12-525 MB > ROWS_X_BYTES),
 #   where the kernel, since it splits streamed weights over all threads and
